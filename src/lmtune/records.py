@@ -1,0 +1,78 @@
+"""Reading instruction-tuning records from JSONL, with file:line errors.
+
+A record is either ``{"src": ..., "tgt": ...}`` (prompt/response) or
+``{"messages": [{"role": ..., "content": ...}, ...]}`` (chat).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmtune.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Record:
+    file: Path
+    line: int
+    src: str | None = None
+    tgt: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def read_records(path: Path, *, need_target: bool = True) -> list[Record]:
+    """Reads and checks every line of a JSONL file; blank lines are skipped."""
+    if not path.is_file():
+        raise UserError(f"{path}: dataset file does not exist.")
+    records = []
+    with path.open(encoding="utf-8") as fp:
+        for line_nr, line in enumerate(fp, start=1):
+            if not line.strip():
+                continue
+            records.append(_parse_line(path, line_nr, line, need_target))
+    if not records:
+        raise UserError(f"{path}: the dataset file has no records; each line should be a JSON object with 'src'/'tgt' or 'messages'.")
+    return records
+
+
+def _parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record:
+    where = f"{path}:{line_nr}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as ex:
+        raise UserError(f"{where}: not valid JSON ({ex.msg} at column {ex.colno}); each line must be one JSON object.") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object with 'src'/'tgt' or 'messages', got {type(obj).__name__}.")
+    if "messages" in obj:
+        return Record(path, line_nr, messages=_check_messages(where, obj["messages"], need_target))
+    if "src" not in obj:
+        raise UserError(f"{where}: record has neither 'src' nor 'messages' (keys: {', '.join(sorted(obj)) or 'none'}).")
+    src, tgt = obj["src"], obj.get("tgt")
+    if not isinstance(src, str) or not src:
+        raise UserError(f"{where}: 'src' must be a non-empty string.")
+    if tgt is None and need_target:
+        raise UserError(f"{where}: record has 'src' but no 'tgt'; training needs the response in 'tgt'.")
+    if tgt is not None and (not isinstance(tgt, str) or not tgt):
+        raise UserError(f"{where}: 'tgt' must be a non-empty string.")
+    return Record(path, line_nr, src=src, tgt=tgt)
+
+
+def _check_messages(where: str, messages: object, need_target: bool) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects.")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise UserError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'.")
+        if m["role"] not in ROLES:
+            raise UserError(f"{where}: messages[{i}] has role {m['role']!r}; valid roles: {', '.join(ROLES)}.")
+    if need_target and not any(m["role"] == "assistant" for m in messages):
+        raise UserError(f"{where}: chat record has no assistant message to train on.")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
