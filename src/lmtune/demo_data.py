@@ -18,8 +18,8 @@ ITEMS = ["apples", "books", "coins", "pens", "shells", "stamps", "cards", "eggs"
 def make_problem(rng: random.Random) -> dict[str, str]:
     name = rng.choice(NAMES)
     item = rng.choice(ITEMS)
-    a = rng.randint(2, 9)
-    b = rng.randint(1, 9)
+    a = rng.randint(2, 40)
+    b = rng.randint(1, 40)
     if rng.random() < 0.5:
         src = f"{name} has {a} {item}. {name} gets {b} more. How many {item} does {name} have?\n"
         answer = a + b

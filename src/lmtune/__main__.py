@@ -1,0 +1,5 @@
+import sys
+
+from lmtune.cli import main
+
+sys.exit(main())

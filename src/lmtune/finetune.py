@@ -1,0 +1,99 @@
+"""``lmtune instruction_finetune OUT``: resolve names, check inputs, run the recipe.
+
+Everything a user can get wrong is checked here, before fairseq2 starts, so a bad
+key, path, card or record costs one clear sentence and leaves OUT untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lmtune.cards import CardStore
+from lmtune.config import dump_yaml, to_dict
+from lmtune.errors import UserError
+from lmtune.finetune_options import FinetuneOptions
+from lmtune.records import read_records
+from lmtune.run_dir import check_rerun, is_main_process, lock_output_dir, save_config
+from lmtune.specs import RUN_TOKENIZER_CARD, ModelSpec, TokenizerSpec, checkpoint_steps, resolve_dataset, resolve_model, resolve_tokenizer
+
+
+def _check_numbers(o: FinetuneOptions) -> None:
+    positive = {
+        "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
+        "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,
+        "gradient_accumulation_steps": o.gradient_accumulation_steps, "checkpoint_every_n_steps": o.checkpoint_every_n_steps,
+        "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
+        "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
+    }
+    for key, value in positive.items():
+        if value is not None and value < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {value}.")
+    if o.learning_rate <= 0:
+        raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
+    if o.max_num_steps is None and o.max_num_data_epochs is None:
+        raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
+
+
+def resolve_inputs(o: FinetuneOptions) -> tuple[ModelSpec, TokenizerSpec, Path, Path | None]:
+    if o.model is None:
+        raise UserError("config key 'model' is not set; name a model card (e.g. model=tiny_llama; see `lmtune assets list --kind model`).")
+    if o.dataset is None:
+        raise UserError("config key 'dataset' is not set; give a .jsonl file, a directory or a dataset card (e.g. dataset=tiny_gsm8k).")
+    store = CardStore()
+    model = resolve_model(store, o.model, o.resume_checkpoint_dir)
+    tokenizer = resolve_tokenizer(store, o.tokenizer) if o.tokenizer else model.tokenizer
+    if tokenizer is None:
+        raise UserError(f"model '{o.model}' names no tokenizer; set tokenizer=NAME (a card with a 'tokenizer:' path).")
+    data = resolve_dataset(store, o.dataset)
+    if data.train is None:
+        raise UserError(f"dataset={o.dataset} has no training split (train.jsonl or sft/train.jsonl).")
+    valid = data.valid
+    if o.valid_dataset is not None:
+        v = resolve_dataset(store, o.valid_dataset, "valid_dataset")
+        valid = v.valid or v.test or v.train
+    # Malformed records fail here, before any model is loaded.
+    read_records(data.train)
+    if valid is not None:
+        read_records(valid)
+    return model, tokenizer, data.train, valid
+
+
+def check_vocabulary(model: ModelSpec, tokenizer: TokenizerSpec) -> None:
+    """Token ids beyond the model's embedding table would crash the first step."""
+    from lmtune.loading import load_tokenizer, model_config
+
+    vocab_size = getattr(model_config(model), "vocab_size", None)
+    tok_size = load_tokenizer(tokenizer).vocab_info.size
+    if vocab_size is not None and tok_size > vocab_size:
+        raise UserError(f"tokenizer '{tokenizer.name}' has {tok_size} tokens but model '{model.name}' has vocab_size={vocab_size}; use the model's own tokenizer or a model with a larger vocabulary.")
+
+
+def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
+    _check_numbers(o)
+    model, tokenizer, train_file, valid_file = resolve_inputs(o)
+    check_vocabulary(model, tokenizer)
+    main = is_main_process()
+    checkpoint_dir = out_dir / "checkpoints"
+    has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
+    if main:
+        lock_output_dir(out_dir)
+        flat = to_dict(o)
+        old = check_rerun(out_dir, flat, has_checkpoint)
+        if has_checkpoint and old is not None and old.get("max_num_steps") != o.max_num_steps:
+            print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
+        save_config(out_dir, dump_yaml(o))
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (checkpoint_dir / RUN_TOKENIZER_CARD).write_text(yaml.safe_dump(tokenizer.as_card(), sort_keys=False))
+
+    from lmtune.fairseq2_config import finetune_config
+
+    config = finetune_config(o, model, tokenizer, train_file, valid_file)
+
+    from fairseq2.recipe.run import run
+
+    from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
+
+    run(InstructionFinetuneRecipe(), config, out_dir)

@@ -1,0 +1,242 @@
+"""What a model, tokenizer or dataset name refers to, resolved to files.
+
+``model=`` is a card name, or ``last_checkpoint`` / ``checkpoint_step_N`` of a
+training run's checkpoint directory. ``dataset=`` is a .jsonl file, a directory
+(``train.jsonl`` or fairseq2's GSM8K layout ``sft/train.jsonl``), or a card.
+Every failure is a UserError naming the card or path at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmtune.cards import Card, CardStore
+from lmtune.errors import UserError, did_you_mean
+
+CHECKPOINT_NAME = re.compile(r"^(last_checkpoint|checkpoint_step_(\d+))$")
+RUN_TOKENIZER_CARD = "tokenizer.yaml"  # written beside fairseq2's model.yaml in OUT/checkpoints
+
+
+@dataclass
+class TokenizerSpec:
+    name: str
+    family: str
+    path: Path
+    config: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def hf_dir(self) -> Path | None:
+        """The Hugging Face tokenizer directory, when this tokenizer is one."""
+        if self.path.is_dir() and (self.path / "tokenizer.json").is_file():
+            return self.path
+        return None
+
+    def as_card(self) -> dict[str, object]:
+        return {"name": self.name, "tokenizer": str(self.path), "tokenizer_family": self.family, "tokenizer_config": self.config}
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    family: str
+    arch: str | None
+    config: dict[str, object]
+    checkpoint: Path | None
+    source: str
+    tokenizer: TokenizerSpec | None = None
+    step: int | None = None
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    train: Path | None = None
+    valid: Path | None = None
+    test: Path | None = None
+    task: str | None = None
+    labels: list[str] | None = None
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def _sniff_tokenizer_file(path: Path) -> str:
+    """'tiktoken' for Llama 3's base64 rank file, else 'sp' (SentencePiece)."""
+    with path.open("rb") as fp:
+        head = fp.read(256)
+    first = head.split(b"\n", 1)[0]
+    return "tiktoken" if re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", first) else "sp"
+
+
+def tokenizer_from_card(card: Card) -> TokenizerSpec:
+    family = card.get("tokenizer_family") or card.get("model_family")
+    raw = card.get("tokenizer")
+    if not isinstance(family, str):
+        raise UserError(f"card '{card.name}' ({card.where}) has no tokenizer_family.")
+    if not isinstance(raw, str):
+        raise UserError(f"card '{card.name}' has no 'tokenizer:' path; add a user card '{card.name}@user' with 'tokenizer: /path/to/tokenizer' (see README).")
+    if "://" in raw:
+        raise UserError(f"card '{card.name}' has tokenizer {raw}, a hub address; lmtune downloads nothing at run time, so point 'tokenizer:' at a local file or directory.")
+    path = Path(raw)
+    if not path.exists():
+        raise UserError(f"card '{card.name}' ({card.where}): tokenizer {path} does not exist.")
+    config = dict(card.get("tokenizer_config") or {})  # type: ignore[call-overload]
+    if path.is_file() and path.name == "tokenizer.json":
+        path = path.parent
+    if family == "llama" and "impl" not in config:
+        if path.is_dir():
+            if (path / "tokenizer.json").is_file():
+                config["impl"] = "hg"
+            elif (path / "tokenizer.model").is_file():
+                path = path / "tokenizer.model"
+                config["impl"] = _sniff_tokenizer_file(path)
+            else:
+                raise UserError(f"card '{card.name}': tokenizer directory {path} has neither tokenizer.json nor tokenizer.model.")
+        else:
+            config["impl"] = _sniff_tokenizer_file(path)
+    elif path.is_dir() and family != "llama" and not (path / "tokenizer.json").is_file():
+        raise UserError(f"card '{card.name}': tokenizer directory {path} has no tokenizer.json.")
+    return TokenizerSpec(card.name, family, path, config)
+
+
+def resolve_tokenizer(store: CardStore, ref: str) -> TokenizerSpec:
+    card = store.get(ref)
+    if card is None:
+        choices = [n for n in store.names() if "tokenizer" in store.get(n).fields or store.get(n).kind == "tokenizer"]  # type: ignore[union-attr]
+        raise UserError(f"unknown tokenizer '{ref}'; {did_you_mean(ref, choices)}")
+    tref = card.get("tokenizer_ref")
+    if isinstance(tref, str) and "tokenizer" not in card.fields:
+        return resolve_tokenizer(store, tref)
+    return tokenizer_from_card(card)
+
+
+# -------------------------------------------------------------------- models
+
+
+def resolve_model(store: CardStore, ref: str, checkpoint_dir: Path | None, key: str = "resume_checkpoint_dir") -> ModelSpec:
+    if CHECKPOINT_NAME.match(ref):
+        if checkpoint_dir is None:
+            raise UserError(f"model={ref} names a training checkpoint; also set {key}=OUT/checkpoints of the run it comes from.")
+        return model_from_checkpoint_dir(checkpoint_dir, ref, key)
+    card = store.require(ref, "model")
+    family = card.get("model_family")
+    if not isinstance(family, str):
+        raise UserError(f"card '{card.name}' ({card.where}) has no model_family; it cannot be used as a model.")
+    arch = card.get("model_arch")
+    checkpoint = card.get("checkpoint")
+    if checkpoint is None:
+        if card.get("init") != "random":
+            raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
+        path = None
+    else:
+        if not isinstance(checkpoint, str) or "://" in checkpoint:
+            raise UserError(f"card '{card.name}' has checkpoint {checkpoint}, a hub address; lmtune downloads nothing at run time, so point 'checkpoint:' at local files.")
+        path = Path(checkpoint)
+        if not path.exists():
+            raise UserError(f"card '{card.name}' ({card.where}): checkpoint {path} does not exist.")
+    tokenizer = None
+    if "tokenizer" in card.fields or "tokenizer_ref" in card.fields:
+        tokenizer = resolve_tokenizer(store, card.name)
+    config = dict(card.get("model_config") or {})  # type: ignore[call-overload]
+    return ModelSpec(card.name, family, arch if isinstance(arch, str) else None, config, path, str(card.file), tokenizer)
+
+
+def checkpoint_steps(checkpoint_dir: Path) -> list[int]:
+    """Complete checkpoints only: fairseq2 writes step_N.tmp and renames it when done."""
+    steps = []
+    for p in checkpoint_dir.glob("step_*"):
+        if p.is_dir() and p.name[5:].isdigit() and (p / "model").is_dir():
+            steps.append(int(p.name[5:]))
+    return sorted(steps)
+
+
+def model_from_checkpoint_dir(checkpoint_dir: Path, ref: str, key: str) -> ModelSpec:
+    import yaml
+
+    card_file = checkpoint_dir / "model.yaml"
+    if not card_file.is_file():
+        raise UserError(f"{key}={checkpoint_dir} is not a training run's checkpoint directory (no model.yaml); use OUT/checkpoints of an lmtune run.")
+    steps = checkpoint_steps(checkpoint_dir)
+    if not steps:
+        raise UserError(f"{checkpoint_dir} holds no complete checkpoint yet.")
+    m = CHECKPOINT_NAME.match(ref)
+    assert m is not None
+    step = steps[-1] if m.group(2) is None else int(m.group(2))
+    if step not in steps:
+        names = ", ".join(f"checkpoint_step_{s}" for s in steps)
+        raise UserError(f"{checkpoint_dir} has no checkpoint_step_{step}; it has: last_checkpoint, {names}.")
+    meta = yaml.safe_load(card_file.read_text())
+    tokenizer = None
+    tok_file = checkpoint_dir / RUN_TOKENIZER_CARD
+    if tok_file.is_file():
+        t = yaml.safe_load(tok_file.read_text())
+        tokenizer = TokenizerSpec(t["name"], t["tokenizer_family"], Path(t["tokenizer"]), dict(t.get("tokenizer_config") or {}))
+    return ModelSpec(
+        ref,
+        meta["model_family"],
+        None,
+        dict(meta.get("model_config") or {}),
+        checkpoint_dir / f"step_{step}" / "model",
+        str(checkpoint_dir),
+        tokenizer,
+        step,
+    )
+
+
+# ------------------------------------------------------------------ datasets
+
+VALID_NAMES = ("valid.jsonl", "validation.jsonl", "dev.jsonl")
+
+
+def resolve_dataset(store: CardStore, ref: str, key: str = "dataset") -> DatasetSpec:
+    path = Path(ref).expanduser()
+    if path.exists() or "/" in ref or ref.endswith(".jsonl"):
+        return _dataset_from_path(ref, path, key)
+    card = store.get(ref)
+    if card is None:
+        choices = [n for n in store.names() if store.get(n).kind == "dataset"]  # type: ignore[union-attr]
+        raise UserError(f"{key}={ref} is neither an existing file or directory nor a dataset card; {did_you_mean(ref, choices)}")
+    data = card.get("data")
+    if not isinstance(data, str):
+        raise UserError(f"dataset card '{card.name}' ({card.where}) has no 'data:' path.")
+    root = Path(data)
+    if not root.exists():
+        raise UserError(f"dataset card '{card.name}' ({card.where}): data {root} does not exist; add a user card '{card.name}@user' with 'data: /path/to/your/copy'.")
+    spec = _dataset_from_path(card.name, root, key) if root.is_file() or not any(k in card.fields for k in ("train", "test", "valid")) else DatasetSpec(card.name)
+    for split in ("train", "valid", "test"):
+        rel = card.get(split)
+        if isinstance(rel, str):
+            f = root / rel
+            if not f.is_file():
+                raise UserError(f"dataset card '{card.name}': {split} file {f} does not exist.")
+            setattr(spec, split, f)
+    task = card.get("task")
+    spec.task = task if isinstance(task, str) else None
+    labels = card.get("labels")
+    spec.labels = [str(x) for x in labels] if isinstance(labels, list) else None
+    return spec
+
+
+def _dataset_from_path(name: str, path: Path, key: str) -> DatasetSpec:
+    if not path.exists():
+        raise UserError(f"{key}={name}: no such file or directory.")
+    if path.is_file():
+        return DatasetSpec(name, train=path, test=path)
+    spec = DatasetSpec(name)
+    for train in ("train.jsonl", "sft/train.jsonl"):
+        if (path / train).is_file():
+            spec.train = path / train
+            break
+    for valid in VALID_NAMES:
+        if (path / valid).is_file():
+            spec.valid = path / valid
+            break
+    for test in ("test.jsonl", "test/test.jsonl"):
+        if (path / test).is_file():
+            spec.test = path / test
+            break
+    if spec.train is None and spec.test is None:
+        raise UserError(f"{key}={name}: the directory has no train.jsonl, sft/train.jsonl, test.jsonl or test/test.jsonl.")
+    return spec
