@@ -19,7 +19,11 @@ DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 
 # Commands that live in their own module: `add_arguments(parser)` and `run(args)`.
 # Such a module imports torch/fairseq2 only inside functions, so --help stays fast.
-PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {}
+PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("lmtune.generate_cmd", "generate completions for a dataset's prompts and score them"),
+    "score": ("lmtune.score_cmd", "score an existing predictions JSONL (gsm8k, classification, exact_match)"),
+    "write_hf_config": ("lmtune.hf_export_cmd", "export a checkpoint as a complete Hugging Face directory"),
+}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
