@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def tokenizer_section(tokenizer: TokenizerSpec) -> TokenizerSection:
     return TokenizerSection(name=None, path=tokenizer.path, family=tokenizer.family, config_overrides=tokenizer.config or None)
 
 
+def publish_interval(o: FinetuneOptions, validates: bool) -> int:
+    """fairseq2 checkpoints and validates only on metric-publishing steps: make them line up."""
+    every = o.publish_metrics_every_n_steps
+    intervals = [o.checkpoint_every_n_steps] + ([o.validate_every_n_steps] if validates and o.validate_every_n_steps else [])
+    fitted = every
+    for n in intervals:
+        fitted = math.gcd(fitted, n)
+    if fitted != every:
+        print(f"lmtune: publishing metrics every {fitted} steps instead of {every}, so that checkpoints and validation fall on publishing steps.", file=sys.stderr)
+    return fitted
+
+
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None):  # type: ignore[no-untyped-def]
     from lmtune.recipes.instruction_finetune import FinetuneConfig, SftDataSection
 
@@ -95,7 +108,7 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             keep_last_n_checkpoints=keep,
             save_model_only=save_model_only,  # type: ignore[arg-type]
             validate_every_n_steps=o.validate_every_n_steps if valid_file is not None else None,
-            publish_metrics_every_n_steps=o.publish_metrics_every_n_steps,
+            publish_metrics_every_n_steps=publish_interval(o, valid_file is not None),
         ),
         common=CommonSection(
             seed=o.seed,

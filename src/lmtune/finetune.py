@@ -96,4 +96,9 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
 
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
 
-    run(InstructionFinetuneRecipe(), config, out_dir)
+    from fairseq2.utils.validation import ValidationError
+
+    try:
+        run(InstructionFinetuneRecipe(), config, out_dir)
+    except ValidationError as ex:
+        raise UserError(f"the config is not valid for fairseq2: {ex}") from None

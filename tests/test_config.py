@@ -1,0 +1,63 @@
+"""The flat config: file, --config overrides, dotted keys, types, suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmtune.config import load_config
+from lmtune.errors import UserError
+from lmtune.finetune_options import FinetuneOptions
+
+
+def test_tutorial_command_keys_parse() -> None:
+    o = load_config(FinetuneOptions, None, "dataset=/d model=llama3_2_1b max_num_tokens=4096 dtype=float16 max_num_steps=1000 max_num_data_epochs=20 checkpoint_every_n_steps=1000".split())
+    assert (o.dataset, o.model, o.max_num_tokens, o.dtype, o.max_num_steps, o.max_num_data_epochs) == ("/d", "llama3_2_1b", 4096, "float16", 1000, 20)
+
+
+def test_overrides_win_over_file_and_dotted_keys_reach_sections(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: a\nlearning_rate: 1.0e-4\noptimizer:\n  weight_decay: 0.5\nlr_scheduler.num_warmup_steps: 7\n")
+    o = load_config(FinetuneOptions, f, ["model=b", "optimizer.betas=[0.8, 0.9]", "learning_rate=2e-5"])
+    assert o.model == "b"
+    assert o.learning_rate == 2e-5  # YAML reads 2e-5 as a string; it still parses as a number
+    assert o.optimizer.weight_decay == 0.5 and o.optimizer.betas == (0.8, 0.9)
+    assert o.lr_scheduler.num_warmup_steps == 7
+
+
+def test_unknown_key_suggests_the_closest() -> None:
+    with pytest.raises(UserError, match="unknown config key 'learning_rat'; did you mean 'learning_rate'"):
+        load_config(FinetuneOptions, None, ["learning_rat=1"])
+    with pytest.raises(UserError, match="'optimizer.weight_decy'; did you mean 'optimizer.weight_decay'"):
+        load_config(FinetuneOptions, None, ["optimizer.weight_decy=1"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("max_sequence_len: 10\n")
+    with pytest.raises(UserError, match=rf"{f}: unknown config key 'max_sequence_len'"):
+        load_config(FinetuneOptions, f, [])
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("max_num_steps=ten", "'max_num_steps' must be an integer or null, got 'ten'"),
+        ("dtype=fp8", "'dtype' must be 'float32' or 'bfloat16' or 'float16', got 'fp8'"),
+        ("learning_rate=fast", "'learning_rate' must be a number, got 'fast'"),
+        ("compile=maybe", "'compile' must be true or false"),
+        ("optimizer=1", "'optimizer' is a section"),
+        ("novalue", "not of the form key=value"),
+    ],
+)
+def test_wrong_values_get_one_sentence(item: str, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(FinetuneOptions, None, [item])
+
+
+def test_config_file_yaml_error_names_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: a\ndataset: [b\n")
+    with pytest.raises(UserError, match=rf"{f}:\d+: YAML syntax error"):
+        load_config(FinetuneOptions, f, [])

@@ -1,0 +1,96 @@
+"""Checkpoints and resume: a run killed with SIGKILL and rerun equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import assert_user_error, run_lmtune
+
+ARGS = [
+    "--config-file", "tiny_gsm8k", "--config", "max_num_steps=60", "checkpoint_every_n_steps=10",
+    "publish_metrics_every_n_steps=1", "keep_last_n_checkpoints=2", "max_num_tokens=1024",
+]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """Step -> loss; a resumed run re-logs the steps after its checkpoint, and the later line wins."""
+    losses = {}
+    for line in (out / "metrics/train.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        losses[m["Step"]] = m["NLL Loss"]
+    return losses
+
+
+def _complete_steps(out: Path) -> list[int]:
+    ckpt = out / "checkpoints"
+    return sorted(int(p.name[5:]) for p in ckpt.glob("step_*") if p.name[5:].isdigit()) if ckpt.is_dir() else []
+
+
+def test_killed_run_resumes_to_identical_losses(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    assert run_lmtune("instruction_finetune", str(reference), *ARGS).returncode == 0
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not _complete_steps(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    steps_at_kill = _complete_steps(out)
+    assert steps_at_kill and steps_at_kill[-1] < 60, steps_at_kill  # killed mid-run, after a checkpoint
+
+    # The lock died with the process: the same command resumes.
+    result = run_lmtune("instruction_finetune", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected, resumed = _losses(reference), _losses(out)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 61))
+    for step in range(steps_at_kill[-1] + 1, 61):
+        assert resumed[step] == expected[step], (step, resumed[step], expected[step])
+
+
+def test_finished_run_extended_continues_from_its_last_step(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--config-file", "tiny_gsm8k", "--config", "checkpoint_every_n_steps=10", "publish_metrics_every_n_steps=1"]
+    assert run_lmtune("instruction_finetune", str(out), *args, "max_num_steps=10").returncode == 0
+    result = run_lmtune("instruction_finetune", str(out), *args, "max_num_steps=15")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "max_num_steps 10 -> 15" in result.stderr
+    assert sorted(_losses(out)) == list(range(1, 16))
+    assert _complete_steps(out)[-1] == 15
+    # OUT is OUT: no hash-named sweep folder.
+    assert not [p for p in out.iterdir() if p.name.startswith("ws_")]
+
+
+def test_rerun_with_another_model_is_refused(tmp_path: Path, isolated_user_cards: Path) -> None:
+    out = tmp_path / "out"
+    assert run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=2", "checkpoint_every_n_steps=2").returncode == 0
+    (isolated_user_cards / "m.yaml").write_text("name: other\nbase: tiny_llama\n")
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    r = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "model=other")
+    assert_user_error(r, "model='tiny_llama'", "new output directory")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_second_run_on_busy_output_dir_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=100000", "checkpoint_every_n_steps=100000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "lmtune.yaml").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=100000", "checkpoint_every_n_steps=100000")
+        assert_user_error(second, str(out), "in use by another lmtune run", f"pid {first.pid}")
+        assert first.poll() is None  # the first run is unharmed
+    finally:
+        first.kill()
+        first.wait()
