@@ -1,0 +1,25 @@
+"""Every preset opens with the command that runs it and parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_lmtune
+from lmtune.resources import configs_dir
+
+PRESETS = sorted(configs_dir().glob("*.yaml"))
+
+
+def test_there_are_presets() -> None:
+    assert {p.stem for p in PRESETS} >= {"tiny_gsm8k", "llama3_2_1b_gsm8k"}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_opens_with_its_command_and_parses(preset: Path) -> None:
+    first = preset.read_text().splitlines()[0]
+    assert first.startswith("# lmtune ") and f"configs/{preset.name}" in first, first
+    command = first[2:].split()[1]
+    result = run_lmtune(command, "OUT", "--config-file", str(preset), "--dump-config")
+    assert result.returncode == 0, result.stderr
