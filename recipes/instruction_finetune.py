@@ -12,6 +12,7 @@ this recipe with ``fairseq2.recipe.run.run``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
@@ -45,6 +46,7 @@ from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.task import Task
 
 from lmtune.batching import build_pipeline, drop_too_long
+from lmtune.preemption import PreemptibleTrainer, StopFlag
 from lmtune.encoding import ExampleEncoder
 from lmtune.records import read_records
 
@@ -113,7 +115,11 @@ class InstructionFinetuneRecipe(Recipe):
             valid_units.append(SftLossEvalUnit(model))
             valid_readers.append(reader(data.valid_file, False))
 
-        return context.create_trainer(SftTrainUnit(model), train_reader, valid_units, valid_readers)
+        unit = SftTrainUnit(model)
+        trainer = context.create_trainer(unit, train_reader, valid_units, valid_readers)
+        preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root)
+        unit.on_step = preemptible.check
+        return preemptible
 
     @property
     @override
@@ -133,6 +139,12 @@ def response_nll(model: Module, batch: SequenceBatch) -> tuple[Tensor, SequenceB
 class SftTrainUnit(TrainUnit[SequenceBatch]):
     def __init__(self, model: Module) -> None:
         self._model = model
+        self.on_step: Callable[[], None] | None = None
+
+    @override
+    def set_step_nr(self, step_nr: int) -> None:
+        if self.on_step is not None:
+            self.on_step()
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:

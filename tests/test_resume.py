@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import assert_user_error, run_lmtune
 
 ARGS = [
@@ -32,13 +34,23 @@ def _complete_steps(out: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in ckpt.glob("step_*") if p.name[5:].isdigit()) if ckpt.is_dir() else []
 
 
-def test_killed_run_resumes_to_identical_losses(tmp_path: Path) -> None:
-    reference = tmp_path / "reference"
-    assert run_lmtune("instruction_finetune", str(reference), *ARGS).returncode == 0
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of the same command."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert run_lmtune("instruction_finetune", str(out), *ARGS).returncode == 0
+    return out
+
+
+def _start(out: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_killed_run_resumes_to_identical_losses(tmp_path: Path, reference: Path) -> None:
 
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start(out)
     deadline = time.monotonic() + 300
     while not _complete_steps(out) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -55,6 +67,25 @@ def test_killed_run_resumes_to_identical_losses(tmp_path: Path) -> None:
     assert sorted(resumed) == sorted(expected) == list(range(1, 61))
     for step in range(steps_at_kill[-1] + 1, 61):
         assert resumed[step] == expected[step], (step, resumed[step], expected[step])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_exits_75_and_resumes(tmp_path: Path, reference: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "preempted"
+    proc = _start(out)
+    deadline = time.monotonic() + 300
+    while not (out / "metrics/train.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-2000:]
+    stopped_at = _complete_steps(out)[-1]
+    assert 0 < stopped_at < 60
+    assert f"writing a checkpoint at step {stopped_at}; rerun the same command to resume" in stderr.decode()
+    assert run_lmtune("instruction_finetune", str(out), *ARGS).returncode == 0
+    expected, resumed = _losses(reference), _losses(out)
+    for step in range(1, 61):
+        assert resumed[step] == expected[step], step
 
 
 def test_finished_run_extended_continues_from_its_last_step(tmp_path: Path) -> None:

@@ -10,6 +10,14 @@ class UserError(Exception):
     """Bad input. The CLI prints the message on one line and exits with status 2."""
 
 
+class Stopped(Exception):
+    """A run stopped on request after writing a checkpoint; the CLI exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
 

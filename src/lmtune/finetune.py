@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lmtune.cards import CardStore
 from lmtune.config import dump_yaml, to_dict
-from lmtune.errors import UserError
+from lmtune.errors import Stopped, UserError
 from lmtune.finetune_options import FinetuneOptions
 from lmtune.records import read_records
 from lmtune.run_dir import check_rerun, is_main_process, lock_output_dir, save_config
@@ -96,9 +96,16 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
 
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
 
+    from fairseq2.task import TaskStopException
     from fairseq2.utils.validation import ValidationError
+
+    from lmtune.preemption import PREEMPTED_EXIT_CODE
 
     try:
         run(InstructionFinetuneRecipe(), config, out_dir)
     except ValidationError as ex:
         raise UserError(f"the config is not valid for fairseq2: {ex}") from None
+    except TaskStopException:
+        steps = checkpoint_steps(checkpoint_dir)
+        at = f" at step {steps[-1]}" if steps else ""
+        raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
