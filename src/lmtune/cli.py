@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from lmtune.errors import Stopped, UserError
+from lmtune.errors import RunFailed, Stopped, UserError
 
 DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as ex:
         print(f"lmtune: error: {ex}", file=sys.stderr)
         return 2
+    except RunFailed as ex:
+        print(f"lmtune: error: {ex}", file=sys.stderr)
+        return 1
     except Stopped as ex:
         print(f"lmtune: {ex}", file=sys.stderr)
         return ex.exit_code

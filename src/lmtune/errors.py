@@ -10,6 +10,10 @@ class UserError(Exception):
     """Bad input. The CLI prints the message on one line and exits with status 2."""
 
 
+class RunFailed(Exception):
+    """A run failed for a reason outside lmtune (a lost peer, a dead node). Exit status 1, no traceback."""
+
+
 class Stopped(Exception):
     """A run stopped on request after writing a checkpoint; the CLI exits with ``exit_code``."""
 

@@ -12,6 +12,7 @@ from fairseq2.recipe.config import (
     AdamWConfig,
     CommonSection,
     CosineAnnealingLRConfig,
+    GangSection,
     GradAccumulationConfig,
     LRSchedulerSection,
     MetricRecordersConfig,
@@ -88,6 +89,7 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             max_num_tokens=o.max_num_tokens,
             batch_size=o.batch_size,
         ),
+        gang=GangSection(timeout=o.distributed_timeout_minutes),
         trainer=TrainerSection(
             data_parallelism=o.data_parallelism,
             mixed_precision=training_precision(o.dtype),
@@ -113,6 +115,7 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
         common=CommonSection(
             seed=o.seed,
             no_sweep_dir=True,  # OUT is OUT: no hash-named sub-folder
+            cluster="none",  # lmtune.cluster has set torch.distributed's variables already
             metric_recorders=MetricRecordersConfig(
                 tensorboard=TensorBoardConfig(enabled=o.tensorboard),
                 wandb=WandbConfig(enabled=o.wandb.enabled, project=o.wandb.project, entity=o.wandb.entity, run_name=o.wandb.run_name),

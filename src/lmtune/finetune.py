@@ -6,12 +6,14 @@ key, path, card or record costs one clear sentence and leaves OUT untouched.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from lmtune.cards import CardStore
+from lmtune.cluster import explain_distributed_failure, prepare_distributed_env
 from lmtune.config import dump_yaml, to_dict
-from lmtune.errors import Stopped, UserError
+from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.finetune_options import FinetuneOptions
 from lmtune.records import read_records
 from lmtune.run_dir import check_rerun, is_main_process, lock_output_dir, save_config
@@ -25,12 +27,15 @@ def _check_numbers(o: FinetuneOptions) -> None:
         "gradient_accumulation_steps": o.gradient_accumulation_steps, "checkpoint_every_n_steps": o.checkpoint_every_n_steps,
         "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
         "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
+        "distributed_timeout_minutes": o.distributed_timeout_minutes,
     }
     for key, value in positive.items():
         if value is not None and value < 1:
             raise UserError(f"config key '{key}' must be at least 1, got {value}.")
     if o.learning_rate <= 0:
         raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
+    if o.max_num_steps is not None and o.lr_scheduler.num_warmup_steps >= o.max_num_steps:
+        raise UserError(f"lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} must be smaller than max_num_steps={o.max_num_steps}.")
     if o.max_num_steps is None and o.max_num_data_epochs is None:
         raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
 
@@ -71,6 +76,7 @@ def check_vocabulary(model: ModelSpec, tokenizer: TokenizerSpec) -> None:
 
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
     _check_numbers(o)
+    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
     model, tokenizer, train_file, valid_file = resolve_inputs(o)
     check_vocabulary(model, tokenizer)
     main = is_main_process()
@@ -109,3 +115,17 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
         steps = checkpoint_steps(checkpoint_dir)
         at = f" at step {steps[-1]}" if steps else ""
         raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as ex:
+        explained = explain_distributed_failure(ex, os.environ)
+        if explained is None:
+            raise
+        raise RunFailed(explained) from None
+
+    # [hf export, issue 4: lmtune/hf_export.py] rank 0 exports once training has finished.
+    if main and o.export_hf != "none":
+        from lmtune.hf_export import export_run_checkpoints
+
+        export_run_checkpoints(checkpoint_dir, o.export_hf)
+    # [end hf export]

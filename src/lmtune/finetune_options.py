@@ -68,9 +68,15 @@ class FinetuneOptions:
     """Training precision on GPU (mixed precision over float32 weights); always float32 on CPU."""
     seed: int = 2
     data_parallelism: Literal["ddp", "fsdp"] = "ddp"
+    distributed_timeout_minutes: int = 15
+    """How long ranks wait for each other (start-up and every collective) before failing."""
     activation_checkpointing: bool = False
     compile: bool = False
     tensorboard: bool = True
+    # [hf export, issue 4: lmtune/hf_export.py]
+    export_hf: Literal["none", "last", "all"] = "none"
+    """After training, write checkpoints as Hugging Face directories (step_N/hf): none, the last, or every kept one."""
+    # [end hf export]
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
     lr_scheduler: LRSchedulerOptions = field(default_factory=LRSchedulerOptions)
     wandb: WandbOptions = field(default_factory=WandbOptions)

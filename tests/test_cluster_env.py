@@ -1,0 +1,84 @@
+"""SLURM variables as srun really sets them -> torch.distributed's variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmtune.cluster import expand_nodelist, expand_tasks_per_node, prepare_distributed_env, torch_env_from_slurm
+from lmtune.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("node07", ["node07"]),
+        ("node[01-04,07]", ["node01", "node02", "node03", "node04", "node07"]),
+        ("gpu-a[1-2],gpu-b3", ["gpu-a1", "gpu-a2", "gpu-b3"]),
+        ("n[8-11]", ["n8", "n9", "n10", "n11"]),
+        ("a[001-002],b,c[9]", ["a001", "a002", "b", "c9"]),
+    ],
+)
+def test_expand_nodelist(nodelist: str, hosts: list[str]) -> None:
+    assert expand_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("value, counts", [("8", [8]), ("8(x2)", [8, 8]), ("4,2", [4, 2]), ("2(x3),1", [2, 2, 2, 1])])
+def test_expand_tasks_per_node(value: str, counts: list[int]) -> None:
+    assert expand_tasks_per_node(value) == counts
+
+
+def srun_env(**over: str) -> dict[str, str]:
+    """What `srun --nodes=2 --ntasks=12` sets for the second task on the second node (no --ntasks-per-node)."""
+    env = {
+        "SLURM_PROCID": "9", "SLURM_NTASKS": "12", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_NNODES": "2",
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "gpu-a[07-08]", "SLURM_TASKS_PER_NODE": "8,4",
+    }
+    env.update(over)
+    return env
+
+
+def test_srun_variables_without_ntasks_per_node_or_scontrol() -> None:
+    assert torch_env_from_slurm(srun_env()) == {
+        "RANK": "9", "WORLD_SIZE": "12", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
+        "MASTER_ADDR": "gpu-a07", "MASTER_PORT": str(20000 + 4242),
+    }
+
+
+def test_master_addr_and_port_can_be_overridden() -> None:
+    env = torch_env_from_slurm(srun_env(MASTER_ADDR="10.1.2.3", MASTER_PORT="1234"))
+    assert env is not None and (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("10.1.2.3", "1234")
+
+
+def test_torchrun_variables_win_over_slurm() -> None:
+    env = srun_env(RANK="3", WORLD_SIZE="4", LOCAL_RANK="3", LOCAL_WORLD_SIZE="4", MASTER_ADDR="h", MASTER_PORT="5")
+    assert torch_env_from_slurm(env) is None
+    assert prepare_distributed_env(env) == "torchrun" and env["RANK"] == "3"
+
+
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"SLURM_TASKS_PER_NODE": "8(x2)"}, "adds up to 16 tasks but SLURM_NTASKS=12"),
+        ({"SLURM_LOCALID": "5"}, "SLURM_LOCALID=5 is not below the 4 task(s) on node 1"),
+        ({"SLURM_TASKS_PER_NODE": "eight"}, "not in SLURM's form"),
+        ({"SLURM_NTASKS": "x"}, "SLURM_NTASKS='x' is not a non-negative integer"),
+        ({"SLURM_NODEID": "2"}, "describes 2 node(s)"),
+    ],
+)
+def test_inconsistent_environment_names_the_variable(over: dict[str, str], fragment: str) -> None:
+    with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        torch_env_from_slurm(srun_env(**over))
+
+
+def test_missing_variables_are_named() -> None:
+    env = srun_env()
+    del env["SLURM_TASKS_PER_NODE"]
+    with pytest.raises(UserError, match="SLURM_TASKS_PER_NODE is not"):
+        torch_env_from_slurm(env)
+    with pytest.raises(UserError, match="WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not"):
+        prepare_distributed_env({"RANK": "0"})
+
+
+def test_no_launcher() -> None:
+    env: dict[str, str] = {}
+    assert prepare_distributed_env(env) == "none" and env == {}
