@@ -126,3 +126,34 @@ def test_killing_one_rank_stops_the_other(tmp_path: Path) -> None:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_signal_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    _wait_all(_srun_like(reference, port=29641))
+    out = tmp_path / "out"
+    procs = _srun_like(out, port=29643)
+    deadline = time.monotonic() + 300
+    while not (out / "metrics/train.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGUSR1)  # only one rank hears it
+    for p in procs:
+        p.communicate(timeout=120)
+    assert [p.returncode for p in procs] == [75, 75]
+    steps = sorted(int(p.name[5:]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
+    assert steps and steps[-1] < STEPS
+    _wait_all(_srun_like(out, port=29645))
+    assert _losses(out) == _losses(reference)
+
+
+def test_missing_peer_fails_within_the_timeout(tmp_path: Path) -> None:
+    env = _env(
+        SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NNODES="1",
+        SLURM_JOB_ID="778", SLURM_JOB_NODELIST="localhost", SLURM_TASKS_PER_NODE="2", MASTER_PORT="29651",
+    )
+    started = time.monotonic()
+    r = subprocess.run([*LMTUNE, *_args(tmp_path / "out", "distributed_timeout_minutes=1")], env=env, capture_output=True, text=True, timeout=300)
+    assert time.monotonic() - started < 150
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr.split("lmtune: error:")[-1]
+    assert "not all 2 did" in r.stderr, r.stderr[-3000:]

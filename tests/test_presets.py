@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,11 @@ def test_preset_opens_with_its_command_and_parses(preset: Path) -> None:
     command = first[2:].split()[1]
     result = run_lmtune(command, "OUT", "--config-file", str(preset), "--dump-config")
     assert result.returncode == 0, result.stderr
+
+
+def test_sbatch_script_opens_with_its_command() -> None:
+    script = configs_dir() / "slurm_2node.sbatch"
+    lines = script.read_text().splitlines()
+    assert lines[0] == "#!/bin/bash" and lines[1].startswith("# sbatch configs/slurm_2node.sbatch")
+    assert "#SBATCH --signal=USR1@120" in lines and "#SBATCH --requeue" in lines
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
