@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from lmtune.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
 from lmtune.errors import UserError
 from lmtune.specs import ModelSpec, TokenizerSpec
 
@@ -71,7 +72,9 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     config = model_config(spec)
     gangs = create_fake_gangs(device or CPU)
     if spec.checkpoint is None:
-        model = family.create_new_model(config, gangs, dtype, meta=False)
+        model = family.create_new_model(config, gangs, dtype, meta=False, init_rank0_only=False)
+    elif spec.family == "llama" and has_stale_rotary_buffers(Path(spec.checkpoint)):
+        model = load_llama_without_stale_rotary_buffers(family, config, gangs, dtype, Path(spec.checkpoint), spec.name)
     else:
         model = family.load_custom_model(Path(spec.checkpoint), config, gangs, dtype, False, False, None)
     model.eval()

@@ -28,10 +28,10 @@ class TokenizerSpec:
 
     @property
     def hf_dir(self) -> Path | None:
-        """The Hugging Face tokenizer directory, when this tokenizer is one."""
-        if self.path.is_dir() and (self.path / "tokenizer.json").is_file():
-            return self.path
-        return None
+        """The Hugging Face tokenizer directory, when this tokenizer is one or its
+        tokenizer.model sits in one (a Llama 2 HF directory, loaded with SentencePiece)."""
+        directory = self.path if self.path.is_dir() else self.path.parent
+        return directory if (directory / "tokenizer.json").is_file() else None
 
     def as_card(self) -> dict[str, object]:
         return {"name": self.name, "tokenizer": str(self.path), "tokenizer_family": self.family, "tokenizer_config": self.config}
@@ -85,20 +85,35 @@ def tokenizer_from_card(card: Card) -> TokenizerSpec:
     config = dict(card.get("tokenizer_config") or {})  # type: ignore[call-overload]
     if path.is_file() and path.name == "tokenizer.json":
         path = path.parent
-    if family == "llama" and "impl" not in config:
-        if path.is_dir():
-            if (path / "tokenizer.json").is_file():
-                config["impl"] = "hg"
-            elif (path / "tokenizer.model").is_file():
-                path = path / "tokenizer.model"
-                config["impl"] = _sniff_tokenizer_file(path)
-            else:
-                raise UserError(f"card '{card.name}': tokenizer directory {path} has neither tokenizer.json nor tokenizer.model.")
-        else:
-            config["impl"] = _sniff_tokenizer_file(path)
-    elif path.is_dir() and family != "llama" and not (path / "tokenizer.json").is_file():
+    if family == "llama":
+        path, config["impl"] = _llama_tokenizer_impl(card, path, config.get("impl"))
+    elif path.is_dir() and not (path / "tokenizer.json").is_file():
         raise UserError(f"card '{card.name}': tokenizer directory {path} has no tokenizer.json.")
     return TokenizerSpec(card.name, family, path, config)
+
+
+def _llama_tokenizer_impl(card: Card, path: Path, impl: object) -> tuple[Path, str]:
+    """The file and fairseq2 impl for a Llama tokenizer: an HF directory ('hg'), or a
+    tokenizer.model that is SentencePiece ('sp', Llama 2) or tiktoken (Llama 3)."""
+    if not path.is_dir():
+        return path, impl if isinstance(impl, str) else _sniff_tokenizer_file(path)
+    model_file = path / "tokenizer.model"
+    has_json = (path / "tokenizer.json").is_file()
+    if impl is None and model_file.is_file():
+        sniffed = _sniff_tokenizer_file(model_file)
+        # Llama 2 HF directories ship tokenizer.json beside SentencePiece's tokenizer.model;
+        # fairseq2's 'hg' impl knows only Llama 3's special tokens (BOS would become <unk>).
+        if sniffed == "sp" or not has_json:
+            impl = sniffed
+    if impl in ("sp", "tiktoken"):
+        if not model_file.is_file():
+            raise UserError(f"card '{card.name}': tokenizer_config impl '{impl}' needs a tokenizer.model file, and tokenizer directory {path} has none.")
+        return model_file, str(impl)
+    if impl == "hg" or (impl is None and has_json):
+        if not has_json:
+            raise UserError(f"card '{card.name}': tokenizer_config impl 'hg' needs a tokenizer.json file, and tokenizer directory {path} has none.")
+        return path, "hg"
+    raise UserError(f"card '{card.name}': tokenizer directory {path} has neither tokenizer.json nor tokenizer.model.")
 
 
 def resolve_tokenizer(store: CardStore, ref: str) -> TokenizerSpec:
