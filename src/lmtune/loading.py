@@ -63,8 +63,9 @@ def model_config(spec: ModelSpec) -> object:
         raise UserError(f"model '{spec.name}': model_config does not fit a {spec.family} model ({ex}).") from None
 
 
-def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The model in eval mode; randomly initialised when the spec has no checkpoint."""
+def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32, seed: int | None = None) -> torch.nn.Module:
+    """The model in eval mode; randomly initialised when the spec has no checkpoint
+    (``init: random``), the same weights for the same ``seed``."""
     from fairseq2.device import CPU
     from fairseq2.gang import create_fake_gangs
 
@@ -72,6 +73,8 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     config = model_config(spec)
     gangs = create_fake_gangs(device or CPU)
     if spec.checkpoint is None:
+        if seed is not None:
+            torch.manual_seed(seed)
         model = family.create_new_model(config, gangs, dtype, meta=False, init_rank0_only=False)
     elif spec.family == "llama" and has_stale_rotary_buffers(Path(spec.checkpoint)):
         model = load_llama_without_stale_rotary_buffers(family, config, gangs, dtype, Path(spec.checkpoint), spec.name)

@@ -1,0 +1,163 @@
+"""Task scores against hand-computed values; the confusion-matrix PNG read back."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from conftest import run_lmtune
+from lmtune.confusion_png import cell_shade, layout, write_confusion_png
+from lmtune.errors import UserError
+from lmtune.scoring import INVALID, check_references, format_table, gsm8k_answer, parse_label, score
+
+LABELS = ["World", "Sports", "Business"]
+
+
+def ref(label: str) -> str:
+    return json.dumps({"category": label})
+
+
+# (completion, reference): confusion by hand, rows = truth, columns = World, Sports, Business, invalid
+#   World    2 1 0 0
+#   Sports   0 2 0 1
+#   Business 1 0 3 0
+PAIRS = [
+    ('{"category": "World"}', ref("World")),
+    ("World", ref("World")),
+    ("sports.", ref("World")),
+    ('"Sports"', ref("Sports")),
+    ('```json\n{"category": "Sports"}\n```', ref("Sports")),
+    ("I think it is sports news", ref("Sports")),
+    ("Business", ref("Business")),
+    ('{"category": "World"}', ref("Business")),
+    ('{"category": "business"}', ref("Business")),
+    (" BUSINESS ", ref("Business")),
+]
+
+
+def test_classification_metrics_equal_hand_computation() -> None:
+    s = score("classification", PAIRS, LABELS)
+    assert s["confusion_matrix"] == {"rows": LABELS, "columns": LABELS + [INVALID], "counts": [[2, 1, 0, 0], [0, 2, 0, 1], [1, 0, 3, 0]]}
+    assert s["accuracy"] == pytest.approx(7 / 10)
+    assert s["invalid"] == 1
+    # World: 2 right of 3 predicted and 3 true; Business: 3 of 3 predicted, 3 of 4 true.
+    expected = {
+        "World": (Fraction(2, 3), Fraction(2, 3)),
+        "Sports": (Fraction(2, 3), Fraction(2, 3)),
+        "Business": (Fraction(1), Fraction(3, 4)),
+    }
+    f1s = []
+    for label, (p, r) in expected.items():
+        f1 = 2 * p * r / (p + r)
+        f1s.append(f1)
+        c = s["per_class"][label]
+        assert (c["precision"], c["recall"], c["f1"]) == pytest.approx((float(p), float(r), float(f1)))
+    assert s["per_class"]["Business"]["f1"] == pytest.approx(6 / 7)
+    assert s["per_class"]["Business"]["support"] == 4
+    assert s["macro_f1"] == pytest.approx(float(sum(f1s) / 3)) == pytest.approx(46 / 63)
+
+
+def test_class_never_predicted_nor_present_counts_zero_in_macro_f1() -> None:
+    s = score("classification", [("a", "a"), ("a", "b")], ["a", "b", "c"])
+    # a: P 1/2 R 1 F1 2/3; b: 0; c: no support, never predicted: 0 (as scikit-learn's zero_division=0)
+    assert s["macro_f1"] == pytest.approx((2 / 3) / 3)
+    assert s["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_parse_label() -> None:
+    assert parse_label('{"category": "Sci/Tech"}', ["World", "Sci/Tech"]) == "Sci/Tech"
+    assert parse_label("sci/tech", ["World", "Sci/Tech"]) == "Sci/Tech"
+    assert parse_label('Answer: {"category": "World"} because', ["World", "Sci/Tech"]) == "World"
+    assert parse_label('{"label": "World"}', ["World"]) is None
+    assert parse_label("Worldwide", ["World"]) is None
+    assert parse_label("", ["World"]) is None
+
+
+def test_gsm8k_answers_and_accuracy() -> None:
+    assert gsm8k_answer("3 + 4 = 7\n#### 1,234") == 1234
+    assert gsm8k_answer("#### $18.50") == pytest.approx(18.5)
+    assert gsm8k_answer("#### -3") == -3
+    assert gsm8k_answer("the answer is 5") is None
+    assert gsm8k_answer("#### none") is None
+    pairs = [
+        ("so #### 1,234", "#### 1234"),  # commas dropped
+        ("#### 12.0", "x\n#### 12"),  # the same number
+        ("The answer is 5", "#### 5"),  # no '####': no answer
+        ("#### 7\n#### 8", "#### 8"),  # the last '####' counts
+        ("#### -3", "#### 3"),
+    ]
+    s = score("gsm8k", pairs)
+    assert (s["correct"], s["no_answer"], s["num_examples"]) == (3, 1, 5)
+    assert s["accuracy"] == pytest.approx(0.6)
+    assert "accuracy  0.6000  (3/5)" in format_table(s)
+
+
+def test_exact_match() -> None:
+    s = score("exact_match", [(" yes\n", "yes"), ("Yes", "yes"), ("no", "no")])
+    assert (s["correct"], s["accuracy"]) == (2, pytest.approx(2 / 3))
+
+
+def test_check_references() -> None:
+    refs = [("f:1", ref("World")), ("f:2", "Sports"), ("f:3", ref("World"))]
+    assert check_references("classification", refs, None) == ["Sports", "World"]  # labels from the references
+    assert check_references("classification", refs, LABELS) == LABELS
+    with pytest.raises(UserError, match="f:2: .* one of the labels"):
+        check_references("classification", refs, ["World", "Business"])
+    with pytest.raises(UserError, match="f:1: score=gsm8k .* 2 of 3"):
+        check_references("gsm8k", [("f:1", "7"), ("f:2", "#### 7"), ("f:3", "eight")], None)
+    with pytest.raises(UserError, match="f:2: score=exact_match needs a reference"):
+        check_references("exact_match", [("f:1", "a"), ("f:2", None)], None)
+
+
+def read_png(path: Path) -> tuple[int, int, bytes]:
+    """(width, height, RGB bytes) of an 8-bit RGB PNG with unfiltered rows, checking CRCs."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", header[:10])
+    assert (depth, color) == (8, 2)
+    raw = zlib.decompress(idat)
+    stride = 3 * width + 1
+    assert all(raw[y * stride] == 0 for y in range(height))
+    return width, height, b"".join(raw[y * stride + 1 : (y + 1) * stride] for y in range(height))
+
+
+def test_confusion_matrix_png_shades_cells_by_row_share(tmp_path: Path) -> None:
+    s = score("classification", PAIRS, LABELS)
+    cm = s["confusion_matrix"]
+    path = write_confusion_png(tmp_path / "cm.png", cm["rows"], cm["columns"], cm["counts"])
+    width, height, pixels = read_png(path)
+    left, top, cw, ch = layout(cm["rows"], cm["columns"])
+    assert (width, height) == (left + 4 * cw + 1, top + 3 * ch + 1)
+    for i, row in enumerate(cm["counts"]):
+        for j, n in enumerate(row):
+            x, y = left + j * cw + 2, top + i * ch + 2  # inside the cell, clear of grid and digits
+            at = 3 * (y * width + x)
+            assert tuple(pixels[at : at + 3]) == cell_shade(n / sum(row)), (i, j)
+    assert cell_shade(0) == (255, 255, 255) and cell_shade(1) != cell_shade(0.5)
+
+
+def test_score_command_writes_scores_and_png(tmp_path: Path) -> None:
+    preds = tmp_path / "generations.jsonl"
+    preds.write_text("".join(json.dumps({"prompt": "p", "completion": c, "reference": r}) + "\n" for c, r in PAIRS))
+    out = tmp_path / "eval" / "base.json"
+    r = run_lmtune("score", str(preds), "--task", "classification", "--labels", "World,Sports,Business", "--output", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(out.read_text())
+    assert s["accuracy"] == pytest.approx(0.7) and s["macro_f1"] == pytest.approx(46 / 63)
+    assert (out.parent / s["confusion_matrix_png"]).is_file()
+    assert "macro F1  0.7302" in r.stdout and "Business" in r.stdout
