@@ -23,6 +23,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lmtune.generate_cmd", "generate completions for a dataset's prompts and score them"),
     "score": ("lmtune.score_cmd", "score an existing predictions JSONL (gsm8k, classification, exact_match)"),
     "write_hf_config": ("lmtune.hf_export_cmd", "export a checkpoint as a complete Hugging Face directory"),
+    "audit": ("lmtune.audit_cmd", "token-length percentiles of a dataset and the padding each batching strategy would waste"),
 }
 
 
