@@ -41,11 +41,13 @@ from fairseq2.recipe.config import (
     TokenizerSection,
     TrainerSection,
 )
+from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe.evaluator import EvalUnit
 from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.task import Task
 
 from lmtune.batching import build_pipeline, drop_too_long
+from lmtune.document_attention import DocumentSDPA
 from lmtune.preemption import PreemptibleTrainer, StopFlag
 from lmtune.encoding import ExampleEncoder
 from lmtune.records import read_records
@@ -60,6 +62,7 @@ class SftDataSection:
     max_seq_len: int = 1024
     max_num_tokens: int = 4096
     batch_size: int | None = None
+    packing: bool = True
     shuffle: bool = True
 
 
@@ -104,10 +107,14 @@ class InstructionFinetuneRecipe(Recipe):
                 batch_size=data.batch_size,
                 pad_idx=pad_idx,
                 shuffle_seed=config.common.seed + 1 if shuffle else None,
+                packing=data.packing and data.batch_size is None,
             )
             num_accumulate = config.trainer.grad_accumulation.num_batches if shuffle else 1
             return DataPipelineReader(pipeline, gangs, num_accumulate=num_accumulate)
 
+        if config.common.torch.default_sdpa == "torch":
+            # Packed batches attend within each example instead of across the whole pack.
+            set_default_sdpa_factory(DocumentSDPA)
         model = context.get_data_parallel_model()
         train_reader = reader(data.train_file, data.shuffle)
         valid_units, valid_readers = [], []

@@ -1,5 +1,7 @@
 """Batches of examples on fairseq2's data pipeline.
 
+Packing (the default, ``lmtune.packing``) or length batching (fairseq2's strategy).
+
 Length batching (fairseq2's strategy): examples of similar length share a batch
 of at most ``max_num_tokens`` tokens, or a fixed ``batch_size`` of examples.
 Everything is a fairseq2 DataPipeline, so the reading position is saved in each
@@ -14,6 +16,7 @@ import torch
 
 from lmtune.encoding import Example
 from lmtune.errors import UserError
+from lmtune.packing import collate_packed, group_rows, pack_examples
 
 
 def drop_too_long(examples: Sequence[Example], max_seq_len: int, what: str) -> list[Example]:
@@ -60,6 +63,7 @@ def build_pipeline(
     batch_size: int | None,
     pad_idx: int,
     shuffle_seed: int | None,
+    packing: bool = False,
 ):  # type: ignore[no-untyped-def]
     from fairseq2.data.data_pipeline import read_sequence
 
@@ -67,6 +71,16 @@ def build_pipeline(
         {"tokens": torch.tensor(e.tokens, dtype=torch.int64), "target_mask": torch.tensor(e.target_mask)}
         for e in examples
     ]
+    if packing:
+        # Rows and batches are fixed up front (deterministic for the seed); the pipeline
+        # then only walks through them, so its saved position is all a resume needs.
+        lengths = [len(e.tokens) for e in examples]
+        rows = pack_examples(lengths, max_seq_len, shuffle_seed or 0)
+        builder = read_sequence(group_rows(rows, lengths, max_num_tokens))
+        if dp_size > 1:
+            builder = builder.shard(dp_rank, dp_size, allow_uneven=True)
+        return builder.map(lambda b: collate_packed([items[i] for i in b])).and_return()
+
     builder = read_sequence(items)
     if shuffle_seed is not None:
         builder = builder.shuffle(0, seed=shuffle_seed)

@@ -42,6 +42,14 @@ def training_precision(dtype: str) -> MixedPrecisionConfig:
     return MixedPrecisionConfig(mode="static", dtype=DTYPES[dtype])
 
 
+def warmup_steps(o: FinetuneOptions) -> int:
+    """The warmup, shortened to leave one cosine step when max_num_steps is smaller (a quick smoke run of a preset)."""
+    warmup = o.lr_scheduler.num_warmup_steps
+    if o.max_num_steps is not None and warmup >= o.max_num_steps:
+        return o.max_num_steps - 1
+    return warmup
+
+
 def model_section(model: ModelSpec, compile: bool = False) -> ModelSection:
     return ModelSection(
         name=None,
@@ -88,6 +96,7 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             max_seq_len=o.max_seq_len,
             max_num_tokens=o.max_num_tokens,
             batch_size=o.batch_size,
+            packing=o.packing,
         ),
         gang=GangSection(timeout=o.distributed_timeout_minutes),
         trainer=TrainerSection(
@@ -101,7 +110,7 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             config=AdamWConfig(lr=o.learning_rate, betas=o.optimizer.betas, eps=o.optimizer.eps, weight_decay=o.optimizer.weight_decay)
         ),
         lr_scheduler=LRSchedulerSection(
-            config=CosineAnnealingLRConfig(num_warmup_steps=o.lr_scheduler.num_warmup_steps, final_lr_scale=o.lr_scheduler.final_lr_scale)
+            config=CosineAnnealingLRConfig(num_warmup_steps=warmup_steps(o), final_lr_scale=o.lr_scheduler.final_lr_scale)
         ),
         regime=RegimeSection(
             num_steps=o.max_num_steps,

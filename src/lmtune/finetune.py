@@ -34,8 +34,15 @@ def _check_numbers(o: FinetuneOptions) -> None:
             raise UserError(f"config key '{key}' must be at least 1, got {value}.")
     if o.learning_rate <= 0:
         raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
+    if o.lr_scheduler.num_warmup_steps < 0:
+        raise UserError(f"config key 'lr_scheduler.num_warmup_steps' must be 0 or more, got {o.lr_scheduler.num_warmup_steps}.")
     if o.max_num_steps is not None and o.lr_scheduler.num_warmup_steps >= o.max_num_steps:
-        raise UserError(f"lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} must be smaller than max_num_steps={o.max_num_steps}.")
+        if is_main_process():
+            print(
+                f"lmtune: warning: lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} is not below max_num_steps={o.max_num_steps}; "
+                f"warming up over {o.max_num_steps - 1} step(s) instead.",
+                file=sys.stderr,
+            )
     if o.max_num_steps is None and o.max_num_data_epochs is None:
         raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
 

@@ -49,9 +49,11 @@ class FinetuneOptions:
     """OUT/checkpoints of an earlier run, to start a new stage from model=last_checkpoint or checkpoint_step_N."""
     max_seq_len: int = 2048
     max_num_tokens: int = 8192
-    """Tokens per batch per rank (length batching); ignored when batch_size is set."""
+    """Tokens per batch per rank (packed or length-batched); ignored when batch_size is set."""
     batch_size: int | None = None
-    """Examples per batch per rank, instead of max_num_tokens."""
+    """Examples per batch per rank, instead of max_num_tokens (turns packing off)."""
+    packing: bool = True
+    """Pack examples into batches of max_num_tokens, each attending only to itself; false: length batching."""
     max_num_steps: int | None = 1000
     max_num_data_epochs: int | None = None
     learning_rate: float = 5.5e-6
