@@ -71,21 +71,27 @@ def resolve_inputs(o: FinetuneOptions) -> tuple[ModelSpec, TokenizerSpec, Path, 
     return model, tokenizer, data.train, valid
 
 
-def check_vocabulary(model: ModelSpec, tokenizer: TokenizerSpec) -> None:
-    """Token ids beyond the model's embedding table would crash the first step."""
+def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions) -> None:
+    """Token ids beyond the embedding table, or positions beyond the model's maximum, would crash a step."""
     from lmtune.loading import load_tokenizer, model_config
 
-    vocab_size = getattr(model_config(model), "vocab_size", None)
+    config = model_config(model)
+    vocab_size = getattr(config, "vocab_size", None)
     tok_size = load_tokenizer(tokenizer).vocab_info.size
     if vocab_size is not None and tok_size > vocab_size:
         raise UserError(f"tokenizer '{tokenizer.name}' has {tok_size} tokens but model '{model.name}' has vocab_size={vocab_size}; use the model's own tokenizer or a model with a larger vocabulary.")
+    model_max = getattr(config, "max_seq_len", None)
+    if model_max is not None and o.max_seq_len > model_max:
+        if is_main_process():
+            print(f"lmtune: warning: max_seq_len={o.max_seq_len} is longer than model '{model.name}' allows; using max_seq_len={model_max}.", file=sys.stderr)
+        o.max_seq_len = model_max
 
 
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
     _check_numbers(o)
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
     model, tokenizer, train_file, valid_file = resolve_inputs(o)
-    check_vocabulary(model, tokenizer)
+    check_model_fit(model, tokenizer, o)
     main = is_main_process()
     checkpoint_dir = out_dir / "checkpoints"
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
