@@ -103,3 +103,26 @@ def test_tokenizer_larger_than_model_vocabulary(out: Path, isolated_user_cards: 
 def test_unknown_preset_and_missing_model() -> None:
     assert_user_error(run_lmtune("instruction_finetune", "/tmp/x", "--config-file", "tiny_gsm"), "tiny_gsm8k")
     assert_user_error(run_lmtune("instruction_finetune", "/tmp/x", "--config", "dataset=tiny_gsm8k"), "'model' is not set")
+
+
+TINY_LLAMA = {  # assets/tiny.yaml's tiny_llama
+    "model_dim": 128, "num_layers": 2, "num_attn_heads": 4, "num_key_value_heads": 2, "ffn_inner_dim": 512,
+    "vocab_size": 512, "pad_idx": 2, "tied_embeddings": True, "max_seq_len": 512,
+}
+
+
+def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_cards: Path) -> None:
+    from tiny_builders import build_tiny_model, write_meta_reference
+
+    pth = write_meta_reference(build_tiny_model("llama", "tiny_llama", TINY_LLAMA), tmp_path / "weights")  # model_dim 128
+    card = f"name: my_model\nbase: tiny_llama\ninit: null\ncheckpoint: {pth}\nmodel_config:\n  model_dim: 64\n"
+    (isolated_user_cards / "m.yaml").write_text(card)
+    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=my_model")
+    assert_user_error(r, str(pth), "does not fit the model's architecture", "(512, 64) in the model", "model_config")
+    assert (out / "keep.txt").read_text() == "precious"
+    r = run_lmtune("generate", str(tmp_path / "gen"), "--config", "model=my_model", "dataset=tiny_gsm8k")
+    assert_user_error(r, str(pth), "does not fit the model's architecture")
+    # With the card fixed, the same OUT trains: the failed attempt left no checkpoint to protect.
+    (isolated_user_cards / "m.yaml").write_text(card.replace("model_dim: 64", "model_dim: 128"))
+    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=my_model")
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -34,3 +34,20 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if len(choices) <= 12:
         return "valid: " + ", ".join(choices) + "."
     return f"{len(choices)} are known (see `lmtune assets list`)."
+
+
+def explain_checkpoint_mismatch(ex: BaseException) -> str | None:
+    """One sentence for fairseq2's "checkpoint is not compatible" errors, else None.
+
+    They happen when a card's checkpoint holds another architecture than the card
+    says (another size, another family); fairseq2 lists every mismatched tensor.
+    """
+    if type(ex).__name__ != "CorruptModelCheckpointError":
+        return None
+    path = getattr(ex, "path", None)
+    details = str(ex.__cause__ or "")
+    first, _, rest = details.partition(". ")
+    more = rest.count(" in the checkpoint") + rest.count("missing in the checkpoint")
+    where = f" at {path}" if path else ""
+    detail = f" ({first.rstrip('.')}{f', and {more} more' if more else ''})" if first else ""
+    return f"the checkpoint{where} does not fit the model's architecture{detail}; check the card's model_arch / model_config, or point its checkpoint: at weights of that architecture."
