@@ -149,3 +149,12 @@ def test_dataset_paths_and_layouts(tmp_path: Path) -> None:
 def test_shipped_cards_parse_and_every_file_is_packaged() -> None:
     files = sorted(p.name for p in assets_dir().glob("*.yaml"))
     assert files == ["datasets.yaml", "llama.yaml", "qwen.yaml", "tiny.yaml"]
+
+
+def test_dataset_labels_read_by_yaml_as_booleans_are_refused(isolated_user_cards: Path, tmp_path: Path) -> None:
+    (tmp_path / "test.jsonl").write_text('{"src": "q", "tgt": "yes"}\n')
+    (isolated_user_cards / "d.yaml").write_text(f"name: yes_no\ndata: {tmp_path}\ntest: test.jsonl\nlabels: [yes, no]\n")
+    with pytest.raises(UserError, match=r"yes_no.*quote the labels"):
+        resolve_dataset(CardStore(), "yes_no")
+    (isolated_user_cards / "d.yaml").write_text(f"name: yes_no\ndata: {tmp_path}\ntest: test.jsonl\nlabels: ['yes', 'no']\n")
+    assert resolve_dataset(CardStore(), "yes_no").labels == ["yes", "no"]

@@ -230,6 +230,9 @@ def resolve_dataset(store: CardStore, ref: str, key: str = "dataset") -> Dataset
     task = card.get("task")
     spec.task = task if isinstance(task, str) else None
     labels = card.get("labels")
+    if isinstance(labels, list) and any(isinstance(x, bool) or x is None for x in labels):
+        # YAML reads bare yes/no/true/false/on/off as booleans and ~/null as None.
+        raise UserError(f"dataset card '{card.name}' ({card.where}): labels {labels} hold YAML booleans or nulls; quote the labels, e.g. labels: [\"yes\", \"no\"].")
     spec.labels = [str(x) for x in labels] if isinstance(labels, list) else None
     return spec
 
