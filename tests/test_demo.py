@@ -1,0 +1,104 @@
+"""lmtune demo: fine-tune, generate and score, export, and transformers completing the
+export exactly as lmtune does; a rerun on the same OUT resumes instead of failing.
+
+Training is cut to 20 steps (through the demo's --config passthrough): enough for the
+loss to fall and for the completions to be real text that both sides must agree on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import run_lmtune
+
+SHORT = ["--config", "max_num_steps=20", "publish_metrics_every_n_steps=5", "checkpoint_every_n_steps=10", "tensorboard=false"]
+HEADINGS = ["=== 1/4 Fine-tune", "=== 2/4 Generate and score", "=== 3/4 Export to Hugging Face", "=== 4/4 Summary"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    r = run_lmtune("demo", str(out), *SHORT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout
+
+
+def _scores(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((path / "scores.json").read_text())
+
+
+def test_sections_in_order_and_training_learned(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    positions = [stdout.find(h) for h in HEADINGS]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), stdout
+    assert sorted(p.name for p in (out / "finetune/checkpoints").glob("step_*")) == ["step_10", "step_20"]
+    m = re.search(r"loss (\d+\.\d+) at step 5 -> (\d+\.\d+) at step 20", stdout)
+    assert m is not None, stdout
+    assert float(m.group(2)) < float(m.group(1)) - 1.0, m.group()  # about 6.2 -> 2.2 in 20 steps
+    metrics = [json.loads(line) for line in (out / "finetune/metrics/train.jsonl").read_text().splitlines()]
+    assert f"{metrics[0]['NLL Loss']:.3f}" == m.group(1) and f"{metrics[-1]['NLL Loss']:.3f}" == m.group(2)
+
+
+def test_generations_and_scores(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    test_split = (Path(__file__).resolve().parent.parent / "assets/tiny/gsm8k/test/test.jsonl").read_text().splitlines()
+    for name in ("generate", "generate_untrained"):
+        rows = [json.loads(line) for line in (out / name / "generations.jsonl").read_text().splitlines()]
+        assert [r["prompt"] for r in rows] == [json.loads(line)["src"] for line in test_split]
+        scores = _scores(out / name)
+        assert scores["task"] == "gsm8k" and scores["num_examples"] == len(test_split) == 200
+        assert isinstance(scores["accuracy"], float) and 0.0 <= scores["accuracy"] <= 1.0
+    before, after = _scores(out / "generate_untrained"), _scores(out / "generate")
+    assert before["correct"] == 0 and before["no_answer"] == 200  # random weights never write '#### N'
+    assert after["no_answer"] < 200  # 20 steps already teach the answer format
+    assert f"accuracy on 200 problems: {before['accuracy']:.3f} before fine-tuning -> {after['accuracy']:.3f} after" in stdout
+
+
+def test_export_loads_in_transformers_and_completes_identically(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (out / "hf").iterdir()}
+    section = stdout[stdout.index(HEADINGS[2]) : stdout.index(HEADINGS[3])]
+    assert section.count("\n  identical (") == 2 and "MISMATCH" not in section, section
+    rows = [json.loads(line) for line in (out / "generate/generations.jsonl").read_text().splitlines()]
+    for row in rows[:2]:
+        shown = row["completion"].strip().replace("\n", " / ")
+        assert shown and f"  lmtune:       {shown}\n  transformers: {shown}\n" in section, section
+
+
+def test_a_mismatch_is_reported(demo: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from lmtune.demo import _compare_with_transformers
+
+    out, _ = demo
+    row = json.loads((out / "generate/generations.jsonl").read_text().splitlines()[0])
+    row["token_ids"] = row["token_ids"][:2] + [row["token_ids"][2] + 1] + row["token_ids"][3:]
+    assert _compare_with_transformers(out / "hf", [row]) == 1
+    assert "MISMATCH: the token ids differ from position 2" in capsys.readouterr().out
+
+
+def test_summary_names_the_outputs_and_commands(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    summary = stdout[stdout.index(HEADINGS[3]) :]
+    for path in ("finetune/", "generate/", "generate_untrained/", "hf/"):
+        assert f"{out}/{path}" in summary
+    assert f"lmtune instruction_finetune {out}/finetune --config-file tiny_gsm8k --config max_num_steps=20" in summary
+    assert f"lmtune generate {out}/generate --config checkpoint_dir={out}/finetune/checkpoints model=last_checkpoint dataset=tiny_gsm8k" in summary
+    assert f"lmtune write_hf_config {out}/finetune/checkpoints --output {out}/hf" in summary
+    assert re.search(r"total wall time: \d+ s", summary)
+
+
+def test_rerun_resumes_the_finished_run(demo: tuple[Path, str]) -> None:
+    out, first = demo
+    r = run_lmtune("demo", str(out), *SHORT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"{out}/finetune already has a checkpoint at step 20: resuming" in r.stdout
+    assert sorted(p.name for p in (out / "finetune/checkpoints").glob("step_*")) == ["step_10", "step_20"]
+    # Nothing retrained: the same loss curve, the same generations and scores.
+    curve = lambda s: s[s.index("training loss") : s.index("this run took")]  # noqa: E731
+    assert curve(r.stdout) == curve(first)
+    accuracy = lambda s: re.search(r"accuracy on 200 problems: .*", s).group()  # type: ignore[union-attr]  # noqa: E731
+    assert accuracy(r.stdout) == accuracy(first)
+    assert r.stdout.count("\n  identical (") == 2
