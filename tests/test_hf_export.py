@@ -194,6 +194,18 @@ def test_exported_tokenizer_encodes_as_lmtune(exported) -> None:  # type: ignore
         assert hf.decode(raw(text).tolist()) == decode(raw(text)), text
 
 
+def test_model_generate_takes_the_tokenizers_output_as_is(exported) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = exported[-1]
+    hf = AutoTokenizer.from_pretrained(out)
+    inputs = hf(TEXTS[0], return_tensors="pt")
+    assert set(inputs) == {"input_ids", "attention_mask"}  # no token_type_ids, which generate() refuses
+    model = AutoModelForCausalLM.from_pretrained(out)
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] >= inputs["input_ids"].shape[1] + 1
+
+
 def test_exported_chat_template_renders_as_lmtune(exported) -> None:  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 

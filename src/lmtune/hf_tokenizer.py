@@ -87,6 +87,8 @@ def write_hf_tokenizer(spec: TokenizerSpec, out_dir: Path, model_max_length: int
         config["add_bos_token"] = bool(prefix)
         config["add_eos_token"] = False
     config["model_max_length"] = model_max_length
+    # Decoder-only models take no token_type_ids; without this, model.generate(**tokenizer(text)) fails.
+    config.setdefault("model_input_names", ["input_ids", "attention_mask"])
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     stops = [] if vocab.eos_idx is None else [vocab.eos_idx]
