@@ -58,13 +58,13 @@ class DocumentSDPA(SDPA):
 
         dropout_p = self.dropout_p if self.training else 0.0
         lens = list(q_layout.seq_lens)
-        # Packed tensors are (S, H, K); SDPA wants (H, L, K) per example.
+        # Packed tensors are (S, H, K); SDPA wants (1, H, L, K) per example (4-D takes
+        # PyTorch's fused CPU kernel; 3-D falls back to the unfused math path).
         outputs = []
         for qi, ki, vi in zip(q.split(lens), k.split(lens), v.split(lens)):
-            out = scaled_dot_product_attention(
-                qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), dropout_p=dropout_p, is_causal=True, scale=self.scale
-            )
-            outputs.append(out.transpose(0, 1))
+            qi, ki, vi = (x.transpose(0, 1).unsqueeze(0) for x in (qi, ki, vi))
+            out = scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout_p, is_causal=True, scale=self.scale)
+            outputs.append(out.squeeze(0).transpose(0, 1))
         attns = torch.cat(outputs)
         return attns, None
 
