@@ -42,15 +42,27 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _start(out: Path) -> subprocess.Popen[bytes]:
+def _start(out: Path, args: list[str] = ARGS) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def test_killed_run_resumes_to_identical_losses(tmp_path: Path, reference: Path) -> None:
+    metrics = [json.loads(line) for line in (reference / "metrics/train.jsonl").read_text().splitlines()]
+    assert all(m["Padding"] == 0 for m in metrics)  # packed (the default): no padding at all
+    _kill_resume_and_compare(tmp_path / "killed", reference, ARGS)
 
-    out = tmp_path / "killed"
-    proc = _start(out)
+
+def test_killed_length_batched_run_resumes_to_identical_losses(tmp_path: Path) -> None:
+    args = [*ARGS, "packing=false"]
+    reference = tmp_path / "reference"
+    assert run_lmtune("instruction_finetune", str(reference), *args).returncode == 0
+    assert json.loads((reference / "metrics/train.jsonl").read_text().splitlines()[0])["Padding"] > 0  # really padded batches
+    _kill_resume_and_compare(tmp_path / "killed", reference, args)
+
+
+def _kill_resume_and_compare(out: Path, reference: Path, args: list[str]) -> None:
+    proc = _start(out, args)
     deadline = time.monotonic() + 300
     while not _complete_steps(out) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -61,7 +73,7 @@ def test_killed_run_resumes_to_identical_losses(tmp_path: Path, reference: Path)
     assert steps_at_kill and steps_at_kill[-1] < 60, steps_at_kill  # killed mid-run, after a checkpoint
 
     # The lock died with the process: the same command resumes.
-    result = run_lmtune("instruction_finetune", str(out), *ARGS)
+    result = run_lmtune("instruction_finetune", str(out), *args)
     assert result.returncode == 0, result.stderr[-2000:]
     expected, resumed = _losses(reference), _losses(out)
     assert sorted(resumed) == sorted(expected) == list(range(1, 61))
