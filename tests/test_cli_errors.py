@@ -126,3 +126,22 @@ def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_car
     (isolated_user_cards / "m.yaml").write_text(card.replace("model_dim: 64", "model_dim: 128"))
     r = run_lmtune("instruction_finetune", str(out), *TINY, "model=my_model")
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_added_tokens_beyond_the_model_vocabulary(out: Path, tmp_path: Path, isolated_user_cards: Path) -> None:
+    import json
+    import shutil
+
+    from lmtune.resources import assets_dir
+
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(assets_dir() / "tiny/tokenizer", tok_dir)
+    data = json.loads((tok_dir / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": 476, "content": "<|tool|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    (tok_dir / "tokenizer.json").write_text(json.dumps(data))
+    cards = f"name: tok_plus\ntokenizer: {tok_dir}\ntokenizer_family: llama\ntokenizer_config:\n  impl: hg\n  use_eot: true\n---\n"
+    cards += "name: vocab_476\nbase: tiny_llama\ntokenizer_ref: tok_plus\nmodel_config:\n  vocab_size: 476\n"
+    (isolated_user_cards / "m.yaml").write_text(cards)
+    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=vocab_476")
+    assert_user_error(r, "477 tokens", "vocab_size=476")
+    _untouched(out)

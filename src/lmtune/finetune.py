@@ -71,13 +71,26 @@ def resolve_inputs(o: FinetuneOptions) -> tuple[ModelSpec, TokenizerSpec, Path, 
     return model, tokenizer, data.train, valid
 
 
+def _hf_token_count(tokenizer: TokenizerSpec) -> int:
+    """Highest token id + 1 of a tokenizer.json, added tokens included (fairseq2's vocab_info leaves them out)."""
+    if not tokenizer.path.is_dir() or not (tokenizer.path / "tokenizer.json").is_file():
+        return 0
+    import json
+
+    data = json.loads((tokenizer.path / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = (data.get("model") or {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+    return max(ids, default=-1) + 1
+
+
 def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions) -> None:
     """Token ids beyond the embedding table, or positions beyond the model's maximum, would crash a step."""
     from lmtune.loading import load_tokenizer, model_config
 
     config = model_config(model)
     vocab_size = getattr(config, "vocab_size", None)
-    tok_size = load_tokenizer(tokenizer).vocab_info.size
+    tok_size = max(load_tokenizer(tokenizer).vocab_info.size, _hf_token_count(tokenizer))
     if vocab_size is not None and tok_size > vocab_size:
         raise UserError(f"tokenizer '{tokenizer.name}' has {tok_size} tokens but model '{model.name}' has vocab_size={vocab_size}; use the model's own tokenizer or a model with a larger vocabulary.")
     model_max = getattr(config, "max_seq_len", None)
