@@ -110,3 +110,24 @@ def test_packed_loss_gradients_and_logits_equal_one_by_one(sdpa: str) -> None:
             expected = model(s, l)[0]
             torch.testing.assert_close(packed_logits[start : start + len(x["tokens"])], expected, rtol=1e-5, atol=1e-5)
             start += len(x["tokens"])
+
+
+def test_packed_pipeline_keeps_its_batches_and_reorders_them_each_epoch() -> None:
+    from lmtune.batching import build_pipeline
+    from lmtune.encoding import Example
+
+    rng = random.Random(4)
+    lengths = [rng.randint(3, 60) for _ in range(300)]
+    examples = [Example([rng.randint(6, 400) for _ in range(n)], [True] * n) for n in lengths]
+
+    def epoch(pipeline) -> list[tuple[int, ...]]:  # type: ignore[no-untyped-def]
+        return [tuple(b.seqs.tolist()) for b in pipeline]
+
+    kwargs = dict(dp_rank=0, dp_size=1, max_seq_len=64, max_num_tokens=256, batch_size=None, pad_idx=0, packing=True)
+    pipeline = build_pipeline(examples, shuffle_seed=3, **kwargs)  # type: ignore[arg-type]
+    first = epoch(pipeline)
+    pipeline.reset()
+    second = epoch(pipeline)
+    assert sorted(first) == sorted(second) and first != second
+    assert all(len(b) <= 256 for b in first)
+    assert epoch(build_pipeline(examples, shuffle_seed=3, **kwargs)) == first  # type: ignore[arg-type]

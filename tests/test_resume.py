@@ -137,3 +137,17 @@ def test_second_run_on_busy_output_dir_is_refused(tmp_path: Path) -> None:
     finally:
         first.kill()
         first.wait()
+
+
+def test_killed_run_resumes_identically_across_data_epochs(tmp_path: Path) -> None:
+    from lmtune.resources import assets_dir
+
+    lines = (assets_dir() / "tiny/gsm8k/sft/train.jsonl").read_text().splitlines()[:300]
+    data = tmp_path / "small.jsonl"
+    data.write_text("\n".join(lines) + "\n")  # about 8 packed batches: 60 steps run 7 epochs
+    args = [*ARGS, f"dataset={data}"]
+    reference = tmp_path / "reference"
+    assert run_lmtune("instruction_finetune", str(reference), *args).returncode == 0
+    epochs = {json.loads(line)["Data Epoch"] for line in (reference / "metrics/train.jsonl").read_text().splitlines()}
+    assert len(epochs) >= 5, epochs
+    _kill_resume_and_compare(tmp_path / "killed", reference, args)

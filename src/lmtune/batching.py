@@ -77,6 +77,8 @@ def build_pipeline(
         lengths = [len(e.tokens) for e in examples]
         rows = pack_examples(lengths, max_seq_len, shuffle_seed or 0)
         builder = read_sequence(group_rows(rows, lengths, max_num_tokens))
+        if shuffle_seed is not None:
+            builder = builder.shuffle(0, seed=shuffle_seed)  # a new batch order each epoch
         if dp_size > 1:
             builder = builder.shard(dp_rank, dp_size, allow_uneven=True)
         return builder.map(lambda b: collate_packed([items[i] for i in b])).and_return()
