@@ -61,3 +61,28 @@ def test_config_file_yaml_error_names_line(tmp_path: Path) -> None:
     f.write_text("model: a\ndataset: [b\n")
     with pytest.raises(UserError, match=rf"{f}:\d+: YAML syntax error"):
         load_config(FinetuneOptions, f, [])
+
+
+@pytest.mark.parametrize("command", ["instruction_finetune", "generate"])
+def test_out_may_follow_the_config_items(command: str, tmp_path: Path) -> None:
+    from lmtune.cli import build_parser, take_output_dir
+
+    out = str(tmp_path / "out")
+    for argv in ([command, out, "--config", "seed=3", "max_num_tokens=64"], [command, "--config", "seed=3", "max_num_tokens=64", out]):
+        args = build_parser().parse_args(argv)
+        take_output_dir(args)
+        assert (args.output_dir, args.config) == (Path(out), ["seed=3", "max_num_tokens=64"])
+
+
+def test_missing_out_is_one_sentence() -> None:
+    from lmtune.cli import build_parser, take_output_dir
+
+    args = build_parser().parse_args(["instruction_finetune", "--config", "seed=3"])
+    with pytest.raises(UserError, match="OUT is missing: lmtune instruction_finetune OUT"):
+        take_output_dir(args)
+    args = build_parser().parse_args(["demo", "--config", "max_num_steps=5", "here"])
+    take_output_dir(args, Path("lmtune-demo"))
+    assert (args.output_dir, args.config) == (Path("here"), ["max_num_steps=5"])
+    args = build_parser().parse_args(["demo"])
+    take_output_dir(args, Path("lmtune-demo"))
+    assert args.output_dir == Path("lmtune-demo")

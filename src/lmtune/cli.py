@@ -27,6 +27,9 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+OUT_USAGE = "%(prog)s OUT [--config-file F] [--config KEY=VALUE ...] [--dump-config]"
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-file", metavar="F", help="a YAML config, or the name of a preset in lmtune's configs/ (e.g. tiny_gsm8k)")
     p.add_argument("--config", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override config keys; dotted keys reach sections (optimizer.weight_decay=0.1)")
@@ -44,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune on prompt/response or chat JSONL; rerun on the same OUT to resume",
         description="Fine-tune a model on instruction data with fairseq2's trainer. Rerunning the same command on the same OUT resumes from its last checkpoint.",
         epilog="config keys (defaults):\n" + describe_keys(),
+        usage=OUT_USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("output_dir", metavar="OUT", type=Path)
+    p.add_argument("output_dir", metavar="OUT", type=Path, nargs="?")  # required; see take_output_dir
     _config_args(p)
 
     p = sub.add_parser(
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export it as a Hugging Face directory and check that transformers completes prompts as lmtune does. A few minutes on 2 CPU cores; "
         "rerunning on the same OUT resumes training.",
     )
-    p.add_argument("output_dir", metavar="OUT", type=Path, nargs="?", default=Path("lmtune-demo"), help="default: lmtune-demo")
+    p.add_argument("output_dir", metavar="OUT", type=Path, nargs="?", help="default: lmtune-demo")
     p.add_argument("--config", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override keys of the fine-tuning step (e.g. max_num_steps=100)")
 
     for name, (module, summary) in PLUGIN_COMMANDS.items():
@@ -70,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("show", help="print a card after base: inheritance and user overrides")
     a.add_argument("name")
     return parser
+
+
+def take_output_dir(args: argparse.Namespace, default: Path | None = None) -> None:
+    """Puts an OUT written after `--config a=b` (which argparse reads as one more config item) back in its place."""
+    if getattr(args, "output_dir", "absent") is not None or not hasattr(args, "config"):
+        return
+    if args.config and "=" not in args.config[-1]:
+        args.output_dir = Path(args.config.pop())
+    elif default is not None:
+        args.output_dir = default
+    else:
+        raise UserError(f"OUT is missing: lmtune {args.command} OUT [--config-file F] [--config key=value ...]")
 
 
 def resolve_config_file(value: str | None) -> Path | None:
@@ -140,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        take_output_dir(args, Path("lmtune-demo") if args.command == "demo" else None)
         if args.command in PLUGIN_COMMANDS:
             importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
         else:

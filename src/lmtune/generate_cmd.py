@@ -26,7 +26,10 @@ from lmtune.generate_options import GenerateOptions, check_options, describe_key
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Generate completions for the prompts of a dataset (its test split) and score them. Writes OUT/generations.jsonl and OUT/scores.json."
     parser.epilog = "example:\n  lmtune generate OUT --config checkpoint_dir=RUN/checkpoints model=last_checkpoint dataset=tiny_gsm8k\n\nconfig keys (defaults):\n" + describe_keys()
-    parser.add_argument("output_dir", metavar="OUT", type=Path)
+    from lmtune.cli import OUT_USAGE
+
+    parser.usage = OUT_USAGE
+    parser.add_argument("output_dir", metavar="OUT", type=Path, nargs="?")  # required; see cli.take_output_dir
     parser.add_argument("--config-file", metavar="F", help="a YAML config, or the name of a preset in lmtune's configs/")
     parser.add_argument("--config", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override config keys; dotted keys reach sections (generator_config.temperature=0.6)")
     parser.add_argument("--dump-config", action="store_true", help="print the full effective config and exit")
