@@ -81,8 +81,8 @@ def test_missing_out_is_one_sentence() -> None:
     with pytest.raises(UserError, match="OUT is missing: lmtune instruction_finetune OUT"):
         take_output_dir(args)
     args = build_parser().parse_args(["demo", "--config", "max_num_steps=5", "here"])
-    take_output_dir(args, Path("lmtune-demo"))
+    take_output_dir(args)
     assert (args.output_dir, args.config) == (Path("here"), ["max_num_steps=5"])
     args = build_parser().parse_args(["demo"])
-    take_output_dir(args, Path("lmtune-demo"))
+    take_output_dir(args)
     assert args.output_dir == Path("lmtune-demo")

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rerunning on the same OUT resumes training.",
     )
     p.add_argument("output_dir", metavar="OUT", type=Path, nargs="?", help="default: lmtune-demo")
+    p.set_defaults(output_dir_default=Path("lmtune-demo"))
     p.add_argument("--config", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="override keys of the fine-tuning step (e.g. max_num_steps=100)")
 
     for name, (module, summary) in PLUGIN_COMMANDS.items():
@@ -76,16 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def take_output_dir(args: argparse.Namespace, default: Path | None = None) -> None:
+def take_output_dir(args: argparse.Namespace) -> None:
     """Puts an OUT written after `--config a=b` (which argparse reads as one more config item) back in its place."""
-    if getattr(args, "output_dir", "absent") is not None or not hasattr(args, "config"):
+    if not hasattr(args, "output_dir") or args.output_dir is not None:
         return
     if args.config and "=" not in args.config[-1]:
         args.output_dir = Path(args.config.pop())
-    elif default is not None:
-        args.output_dir = default
+    elif getattr(args, "output_dir_default", None) is not None:
+        args.output_dir = args.output_dir_default
     else:
-        raise UserError(f"OUT is missing: lmtune {args.command} OUT [--config-file F] [--config key=value ...]")
+        raise UserError("OUT is missing: " + OUT_USAGE % {"prog": f"lmtune {args.command}"})
 
 
 def resolve_config_file(value: str | None) -> Path | None:
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        take_output_dir(args, Path("lmtune-demo") if args.command == "demo" else None)
+        take_output_dir(args)
         if args.command in PLUGIN_COMMANDS:
             importlib.import_module(PLUGIN_COMMANDS[args.command][0]).run(args)
         else:
