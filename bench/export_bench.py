@@ -33,9 +33,9 @@ def build_checkpoint(out: Path, dtype_name: str) -> int:
     from fairseq2.gang import create_fake_gangs
     from fairseq2.utils.structured import ValueConverter
 
-    from lmtune.cards import CardStore
-    from lmtune.loading import model_config, model_family, resolver
-    from lmtune.specs import ModelSpec, resolve_tokenizer
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import model_config, model_family, resolver
+    from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
 
     dtype = getattr(torch, dtype_name)
     spec = ModelSpec("llama3_2_1b", "llama", "llama3_2_1b", {}, None, "bench")

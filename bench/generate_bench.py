@@ -27,9 +27,9 @@ STOP = 5  # <|eot_id|>, the tiny tokenizer's EOS
 
 
 def tiny_model(device: torch.device):  # type: ignore[no-untyped-def]
-    from lmtune.cards import CardStore
-    from lmtune.loading import load_model, model_config
-    from lmtune.specs import resolve_model
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
     model = load_model(spec, device=device, seed=0)
@@ -104,11 +104,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    from lmtune.cards import CardStore
-    from lmtune.generate_options import GeneratorOptions
-    from lmtune.generation import Generator
-    from lmtune.loading import load_tokenizer
-    from lmtune.specs import resolve_tokenizer
+    from lmtune.catalog.cards import CardStore
+    from lmtune.options.generate import GeneratorOptions
+    from lmtune.generate.generator import Generator
+    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.catalog.specs import resolve_tokenizer
 
     model, config = tiny_model(device)
     hf = to_transformers(model, config, device)

@@ -16,7 +16,7 @@ AdamW with the same lr/betas/eps/weight decay at a constant learning rate, four 
   trl_packed      TRL's SFTTrainer with packing=True (its default best-fit packing, padding-free),
                   max_num_tokens // max_seq_len rows of up to max_seq_len tokens per batch
 
-Every example is encoded once with lmtune's own encoder (lmtune.encoding.ExampleEncoder), so the
+Every example is encoded once with lmtune's own encoder (lmtune.data.encoding.ExampleEncoder), so the
 transformers children train on exactly the token ids and loss masks lmtune trains on, and the
 total target (loss) token count of every contender is checked to be the same.
 Each contender runs in its own process with the same OMP_NUM_THREADS; its peak RSS is that
@@ -158,8 +158,8 @@ def make_records(n: int, seed: int, max_seq_len: int) -> list[dict[str, str]]:
 
 def encode(records: list[dict[str, str]], data_file: Path, tokenizer) -> list[tuple[list[int], list[bool]]]:  # type: ignore[no-untyped-def]
     """Token ids and loss masks exactly as lmtune's recipe encodes them."""
-    from lmtune.encoding import ExampleEncoder
-    from lmtune.records import Record
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.records import Record
 
     encoder = ExampleEncoder(tokenizer, None)
     out = []
@@ -190,9 +190,9 @@ def write_card(asset_dir: Path, scale: dict[str, int], max_seq_len: int) -> None
 
 def resolve_card():  # type: ignore[no-untyped-def]
     """The card's fairseq2 model config and its tokenizer, as lmtune resolves them (LMTUNE_USER_ASSET_DIR set)."""
-    from lmtune.cards import CardStore
-    from lmtune.loading import load_tokenizer, model_config
-    from lmtune.specs import resolve_model
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import load_tokenizer, model_config
+    from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), CARD_NAME, None)
     return model_config(spec), load_tokenizer(spec.tokenizer)
@@ -201,7 +201,7 @@ def resolve_card():  # type: ignore[no-untyped-def]
 def transformers_config(config, tokenizer) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """The same model as a transformers LlamaConfig (lmtune's exporter's key-by-key mapping)."""
     import transformers
-    from lmtune.hf_config import SpecialIds, hf_config
+    from lmtune.export.hf_config import SpecialIds, hf_config
 
     vocab = tokenizer.vocab_info
     ids = SpecialIds(bos=vocab.bos_idx, eos=vocab.eos_idx, pad=vocab.pad_idx, stops=[vocab.eos_idx])

@@ -1,12 +1,12 @@
 """Instruction fine-tuning on fairseq2's trainer.
 
 The path of data, top to bottom: JSONL records -> token ids with a loss mask
-(``lmtune.encoding``) -> batches on a fairseq2 DataPipeline (``lmtune.batching``)
+(``lmtune.data.encoding``) -> batches on a fairseq2 DataPipeline (``lmtune.data.batching``)
 -> ``SftTrainUnit.process_batch`` (summed NLL over response tokens) -> fairseq2's
 Trainer (optimizer, LR schedule, accumulation, clipping, validation, metrics,
 checkpoints and resume).
 
-``lmtune.finetune`` turns the user's flat config into ``FinetuneConfig`` and runs
+``lmtune.train.finetune`` turns the user's flat config into ``FinetuneConfig`` and runs
 this recipe with ``fairseq2.recipe.run.run``.
 """
 
@@ -46,11 +46,11 @@ from fairseq2.recipe.evaluator import EvalUnit
 from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.task import Task
 
-from lmtune.batching import build_pipeline, drop_too_long
-from lmtune.document_attention import DocumentSDPA
-from lmtune.preemption import PreemptibleTrainer, StopFlag
-from lmtune.encoding import ExampleEncoder
-from lmtune.records import read_records
+from lmtune.data.batching import build_pipeline, drop_too_long
+from lmtune.train.document_attention import DocumentSDPA
+from lmtune.train.preemption import PreemptibleTrainer, StopFlag
+from lmtune.data.encoding import ExampleEncoder
+from lmtune.data.records import read_records
 
 
 @dataclass(kw_only=True)

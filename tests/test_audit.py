@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_user_error, run_lmtune
-from lmtune.audit import (
+from lmtune.data.audit import (
     fixed_size_batches,
     length_batches,
     length_stats,
@@ -87,13 +87,13 @@ def test_row_fill_by_hand() -> None:
 
 
 def _examples(lengths: list[int]):  # type: ignore[no-untyped-def]
-    from lmtune.encoding import Example
+    from lmtune.data.encoding import Example
 
     return [Example(list(range(n)), [False] + [True] * (n - 1)) for n in lengths]
 
 
 def _pipeline_seq_lens(lengths: list[int], **kw: object) -> list[list[int]]:
-    from lmtune.batching import build_pipeline
+    from lmtune.data.batching import build_pipeline
 
     pipeline = build_pipeline(_examples(lengths), dp_rank=0, dp_size=1, pad_idx=0, **kw)  # type: ignore[arg-type]
     return [list(b.seq_lens) for b in pipeline]
@@ -102,8 +102,8 @@ def _pipeline_seq_lens(lengths: list[int], **kw: object) -> list[list[int]]:
 def test_batches_equal_lmtune_pipeline_without_packing() -> None:
     """The audit's batches are the ones build_pipeline (fairseq2's shuffle and
     bucket_by_length) yields, leftovers included, so its padding figure is lmtune's."""
-    from lmtune.audit import training_order
-    from lmtune.batching import bucket_sizes
+    from lmtune.data.audit import training_order
+    from lmtune.data.batching import bucket_sizes
 
     rng = random.Random(3)
     lengths = [rng.choice([rng.randint(2, 30), rng.randint(30, 250)]) for _ in range(700)]
@@ -218,7 +218,7 @@ def _handmade(tmp_path: Path) -> Path:
 
 
 def test_handmade_jsonl_with_chat_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lmtune.audit import training_order
+    from lmtune.data.audit import training_order
     from lmtune.cli import main
 
     path = _handmade(tmp_path)

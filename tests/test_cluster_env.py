@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmtune.cluster import expand_nodelist, expand_tasks_per_node, prepare_distributed_env, torch_env_from_slurm
+from lmtune.launch import expand_nodelist, expand_tasks_per_node, prepare_distributed_env, torch_env_from_slurm
 from lmtune.errors import UserError
 
 

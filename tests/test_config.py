@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.config import load_config
+from lmtune.options.load import load_config
 from lmtune.errors import UserError
-from lmtune.finetune_options import FinetuneOptions
+from lmtune.options.finetune import FinetuneOptions
 
 
 def test_tutorial_command_keys_parse() -> None:
@@ -65,7 +65,8 @@ def test_config_file_yaml_error_names_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["instruction_finetune", "generate"])
 def test_out_may_follow_the_config_items(command: str, tmp_path: Path) -> None:
-    from lmtune.cli import build_parser, take_output_dir
+    from lmtune.cli import build_parser
+    from lmtune.commands.common import take_output_dir
 
     out = str(tmp_path / "out")
     for argv in ([command, out, "--config", "seed=3", "max_num_tokens=64"], [command, "--config", "seed=3", "max_num_tokens=64", out]):
@@ -75,7 +76,8 @@ def test_out_may_follow_the_config_items(command: str, tmp_path: Path) -> None:
 
 
 def test_missing_out_is_one_sentence() -> None:
-    from lmtune.cli import build_parser, take_output_dir
+    from lmtune.cli import build_parser
+    from lmtune.commands.common import take_output_dir
 
     args = build_parser().parse_args(["instruction_finetune", "--config", "seed=3"])
     with pytest.raises(UserError, match="OUT is missing: lmtune instruction_finetune OUT"):

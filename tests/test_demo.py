@@ -70,7 +70,7 @@ def test_export_loads_in_transformers_and_completes_identically(demo: tuple[Path
 
 
 def test_a_mismatch_is_reported(demo: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
-    from lmtune.demo import _compare_with_transformers
+    from lmtune.commands.demo import _compare_with_transformers
 
     out, _ = demo
     row = json.loads((out / "generate/generations.jsonl").read_text().splitlines()[0])

@@ -67,10 +67,10 @@ def _losses(out: Path) -> list[float]:
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    from lmtune.loading import load_model
-    from lmtune.specs import model_from_checkpoint_dir
+    from lmtune.catalog.loading import load_model
+    from lmtune.catalog.specs import model_from_checkpoint_dir
 
-    spec = model_from_checkpoint_dir(out / "checkpoints", "last_checkpoint", "checkpoint_dir")
+    spec = model_from_checkpoint_dir(out / "checkpoints", None, "checkpoint_dir")
     return {k: v.detach().clone() for k, v in load_model(spec).state_dict().items()}
 
 

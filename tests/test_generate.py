@@ -46,9 +46,9 @@ def random_tiny_llama(seed: int = 0):  # type: ignore[no-untyped-def]
     """The tiny_llama architecture with seeded weights at a scale where greedy
     output varies from token to token (fairseq2's init at this size repeats one
     token) while the top two logits stay > 1e-3 apart, far above float32 noise."""
-    from lmtune.cards import CardStore
-    from lmtune.loading import load_model, model_config
-    from lmtune.specs import resolve_model
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
     model = load_model(spec, seed=seed)
@@ -168,11 +168,11 @@ def test_stop_token_ends_a_short_prompt_in_a_mixed_length_batch(as_eos: bool) ->
     """A stop id ends a sequence on the step it is produced, for a short prompt
     batched with longer ones: as an extra stop id (which fairseq2 alone ignores), and
     as fairseq2's EOS (which fairseq2 alone bans until the longest prompt is read)."""
-    from lmtune.generate_options import GeneratorOptions
-    from lmtune.generation import Generator
-    from lmtune.loading import load_tokenizer
-    from lmtune.cards import CardStore
-    from lmtune.specs import resolve_tokenizer
+    from lmtune.options.generate import GeneratorOptions
+    from lmtune.generate.generator import Generator
+    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import resolve_tokenizer
 
     model, config = random_tiny_llama()
     hf_model = to_transformers({k: v.clone() for k, v in model.state_dict().items()}, config)
@@ -194,11 +194,11 @@ def test_stop_token_ends_a_short_prompt_in_a_mixed_length_batch(as_eos: bool) ->
 
 
 def test_length_limit_drops_fairseq2s_forced_eos() -> None:
-    from lmtune.generate_options import GeneratorOptions
-    from lmtune.generation import Generator
-    from lmtune.loading import load_tokenizer
-    from lmtune.cards import CardStore
-    from lmtune.specs import resolve_tokenizer
+    from lmtune.options.generate import GeneratorOptions
+    from lmtune.generate.generator import Generator
+    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import resolve_tokenizer
 
     model, config = random_tiny_llama(seed=3)
     hf_model = to_transformers({k: v.clone() for k, v in model.state_dict().items()}, config)
@@ -257,7 +257,7 @@ def test_two_processes_under_torchrun_merge_in_input_order(tmp_path: Path, isola
 
 
 def test_length_batches() -> None:
-    from lmtune.generation import length_batches
+    from lmtune.generate.generator import length_batches
 
     lengths = [5, 9, 5, 7, 9, 3]
     # Longest first; each prompt counts as (longest in its batch + max_gen_len) tokens.
@@ -271,11 +271,11 @@ def test_length_batches() -> None:
 def test_beam_search_stops_on_an_extra_stop_id() -> None:
     """Beam search folds the extra stop ids into fairseq2's EOS: a hypothesis that
     reaches one ends there (reported with the EOS id), so none runs past it."""
-    from lmtune.cards import CardStore
-    from lmtune.generate_options import GeneratorOptions
-    from lmtune.generation import Generator
-    from lmtune.loading import load_tokenizer
-    from lmtune.specs import resolve_tokenizer
+    from lmtune.catalog.cards import CardStore
+    from lmtune.options.generate import GeneratorOptions
+    from lmtune.generate.generator import Generator
+    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.catalog.specs import resolve_tokenizer
 
     model, _ = random_tiny_llama()
     tokenizer = load_tokenizer(resolve_tokenizer(CardStore(), "tiny_tokenizer"))
@@ -291,9 +291,9 @@ def test_beam_search_stops_on_an_extra_stop_id() -> None:
 
 def test_random_init_model_is_the_same_for_the_same_seed() -> None:
     """model=tiny_llama (init: random) scores the untrained model reproducibly."""
-    from lmtune.cards import CardStore
-    from lmtune.loading import load_model
-    from lmtune.specs import resolve_model
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import load_model
+    from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
     a, b, c = (load_model(spec, seed=s).state_dict() for s in (2, 2, 3))

@@ -21,9 +21,9 @@ import yaml
 
 from conftest import assert_user_error, run_lmtune
 from lmtune.errors import UserError
-from lmtune.hf_export import export_hf, resolve_export
-from lmtune.loading import load_model, load_tokenizer, resolver
-from lmtune.specs import TokenizerSpec
+from lmtune.export.hf_dir import export_hf, resolve_export
+from lmtune.catalog.loading import load_model, load_tokenizer, resolver
+from lmtune.catalog.specs import TokenizerSpec
 from tiny_builders import (
     QWEN2_SPLIT, TinyModel, bpe_ranks, build_tiny_model, train_sentencepiece_model, write_hf_dir, write_hf_llama3_tokenizer,
     write_hf_qwen_tokenizer, write_meta_reference, write_tiktoken_model,
@@ -209,8 +209,8 @@ def test_model_generate_takes_the_tokenizers_output_as_is(exported) -> None:  # 
 def test_exported_chat_template_renders_as_lmtune(exported) -> None:  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
-    from lmtune.encoding import ExampleEncoder
-    from lmtune.records import Record
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.records import Record
 
     name, tiny, spec, tok, out = exported
     hf = AutoTokenizer.from_pretrained(out)
@@ -260,11 +260,11 @@ def test_sharded_bfloat16_export_verifies(tmp_path: Path, tokenizers: dict[str, 
 
 def test_verify_fails_on_a_broken_export(tmp_path: Path, tokenizers: dict[str, TokenizerSpec], monkeypatch: pytest.MonkeyPatch) -> None:
     """--verify is a real check: without the q/k rotary reordering it fails, and writes nothing."""
-    import lmtune.hf_weights
+    import lmtune.export.weights
 
     tiny = build_tiny_model("llama", "llama3_2_1b", {**LLAMA, "num_key_value_heads": 2, "vocab_size": 704}, seed=6)
     spec, tok, output = resolve_export(str(write_run(tiny, tokenizers["llama3_hf"], tmp_path)))
-    monkeypatch.setattr(lmtune.hf_weights, "rotary_to_hf", lambda w, heads, dim: w)
+    monkeypatch.setattr(lmtune.export.weights, "rotary_to_hf", lambda w, heads, dim: w)
     with pytest.raises(UserError, match="does not reproduce lmtune's model"):
         export_hf(spec, tok, output, verify=True, log=lambda m: None)  # type: ignore[arg-type]
     assert not output.exists() and list(output.parent.iterdir()) == [output.parent / "model"]  # type: ignore[union-attr]

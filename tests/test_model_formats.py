@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from lmtune.cards import CardStore
+from lmtune.catalog.cards import CardStore
 from lmtune.errors import UserError
-from lmtune.loading import load_model, model_config
-from lmtune.specs import ModelSpec, model_from_checkpoint_dir, resolve_model
+from lmtune.catalog.loading import load_model, model_config
+from lmtune.catalog.specs import ModelSpec, model_from_checkpoint_dir, resolve_model
 from tiny_builders import TinyModel, tiny_llama, tiny_qwen3, tiny_qwen25, train_tiny_checkpoint, unique_state_dict, write_hf_dir, write_meta_reference
 
 TOLERANCE = 1e-4
@@ -171,7 +171,7 @@ def test_training_checkpoints_load_exactly(trained_run: Path, tmp_path: Path) ->
         for key, tensor in saved.items():
             assert torch.equal(loaded[key], tensor), key
         weights[ref] = (spec, model)
-    assert model_from_checkpoint_dir(checkpoints, "last_checkpoint", "resume_checkpoint_dir") == weights["last_checkpoint"][0]
+    assert model_from_checkpoint_dir(checkpoints, None, "resume_checkpoint_dir") == weights["last_checkpoint"][0]
     step2 = weights["checkpoint_step_2"][1].state_dict()["decoder.layers.0.ffn.gate_proj.weight"]
     step4 = weights["last_checkpoint"][1].state_dict()["decoder.layers.0.ffn.gate_proj.weight"]
     assert not torch.equal(step2, step4)  # training moved the weights
@@ -190,13 +190,13 @@ def test_llama_hf_directory_from_old_transformers_with_rotary_buffers(isolated_u
     from fairseq2.gang import create_fake_gangs
     from fairseq2.model_checkpoint import CorruptModelCheckpointError
 
-    from lmtune.loading import model_family
+    from lmtune.catalog.loading import model_family
 
     tiny = tiny_llama(seed=6, tied=True)
     hf_dir = write_hf_dir(tiny, tmp_path / "hf_old", num_shards=2, rotary_buffers=True)
     _write_cards(isolated_user_cards, [tiny.card("tiny_old_hf", hf_dir), {**tiny.card("wrong_dim", hf_dir), "model_config": {**tiny.overrides, "model_dim": 32}}])
     spec = resolve_model(CardStore(), "tiny_old_hf", None)
-    with pytest.raises(CorruptModelCheckpointError, match="not compatible"):  # why lmtune.checkpoint_formats exists
+    with pytest.raises(CorruptModelCheckpointError, match="not compatible"):  # why lmtune.catalog.checkpoint_formats exists
         model_family("llama").load_custom_model(hf_dir, model_config(spec), create_fake_gangs(CPU), torch.float32, False, False, None)
     model = load_model(spec)
     _assert_same_weights(model, tiny)

@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from lmtune.cards import CardStore
-from lmtune.loading import load_model
-from lmtune.packing import best_fit_bins, collate_packed, group_rows, pack_examples
-from lmtune.specs import resolve_model
+from lmtune.catalog.cards import CardStore
+from lmtune.catalog.loading import load_model
+from lmtune.data.packing import best_fit_bins, collate_packed, group_rows, pack_examples
+from lmtune.catalog.specs import resolve_model
 
 
 def test_best_fit_fills_bins_and_keeps_every_example_once() -> None:
@@ -45,7 +45,7 @@ def test_rows_are_grouped_into_batches_in_order_by_hand() -> None:
 def _tiny_model(sdpa: str) -> torch.nn.Module:
     from fairseq2.models.transformer import TorchSDPA, get_default_sdpa_factory, set_default_sdpa_factory
 
-    from lmtune.document_attention import DocumentSDPA
+    from lmtune.train.document_attention import DocumentSDPA
 
     before = get_default_sdpa_factory()
     set_default_sdpa_factory(DocumentSDPA if sdpa == "document" else TorchSDPA)
@@ -113,8 +113,8 @@ def test_packed_loss_gradients_and_logits_equal_one_by_one(sdpa: str) -> None:
 
 
 def test_packed_pipeline_keeps_its_batches_and_reorders_them_each_epoch() -> None:
-    from lmtune.batching import build_pipeline
-    from lmtune.encoding import Example
+    from lmtune.data.batching import build_pipeline
+    from lmtune.data.encoding import Example
 
     rng = random.Random(4)
     lengths = [rng.randint(3, 60) for _ in range(300)]

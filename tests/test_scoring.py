@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_lmtune
-from lmtune.confusion_png import cell_shade, layout, write_confusion_png
+from lmtune.score.confusion_png import cell_shade, layout, write_confusion_png
 from lmtune.errors import UserError
-from lmtune.scoring import INVALID, check_references, format_table, gsm8k_answer, parse_label, score
+from lmtune.score.tasks import INVALID, check_references, format_table, gsm8k_answer, parse_label, score
 
 LABELS = ["World", "Sports", "Business"]
 

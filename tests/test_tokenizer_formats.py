@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmtune.cards import CardStore
-from lmtune.encoding import ExampleEncoder
+from lmtune.catalog.cards import CardStore
+from lmtune.data.encoding import ExampleEncoder
 from lmtune.errors import UserError
-from lmtune.loading import load_tokenizer
-from lmtune.records import Record
-from lmtune.specs import TokenizerSpec, resolve_tokenizer
+from lmtune.catalog.loading import load_tokenizer
+from lmtune.data.records import Record
+from lmtune.catalog.specs import TokenizerSpec, resolve_tokenizer
 from tiny_builders import (
     LLAMA3_SPECIAL, LLAMA3_SPLIT, QWEN2_SPLIT, bpe_ranks, train_sentencepiece_model, write_hf_llama2_tokenizer,
     write_hf_llama3_tokenizer, write_hf_qwen_tokenizer, write_tiktoken_model,

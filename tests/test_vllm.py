@@ -61,10 +61,10 @@ def vllm_env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The export of a briefly fine-tuned tiny model, and lmtune's own prompts and greedy ids."""
-    from lmtune.encoding import ExampleEncoder
-    from lmtune.loading import load_tokenizer
-    from lmtune.records import read_records
-    from lmtune.specs import model_from_checkpoint_dir
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.data.records import read_records
+    from lmtune.catalog.specs import model_from_checkpoint_dir
 
     tmp = tmp_path_factory.mktemp("vllm")
     run = tmp / "run"
@@ -88,7 +88,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     assert result.returncode == 0, result.stderr[-3000:]
     generations = [json.loads(line) for line in (tmp / "gen" / "generations.jsonl").read_text().splitlines()]
 
-    spec = model_from_checkpoint_dir(run / "checkpoints", "last_checkpoint", "test")
+    spec = model_from_checkpoint_dir(run / "checkpoints", None, "test")
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]
     prompt_ids = [encoder.encode_prompt(r) for r in read_records(prompts, need_target=False)]
     assert len(prompt_ids) == len(generations) == 5 and all(g["token_ids"] for g in generations)

@@ -67,9 +67,9 @@ def _random_state_dict(model: torch.nn.Module, seed: int) -> dict[str, torch.Ten
 
 
 def build_tiny_model(family: str, base_card: str, overrides: dict[str, object], seed: int = 0) -> TinyModel:
-    from lmtune.cards import CardStore
-    from lmtune.loading import load_model, model_config
-    from lmtune.specs import ModelSpec
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.catalog.specs import ModelSpec
 
     arch = CardStore().get(base_card).get("model_arch")  # type: ignore[union-attr]
     spec = ModelSpec(base_card, family, str(arch), dict(overrides), None, "tiny_builders")

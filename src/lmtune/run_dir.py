@@ -1,9 +1,11 @@
-"""The output directory of a run: one run at a time, and reruns that resume safely.
+"""The output directory of a run, OUT: the one module that knows its layout.
 
-``OUT/.lmtune.lock`` is held (flock) for the life of the run's first process, so
-a second run on the same OUT is refused instead of writing beside the first.
-``OUT/lmtune.yaml`` records the effective config; a rerun that changes what the
-checkpoints were trained on (model, tokenizer, data, sequence length) is refused.
+    OUT/.lmtune.lock                 held (flock) by the run's first process: one run at a time
+    OUT/lmtune.yaml                  the effective config; a rerun may change only RESUMABLE_CHANGES
+    OUT/checkpoints/model.yaml       fairseq2's card of the model being trained
+    OUT/checkpoints/tokenizer.yaml   lmtune's card of the tokenizer it was trained with
+    OUT/checkpoints/step_N/model     a complete checkpoint (fairseq2 writes step_N.tmp, then renames it)
+    OUT/checkpoints/step_N/hf        its Hugging Face export
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+CONFIG_FILE = "lmtune.yaml"
+MODEL_CARD = "model.yaml"  # written by fairseq2
+TOKENIZER_CARD = "tokenizer.yaml"
+HF_EXPORT = "hf"
 
 # Keys a rerun may change and still resume the same run.
 RESUMABLE_CHANGES = {
@@ -53,7 +61,7 @@ def check_rerun(out_dir: Path, flat: dict[str, Any], has_checkpoint: bool) -> di
     """Refuses a rerun whose changes would not match the saved checkpoints; returns the old config."""
     import yaml
 
-    path = out_dir / "lmtune.yaml"
+    path = out_dir / CONFIG_FILE
     if not path.is_file():
         return None
     old = yaml.safe_load(path.read_text()) or {}
@@ -68,6 +76,66 @@ def check_rerun(out_dir: Path, flat: dict[str, Any], has_checkpoint: bool) -> di
 
 
 def save_config(out_dir: Path, text: str) -> None:
-    tmp = out_dir / "lmtune.yaml.tmp"
+    tmp = out_dir / f"{CONFIG_FILE}.tmp"
     tmp.write_text(text)
-    tmp.replace(out_dir / "lmtune.yaml")
+    tmp.replace(out_dir / CONFIG_FILE)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return out_dir / CHECKPOINTS
+
+
+def step_dir(checkpoints: Path, step: int) -> Path:
+    return checkpoints / f"step_{step}"
+
+
+def step_model_dir(checkpoints: Path, step: int) -> Path:
+    return step_dir(checkpoints, step) / "model"
+
+
+def hf_export_dir(checkpoints: Path, step: int) -> Path:
+    return step_dir(checkpoints, step) / HF_EXPORT
+
+
+def step_of(path: Path) -> int | None:
+    """N for a directory named step_N, else None."""
+    number = path.name.removeprefix("step_")
+    return int(number) if path.name.startswith("step_") and number.isdigit() else None
+
+
+def is_unfinished_step(path: Path) -> bool:
+    return path.name.startswith("step_") and path.name.endswith(".tmp")
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    """OUT/checkpoints of a training run."""
+    return path.is_dir() and (path / MODEL_CARD).is_file()
+
+
+def checkpoint_steps(checkpoints: Path) -> list[int]:
+    """The steps of complete checkpoints, oldest first."""
+    steps = []
+    for p in checkpoints.glob("step_*"):
+        step = step_of(p)
+        if step is not None and p.is_dir() and (p / "model").is_dir():
+            steps.append(step)
+    return sorted(steps)
+
+
+def write_tokenizer_card(checkpoints: Path, card: dict[str, object]) -> None:
+    import yaml
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / TOKENIZER_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def read_cards(checkpoints: Path) -> tuple[dict[str, object], dict[str, object] | None]:
+    """The run's model card and its tokenizer card (None for runs that wrote none)."""
+    import yaml
+
+    model = yaml.safe_load((checkpoints / MODEL_CARD).read_text()) or {}
+    tok_file = checkpoints / TOKENIZER_CARD
+    return model, (yaml.safe_load(tok_file.read_text()) if tok_file.is_file() else None)

@@ -1,0 +1,98 @@
+"""Loading a ModelSpec / TokenizerSpec in-process with fairseq2's model and tokenizer families.
+
+Recipes load through fairseq2's recipe runtime; this module is for everything
+else that needs a model in hand: generation, export, tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmtune.catalog.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
+from lmtune.errors import UserError
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+
+
+def resolver():  # type: ignore[no-untyped-def]
+    import fairseq2
+    from fairseq2.runtime.dependency import get_dependency_resolver
+
+    try:
+        return get_dependency_resolver()
+    except Exception:
+        fairseq2.init_fairseq2()
+        return get_dependency_resolver()
+
+
+def model_family(name: str):  # type: ignore[no-untyped-def]
+    from fairseq2.models import ModelFamily
+
+    family = resolver().maybe_resolve(ModelFamily, key=name)
+    if family is None:
+        raise UserError(f"model_family '{name}' is not known to fairseq2 (known: llama, qwen, mistral, ...).")
+    return family
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def model_config(spec: ModelSpec) -> object:
+    from fairseq2.utils.structured import ValueConverter
+
+    family = model_family(spec.family)
+    if spec.arch is not None:
+        config = family.maybe_get_arch_config(spec.arch)
+        if config is None:
+            raise UserError(f"model '{spec.name}': model_arch '{spec.arch}' is not a {spec.family} architecture.")
+    else:
+        config = family.config_kls()
+    if not spec.config:
+        return config
+    converter = resolver().resolve(ValueConverter)
+    merged = _deep_merge(converter.unstructure(config), spec.config)  # type: ignore[arg-type]
+    try:
+        return converter.structure(merged, family.config_kls)
+    except Exception as ex:
+        raise UserError(f"model '{spec.name}': model_config does not fit a {spec.family} model ({ex}).") from None
+
+
+def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32, seed: int | None = None) -> torch.nn.Module:
+    """The model in eval mode; randomly initialised when the spec has no checkpoint
+    (``init: random``), the same weights for the same ``seed``."""
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
+    family = model_family(spec.family)
+    config = model_config(spec)
+    gangs = create_fake_gangs(device or CPU)
+    if spec.checkpoint is None:
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = family.create_new_model(config, gangs, dtype, meta=False, init_rank0_only=False)
+    elif spec.family == "llama" and has_stale_rotary_buffers(Path(spec.checkpoint)):
+        model = load_llama_without_stale_rotary_buffers(family, config, gangs, dtype, Path(spec.checkpoint), spec.name)
+    else:
+        model = family.load_custom_model(Path(spec.checkpoint), config, gangs, dtype, False, False, None)
+    model.eval()
+    return model
+
+
+def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]
+    from fairseq2.data.tokenizers import TokenizerFamily
+    from fairseq2.gang import create_fake_gangs
+    from fairseq2.device import CPU
+    from fairseq2.utils.structured import ValueConverter
+
+    family = resolver().maybe_resolve(TokenizerFamily, key=spec.family)
+    if family is None:
+        raise UserError(f"tokenizer_family '{spec.family}' is not known to fairseq2.")
+    converter = resolver().resolve(ValueConverter)
+    config = converter.structure(_deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)  # type: ignore[arg-type]
+    return family.load_custom_tokenizer(spec.path, config, create_fake_gangs(CPU))

@@ -1,0 +1,49 @@
+"""What the commands that take ``OUT --config-file F --config KEY=VALUE ...`` share."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lmtune.errors import UserError
+
+OUT_USAGE = "%(prog)s OUT [--config-file F] [--config KEY=VALUE ...] [--dump-config]"
+
+
+def add_out_argument(parser: argparse.ArgumentParser, default: Path | None = None) -> None:
+    help = f"default: {default}" if default is not None else "the run's output directory"
+    parser.add_argument("output_dir", metavar="OUT", type=Path, nargs="?", help=help)  # required unless default; see take_output_dir
+    parser.set_defaults(output_dir_default=default)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, example_key: str, *, config_file: bool = True) -> None:
+    if config_file:
+        parser.usage = OUT_USAGE
+        parser.add_argument("--config-file", metavar="F", help="a YAML config, or the name of a preset in lmtune's configs/ (e.g. tiny_gsm8k)")
+    parser.add_argument("--config", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help=f"override config keys; dotted keys reach sections ({example_key})")
+    if config_file:
+        parser.add_argument("--dump-config", action="store_true", help="print the full effective config and exit")
+
+
+def take_output_dir(args: argparse.Namespace) -> None:
+    """Puts an OUT written after `--config a=b` (which argparse reads as one more config item) back in its place."""
+    if not hasattr(args, "output_dir") or args.output_dir is not None:
+        return
+    if args.config and "=" not in args.config[-1]:
+        args.output_dir = Path(args.config.pop())
+    elif getattr(args, "output_dir_default", None) is not None:
+        args.output_dir = args.output_dir_default
+    else:
+        raise UserError("OUT is missing: " + OUT_USAGE % {"prog": f"lmtune {args.command}"})
+
+
+def load_options(cls: type, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The command's options from --config-file and --config; None after printing them for --dump-config."""
+    from lmtune.options.load import dump_yaml, load_config
+    from lmtune.options.presets import resolve_config_file
+
+    options = load_config(cls, resolve_config_file(args.config_file), args.config)
+    if args.dump_config:
+        print(dump_yaml(options), end="")
+        return None
+    return options

@@ -1,0 +1,84 @@
+"""Turning records into token ids and a loss mask.
+
+Prompt/response records use fairseq2's own tokenizer encoders: the prompt gets
+BOS, the response gets EOS, and only response tokens carry loss. Chat records go
+through the tokenizer's chat template (transformers renders it); a token carries
+loss when it falls inside an assistant turn, found by rendering each conversation
+prefix, which works for any template that renders prefixes stably (Llama 3, Qwen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmtune.errors import UserError
+from lmtune.data.records import Record
+
+
+@dataclass
+class Example:
+    tokens: list[int]
+    target_mask: list[bool]
+
+
+class ExampleEncoder:
+    def __init__(self, tokenizer: object, chat_tokenizer_dir: Path | None) -> None:
+        self._tokenizer = tokenizer
+        self._prompt_encoder = tokenizer.create_encoder(mode="prompt")  # type: ignore[attr-defined]
+        self._response_encoder = tokenizer.create_encoder(mode="prompt_response")  # type: ignore[attr-defined]
+        self._chat_dir = chat_tokenizer_dir
+        self._hf = None
+
+    def _chat_tokenizer(self, record: Record):  # type: ignore[no-untyped-def]
+        if self._hf is None:
+            if self._chat_dir is None:
+                raise UserError(f"{record.where}: chat records need a Hugging Face tokenizer (tokenizer.json with a chat template); this tokenizer has none, use 'src'/'tgt' records instead.")
+            from transformers import AutoTokenizer
+
+            self._hf = AutoTokenizer.from_pretrained(str(self._chat_dir))
+            if not self._hf.chat_template:
+                raise UserError(f"{self._chat_dir}: the tokenizer has no chat template, so chat records in {record.file} cannot be encoded; add 'chat_template' to tokenizer_config.json or use 'src'/'tgt' records.")
+        return self._hf
+
+    def _render(self, record: Record, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        hf = self._chat_tokenizer(record)
+        return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def encode(self, record: Record) -> Example:
+        if record.messages is None:
+            prompt = self._prompt_encoder(record.src).tolist()
+            response = self._response_encoder(record.tgt).tolist()
+            return Example(prompt + response, [False] * len(prompt) + [True] * len(response))
+
+        messages = record.messages
+        full = self._render(record, messages, False)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            before = self._render(record, messages[:i], True)
+            through = self._render(record, messages[: i + 1], False)
+            if not (through.startswith(before) and full.startswith(through)):
+                raise UserError(f"{record.where}: the chat template does not render this conversation's turns as a stable prefix, so assistant turns cannot be located.")
+            spans.append((len(before), len(through)))
+        enc = self._chat_tokenizer(record)(full, add_special_tokens=False, return_offsets_mapping=True)
+        mask = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
+        return Example(list(enc["input_ids"]), mask)
+
+    def encode_prompt(self, record: Record) -> list[int]:
+        """The tokens a model is given to generate the response."""
+        if record.messages is None:
+            return self._prompt_encoder(record.src).tolist()
+        messages = record.messages
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        text = self._render(record, messages, True)
+        return list(self._chat_tokenizer(record)(text, add_special_tokens=False)["input_ids"])
+
+    def reference(self, record: Record) -> str | None:
+        if record.messages is None:
+            return record.tgt
+        if record.messages[-1]["role"] == "assistant":
+            return record.messages[-1]["content"]
+        return None

@@ -1,0 +1,129 @@
+"""lmtune's flat options -> fairseq2's recipe config sections (imports torch and fairseq2)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+from fairseq2.recipe.config import (
+    ActivationCheckpointingConfig,
+    AdamWConfig,
+    CommonSection,
+    CosineAnnealingLRConfig,
+    GangSection,
+    GradAccumulationConfig,
+    LRSchedulerSection,
+    MetricRecordersConfig,
+    MixedPrecisionConfig,
+    ModelSection,
+    OptimizerSection,
+    RegimeSection,
+    TensorBoardConfig,
+    TokenizerSection,
+    TrainerSection,
+    WandbConfig,
+)
+
+from lmtune.dtypes import compute_dtype, torch_dtype
+from lmtune.options.finetune import FinetuneOptions
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+
+def training_precision(dtype: str) -> MixedPrecisionConfig:
+    """Weights stay float32; on GPU forward/backward run in `dtype` (float32 on CPU, see lmtune.dtypes)."""
+    dtype = compute_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "float32":
+        return MixedPrecisionConfig(mode="off")
+    return MixedPrecisionConfig(mode="static", dtype=torch_dtype(dtype))
+
+
+def warmup_steps(o: FinetuneOptions) -> int:
+    """The warmup, shortened to leave one cosine step when max_num_steps is smaller (a quick smoke run of a preset)."""
+    warmup = o.lr_scheduler.num_warmup_steps
+    if o.max_num_steps is not None and warmup >= o.max_num_steps:
+        return o.max_num_steps - 1
+    return warmup
+
+
+def model_section(model: ModelSpec, compile: bool = False) -> ModelSection:
+    return ModelSection(
+        name=None,
+        path=model.checkpoint,
+        family=model.family,
+        arch=model.arch,
+        config_overrides=model.config or None,
+        dtype=torch.float32,
+        compile=compile,
+    )
+
+
+def tokenizer_section(tokenizer: TokenizerSpec) -> TokenizerSection:
+    return TokenizerSection(name=None, path=tokenizer.path, family=tokenizer.family, config_overrides=tokenizer.config or None)
+
+
+def publish_interval(o: FinetuneOptions, validates: bool) -> int:
+    """fairseq2 checkpoints and validates only on metric-publishing steps: make them line up."""
+    every = o.publish_metrics_every_n_steps
+    intervals = [o.checkpoint_every_n_steps] + ([o.validate_every_n_steps] if validates and o.validate_every_n_steps else [])
+    fitted = every
+    for n in intervals:
+        fitted = math.gcd(fitted, n)
+    if fitted != every:
+        print(f"lmtune: publishing metrics every {fitted} steps instead of {every}, so that checkpoints and validation fall on publishing steps.", file=sys.stderr)
+    return fitted
+
+
+def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None):  # type: ignore[no-untyped-def]
+    from lmtune.recipes.instruction_finetune import FinetuneConfig, SftDataSection
+
+    n_full = o.keep_last_n_checkpoints
+    n_models = o.keep_last_n_models
+    keep = max(n_full or 0, n_models or 0) or None
+    save_model_only: bool | str = "all_but_last" if (n_models and (n_full or 0) <= 1) else False
+
+    return FinetuneConfig(
+        model=model_section(model, o.compile),
+        tokenizer=tokenizer_section(tokenizer),
+        data=SftDataSection(
+            train_file=train_file,
+            valid_file=valid_file,
+            chat_tokenizer_dir=tokenizer.hf_dir,
+            max_seq_len=o.max_seq_len,
+            max_num_tokens=o.max_num_tokens,
+            batch_size=o.batch_size,
+            packing=o.packing,
+        ),
+        gang=GangSection(timeout=o.distributed_timeout_minutes),
+        trainer=TrainerSection(
+            data_parallelism=o.data_parallelism,
+            mixed_precision=training_precision(o.dtype),
+            grad_accumulation=GradAccumulationConfig(num_batches=o.gradient_accumulation_steps),
+            activation_checkpointing=ActivationCheckpointingConfig(mode="layerwise" if o.activation_checkpointing else "off"),
+            max_grad_norm=o.max_grad_norm,
+        ),
+        optimizer=OptimizerSection(
+            config=AdamWConfig(lr=o.learning_rate, betas=o.optimizer.betas, eps=o.optimizer.eps, weight_decay=o.optimizer.weight_decay)
+        ),
+        lr_scheduler=LRSchedulerSection(
+            config=CosineAnnealingLRConfig(num_warmup_steps=warmup_steps(o), final_lr_scale=o.lr_scheduler.final_lr_scale)
+        ),
+        regime=RegimeSection(
+            num_steps=o.max_num_steps,
+            num_data_epochs=o.max_num_data_epochs,
+            checkpoint_every_n_steps=o.checkpoint_every_n_steps,
+            keep_last_n_checkpoints=keep,
+            save_model_only=save_model_only,  # type: ignore[arg-type]
+            validate_every_n_steps=o.validate_every_n_steps if valid_file is not None else None,
+            publish_metrics_every_n_steps=publish_interval(o, valid_file is not None),
+        ),
+        common=CommonSection(
+            seed=o.seed,
+            no_sweep_dir=True,  # OUT is OUT: no hash-named sub-folder
+            cluster="none",  # lmtune.launch has set torch.distributed's variables already
+            metric_recorders=MetricRecordersConfig(
+                tensorboard=TensorBoardConfig(enabled=o.tensorboard),
+                wandb=WandbConfig(enabled=o.wandb.enabled, project=o.wandb.project, entity=o.wandb.entity, run_name=o.wandb.run_name),
+            ),
+        ),
+    )

@@ -1,0 +1,141 @@
+"""``lmtune instruction_finetune OUT``: resolve names, check inputs, run the recipe.
+
+Everything a user can get wrong is checked here, before fairseq2 starts, so a bad
+key, path, card or record costs one clear sentence and leaves OUT untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from lmtune.catalog.cards import CardStore
+from lmtune.launch import explain_distributed_failure, prepare_distributed_env
+from lmtune.options.load import dump_yaml, to_dict
+from lmtune.errors import RunFailed, Stopped, UserError
+from lmtune.options.finetune import FinetuneOptions
+from lmtune.data.records import read_records
+from lmtune.run_dir import check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
+
+
+def _check_numbers(o: FinetuneOptions) -> None:
+    positive = {
+        "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
+        "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,
+        "gradient_accumulation_steps": o.gradient_accumulation_steps, "checkpoint_every_n_steps": o.checkpoint_every_n_steps,
+        "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
+        "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
+        "distributed_timeout_minutes": o.distributed_timeout_minutes,
+    }
+    for key, value in positive.items():
+        if value is not None and value < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {value}.")
+    if o.learning_rate <= 0:
+        raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
+    if o.lr_scheduler.num_warmup_steps < 0:
+        raise UserError(f"config key 'lr_scheduler.num_warmup_steps' must be 0 or more, got {o.lr_scheduler.num_warmup_steps}.")
+    if o.max_num_steps is not None and o.lr_scheduler.num_warmup_steps >= o.max_num_steps:
+        if is_main_process():
+            print(
+                f"lmtune: warning: lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} is not below max_num_steps={o.max_num_steps}; "
+                f"warming up over {o.max_num_steps - 1} step(s) instead.",
+                file=sys.stderr,
+            )
+    if o.max_num_steps is None and o.max_num_data_epochs is None:
+        raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
+
+
+def resolve_inputs(o: FinetuneOptions) -> tuple[ModelSpec, TokenizerSpec, Path, Path | None]:
+    if o.model is None:
+        raise UserError("config key 'model' is not set; name a model card (e.g. model=tiny_llama; see `lmtune assets list --kind model`).")
+    if o.dataset is None:
+        raise UserError("config key 'dataset' is not set; give a .jsonl file, a directory or a dataset card (e.g. dataset=tiny_gsm8k).")
+    store = CardStore()
+    model = resolve_model(store, o.model, o.resume_checkpoint_dir)
+    tokenizer = resolve_tokenizer(store, o.tokenizer) if o.tokenizer else model.tokenizer
+    if tokenizer is None:
+        raise UserError(f"model '{o.model}' names no tokenizer; set tokenizer=NAME (a card with a 'tokenizer:' path).")
+    data = resolve_dataset(store, o.dataset)
+    if data.train is None:
+        raise UserError(f"dataset={o.dataset} has no training split (train.jsonl or sft/train.jsonl).")
+    valid = data.valid
+    if o.valid_dataset is not None:
+        v = resolve_dataset(store, o.valid_dataset, "valid_dataset")
+        valid = v.valid or v.test or v.train
+    # Malformed records fail here, before any model is loaded.
+    read_records(data.train)
+    if valid is not None:
+        read_records(valid)
+    return model, tokenizer, data.train, valid
+
+
+def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions) -> int:
+    """Checks the tokenizer against the model's vocabulary; returns max_seq_len capped at the model's maximum."""
+    from lmtune.catalog.fit import check_vocabulary, fitted_max_seq_len
+    from lmtune.catalog.loading import load_tokenizer, model_config
+
+    config = model_config(model)
+    check_vocabulary(model.name, config, tokenizer, load_tokenizer(tokenizer))
+    max_seq_len = fitted_max_seq_len(model.name, config, o.max_seq_len, warn=is_main_process())
+    if o.batch_size is None and o.max_num_tokens < max_seq_len:
+        how = "packed" if o.packing else "length-batched"
+        raise UserError(f"max_num_tokens={o.max_num_tokens} is smaller than max_seq_len={max_seq_len}; a {how} batch must fit at least one full-length example, so raise max_num_tokens or lower max_seq_len.")
+    return max_seq_len
+
+
+def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
+    _check_numbers(o)
+    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    model, tokenizer, train_file, valid_file = resolve_inputs(o)
+    # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
+    o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o))
+    main = is_main_process()
+    checkpoint_dir = run_checkpoint_dir(out_dir)
+    has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
+    if main:
+        lock_output_dir(out_dir)
+        flat = to_dict(o)
+        old = check_rerun(out_dir, flat, has_checkpoint)
+        if has_checkpoint and old is not None and old.get("max_num_steps") != o.max_num_steps:
+            print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
+        save_config(out_dir, dump_yaml(o))
+        write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
+
+    from lmtune.train.fairseq2_config import finetune_config
+
+    config = finetune_config(o, model, tokenizer, train_file, valid_file)
+
+    from fairseq2.recipe.run import run
+
+    from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
+
+    from fairseq2.task import TaskStopException
+    from fairseq2.utils.validation import ValidationError
+
+    from lmtune.train.preemption import PREEMPTED_EXIT_CODE
+
+    try:
+        run(InstructionFinetuneRecipe(), config, out_dir)
+    except ValidationError as ex:
+        raise UserError(f"the config is not valid for fairseq2: {ex}") from None
+    except TaskStopException:
+        steps = checkpoint_steps(checkpoint_dir)
+        at = f" at step {steps[-1]}" if steps else ""
+        raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as ex:
+        explained = explain_distributed_failure(ex, os.environ)
+        if explained is None:
+            raise
+        raise RunFailed(explained) from None
+
+    # [hf export, issue 4: lmtune/export/hf_dir.py] rank 0 exports once training has finished.
+    if main and o.export_hf != "none":
+        from lmtune.export.hf_dir import export_run_checkpoints
+
+        export_run_checkpoints(checkpoint_dir, o.export_hf)
+    # [end hf export]
