@@ -158,3 +158,19 @@ def test_dataset_labels_read_by_yaml_as_booleans_are_refused(isolated_user_cards
         resolve_dataset(CardStore(), "yes_no")
     (isolated_user_cards / "d.yaml").write_text(f"name: yes_no\ndata: {tmp_path}\ntest: test.jsonl\nlabels: ['yes', 'no']\n")
     assert resolve_dataset(CardStore(), "yes_no").labels == ["yes", "no"]
+
+
+@pytest.mark.parametrize("spelling", ["same", "trailing_slash", "symlink"])
+def test_one_directory_named_by_both_variables_is_read_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spelling: str) -> None:
+    user = tmp_path / "cards"
+    user.mkdir()
+    (user / "mine.yaml").write_text("name: my_data\ndata: /nowhere\n---\nname: tiny_llama@user\nmodel_config:\n  num_layers: 1\n")
+    other = {"same": str(user), "trailing_slash": f"{user}/", "symlink": str(tmp_path / "link")}[spelling]
+    if spelling == "symlink":
+        (tmp_path / "link").symlink_to(user)
+    monkeypatch.setenv("FAIRSEQ2_USER_ASSET_DIR", str(user))
+    monkeypatch.setenv("LMTUNE_USER_ASSET_DIR", other)
+    store = CardStore()
+    assert store.get("my_data") is not None
+    assert store.get("tiny_llama").get("model_config")["num_layers"] == 1  # the override applies once, no "already defined"
+    assert store.get("tiny_llama").override_files == [user / "mine.yaml"]

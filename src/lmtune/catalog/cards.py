@@ -59,6 +59,7 @@ class Card:
 
 
 def user_dirs() -> list[Path]:
+    """The user's card directories, each once: users often set both variables to one directory."""
     dirs = []
     fs2 = os.environ.get("FAIRSEQ2_USER_ASSET_DIR")
     if fs2:
@@ -69,7 +70,10 @@ def user_dirs() -> list[Path]:
     else:
         base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
         dirs.append(Path(base) / "lmtune" / "assets")
-    return dirs
+    unique: dict[Path, Path] = {}
+    for d in dirs:
+        unique.setdefault(d.resolve(), d)  # the same directory by another spelling or a symlink is read once
+    return list(unique.values())
 
 
 def _card_files(directory: Path) -> list[Path]:
