@@ -256,6 +256,35 @@ def test_two_processes_under_torchrun_merge_in_input_order(tmp_path: Path, isola
     assert sorted(p.name for p in two.iterdir()) == [".lmtune.lock", "generate.yaml", "generations.jsonl"]
 
 
+
+def test_two_srun_tasks_split_the_prompts_and_merge_like_one_process(tmp_path: Path, isolated_user_cards: Path) -> None:
+    """Under srun each task sees only SLURM's variables (no RANK, no scontrol): generate must
+    turn them into torch.distributed's, generate its half, and rank 0 write one merged file."""
+    write_model_card(tmp_path, isolated_user_cards)
+    data = _jsonl(tmp_path / "prompts.jsonl", PROMPTS * 2)
+    args = ["--config", "model=parity_llama", f"dataset={data}", "generator_config.max_gen_len=12", "batch_size=1", "score=none"]
+    single = tmp_path / "single"
+    r = run_lmtune("generate", str(single), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    two = tmp_path / "two"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    procs = []
+    for rank in range(2):
+        env = {
+            **base, "OMP_NUM_THREADS": "1", "LMTUNE_USER_ASSET_DIR": str(isolated_user_cards),
+            "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+            "SLURM_JOB_ID": "779", "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2", "MASTER_PORT": "29661",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "lmtune", "generate", str(two), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errs = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        errs.append(err)
+    assert "generated 5 completions" in errs[0]  # rank 0 did its half only, not all 10 prompts
+    assert (two / "generations.jsonl").read_text() == (single / "generations.jsonl").read_text()
+
 def test_length_batches() -> None:
     from lmtune.generate.generator import length_batches
 
