@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_lmtune
+from conftest import REPO, run_lmtune
 
 SHORT = ["--config", "max_num_steps=20", "publish_metrics_every_n_steps=5", "checkpoint_every_n_steps=10", "tensorboard=false"]
 HEADINGS = ["=== 1/4 Fine-tune", "=== 2/4 Generate and score", "=== 3/4 Export to Hugging Face", "=== 4/4 Summary"]
@@ -102,3 +104,14 @@ def test_rerun_resumes_the_finished_run(demo: tuple[Path, str]) -> None:
     accuracy = lambda s: re.search(r"accuracy on 200 problems: .*", s).group()  # type: ignore[union-attr]  # noqa: E731
     assert accuracy(r.stdout) == accuracy(first)
     assert r.stdout.count("\n  identical (") == 2
+
+
+def test_committed_tiny_assets_equal_a_fresh_build(tmp_path: Path) -> None:
+    """assets/tiny is what tools/build_tiny_assets.py writes, byte for byte."""
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "build_tiny_assets.py"), str(tmp_path / "tiny")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    committed = sorted(p.relative_to(REPO / "assets" / "tiny") for p in (REPO / "assets" / "tiny").rglob("*") if p.is_file())
+    built = sorted(p.relative_to(tmp_path / "tiny") for p in (tmp_path / "tiny").rglob("*") if p.is_file())
+    assert built == committed
+    for rel in committed:
+        assert (tmp_path / "tiny" / rel).read_bytes() == (REPO / "assets" / "tiny" / rel).read_bytes(), rel
