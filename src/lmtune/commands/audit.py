@@ -86,12 +86,6 @@ def run(args: argparse.Namespace) -> None:
 
 def model_card(store, name: str):  # type: ignore[no-untyped-def]
     """A ModelSpec without checking for weights, which counting tokens does not need."""
-    from lmtune.catalog.specs import ModelSpec
+    from lmtune.catalog.specs import model_from_card
 
-    card = store.require(name, "model")
-    family = card.get("model_family")
-    if not isinstance(family, str):
-        raise UserError(f"card '{card.name}' ({card.where}) has no model_family; it cannot be used as a model.")
-    arch = card.get("model_arch")
-    config = dict(card.get("model_config") or {})
-    return ModelSpec(card.name, family, arch if isinstance(arch, str) else None, config, None, str(card.file))
+    return model_from_card(store, store.require(name, "model"), need_weights=False)
