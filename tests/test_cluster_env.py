@@ -16,6 +16,12 @@ from lmtune.errors import UserError
         ("gpu-a[1-2],gpu-b3", ["gpu-a1", "gpu-a2", "gpu-b3"]),
         ("n[8-11]", ["n8", "n9", "n10", "n11"]),
         ("a[001-002],b,c[9]", ["a001", "a002", "b", "c9"]),
+        # as `scontrol show hostnames` prints them: several bracket groups in one name, padding, mixed lists
+        ("rack[1-2]-node[01-02]", ["rack1-node01", "rack1-node02", "rack2-node01", "rack2-node02"]),
+        ("cn[009-011]", ["cn009", "cn010", "cn011"]),
+        ("nid[00001-00002,00010]", ["nid00001", "nid00002", "nid00010"]),
+        ("a1,b[2-3]", ["a1", "b2", "b3"]),
+        ("dgx-[1-2]-gpu,login1", ["dgx-1-gpu", "dgx-2-gpu", "login1"]),
     ],
 )
 def test_expand_nodelist(nodelist: str, hosts: list[str]) -> None:
@@ -25,6 +31,23 @@ def test_expand_nodelist(nodelist: str, hosts: list[str]) -> None:
 @pytest.mark.parametrize("value, counts", [("8", [8]), ("8(x2)", [8, 8]), ("4,2", [4, 2]), ("2(x3),1", [2, 2, 2, 1])])
 def test_expand_tasks_per_node(value: str, counts: list[int]) -> None:
     assert expand_tasks_per_node(value) == counts
+
+
+@pytest.mark.parametrize("value", ["x", "2(x", "", "0"])
+def test_malformed_tasks_per_node_is_refused(value: str) -> None:
+    with pytest.raises(ValueError):
+        expand_tasks_per_node(value)
+
+
+def test_master_addr_from_a_nodelist_with_two_bracket_groups() -> None:
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "rack[1-2]-node[01-02]", "SLURM_TASKS_PER_NODE": "1(x4)"}
+    assert torch_env_from_slurm(env)["MASTER_ADDR"] == "rack1-node01"  # type: ignore[index]
+
+
+def test_malformed_nodelist_is_one_sentence() -> None:
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "node[1-", "SLURM_TASKS_PER_NODE": "1"}
+    with pytest.raises(UserError, match=r"SLURM_JOB_NODELIST='node\[1-' is not a SLURM host list"):
+        torch_env_from_slurm(env)
 
 
 def srun_env(**over: str) -> dict[str, str]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from conftest import run_lmtune
-from lmtune.score.confusion_png import cell_shade, layout, write_confusion_png
+from lmtune.score.confusion_png import confusion_figure, row_shares, write_confusion_png
 from lmtune.errors import UserError
 from lmtune.score.tasks import INVALID, check_references, format_table, gsm8k_answer, parse_label, score
 
@@ -114,41 +112,55 @@ def test_check_references() -> None:
         check_references("exact_match", [("f:1", "a"), ("f:2", None)], None)
 
 
-def read_png(path: Path) -> tuple[int, int, bytes]:
-    """(width, height, RGB bytes) of an 8-bit RGB PNG with unfiltered rows, checking CRCs."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body)
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", header[:10])
-    assert (depth, color) == (8, 2)
-    raw = zlib.decompress(idat)
-    stride = 3 * width + 1
-    assert all(raw[y * stride] == 0 for y in range(height))
-    return width, height, b"".join(raw[y * stride + 1 : (y + 1) * stride] for y in range(height))
+def cell_pixels(rows: list[str], columns: list[str], counts: list[list[int]], height: int) -> dict:
+    """(i, j) -> PNG pixel (x, y) inside each cell, off-centre so the count's digits are missed."""
+    fig = confusion_figure(rows, columns, counts)
+    fig.canvas.draw()  # settles the constrained layout, as savefig does
+    ax = fig.axes[0]
+    out = {}
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            x, y = ax.transData.transform((j - 0.3, i - 0.3))
+            out[i, j] = (int(x), height - 1 - int(y))  # display origin is bottom-left, the PNG's top-left
+    return out
 
 
 def test_confusion_matrix_png_shades_cells_by_row_share(tmp_path: Path) -> None:
+    from matplotlib import colormaps
+    from matplotlib.image import imread
+
     s = score("classification", PAIRS, LABELS)
     cm = s["confusion_matrix"]
     path = write_confusion_png(tmp_path / "cm.png", cm["rows"], cm["columns"], cm["counts"])
-    width, height, pixels = read_png(path)
-    left, top, cw, ch = layout(cm["rows"], cm["columns"])
-    assert (width, height) == (left + 4 * cw + 1, top + 3 * ch + 1)
-    for i, row in enumerate(cm["counts"]):
-        for j, n in enumerate(row):
-            x, y = left + j * cw + 2, top + i * ch + 2  # inside the cell, clear of grid and digits
-            at = 3 * (y * width + x)
-            assert tuple(pixels[at : at + 3]) == cell_shade(n / sum(row)), (i, j)
-    assert cell_shade(0) == (255, 255, 255) and cell_shade(1) != cell_shade(0.5)
+    assert path == tmp_path / "cm.png" and not (tmp_path / "cm.png.tmp").exists()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)  # floats in [0, 1], RGBA
+    fig = confusion_figure(cm["rows"], cm["columns"], cm["counts"])
+    w, h = fig.get_size_inches() * fig.dpi
+    assert pixels.shape == (round(h), round(w), 4) == (360, 640, 4)
+
+    at = cell_pixels(cm["rows"], cm["columns"], cm["counts"], pixels.shape[0])
+    shares = row_shares(cm["counts"])
+    darkness = {}
+    for (i, j), (x, y) in at.items():
+        rgb = pixels[y, x, :3]
+        expected = colormaps["Blues"](shares[i][j])[:3]
+        assert abs(rgb - expected).max() < 0.02, ((i, j), rgb, expected)
+        darkness[i, j] = 3 - rgb.sum()
+    assert darkness[0, 3] == darkness[1, 0] == min(darkness.values())  # the zero cells are the lightest
+    assert darkness[2, 2] > darkness[2, 0] > darkness[2, 1]  # Business 3 > 1 > 0
+    assert darkness[1, 1] > darkness[1, 3] > darkness[1, 0]  # Sports 2 > 1 > 0
+
+
+def test_confusion_png_is_the_same_each_time(tmp_path: Path) -> None:
+    args = (["a", "b"], ["a", "b", "(invalid)"], [[5, 0, 1], [2, 2, 0]])
+    first = write_confusion_png(tmp_path / "1.png", *args).read_bytes()
+    assert write_confusion_png(tmp_path / "2.png", *args).read_bytes() == first
+    assert b"Matplotlib" not in first
+
+
+def test_row_shares() -> None:
+    assert row_shares([[1, 3], [0, 0]]) == [[0.25, 0.75], [0.0, 0.0]]
 
 
 def test_score_command_writes_scores_and_png(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ not to detect the cluster again. torchrun's variables win when both are present
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from lmtune.errors import UserError
@@ -19,32 +18,25 @@ TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
-    """SLURM's compressed host list: 'node[01-04,07]', 'gpu-a[1-2],gpu-b3' -> host names."""
-    hosts: list[str] = []
-    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?(?:,|$)", nodelist):
-        prefix, ranges = m.group(1), m.group(2)
-        if not prefix and not ranges:
-            continue
-        if ranges is None:
-            hosts.append(prefix)
-            continue
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()):
-                raise ValueError(part)
-            for n in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{n:0{len(lo)}d}")
-    return hosts
+    """SLURM's compressed host list ('node[01-04,07]', 'rack[1-2]-node[01-02]') -> host names, as scontrol expands it."""
+    import hostlist
+
+    try:
+        return hostlist.expand_hostlist(nodelist)
+    except hostlist.BadHostlist:
+        raise ValueError(nodelist) from None
 
 
 def expand_tasks_per_node(value: str) -> list[int]:
     """SLURM_TASKS_PER_NODE: '8', '8(x2)', '4,2', '2(x3),1' -> tasks on each node."""
-    counts: list[int] = []
-    for part in value.split(","):
-        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
-        if m is None:
-            raise ValueError(part)
-        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    import hostlist
+
+    try:
+        counts = hostlist.parse_slurm_tasks_per_node(value)
+    except Exception:  # python-hostlist raises BadHostlist or ValueError on malformed input
+        raise ValueError(value) from None
+    if not counts or any(c < 1 for c in counts):
+        raise ValueError(value)
     return counts
 
 
