@@ -49,6 +49,7 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TokenizerS
         "llama3_hf": TokenizerSpec("llama3_hf", "llama", write_hf_llama3_tokenizer(root / "llama3_hf", llama3_ranks, instruct=True), {"impl": "hg", "use_eot": True}),
         "tiktoken": TokenizerSpec("tiktoken", "llama", write_tiktoken_model(root / "tt" / "tokenizer.model", llama3_ranks), {"impl": "tiktoken", "use_eot": True}),
         "sentencepiece": TokenizerSpec("sp", "llama", train_sentencepiece_model(root / "sp" / "tokenizer.model"), {"impl": "sp"}),
+        "sentencepiece_default": TokenizerSpec("sp_default", "llama", train_sentencepiece_model(root / "sp_default" / "tokenizer.model", default_normalizer=True), {"impl": "sp"}),
         "qwen_hf": TokenizerSpec("qwen_hf", "qwen", write_hf_qwen_tokenizer(root / "qwen_hf", qwen_ranks), {"use_im_end": True}),
     }
 
@@ -66,6 +67,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object], str, str]] = {
                                  "ffn_inner_dim_multiplier": 1.3}, "tiktoken", "meta"),
     # Llama 2 from a Hugging Face directory with SentencePiece: full multi-head attention, no rope scaling.
     "llama2_untied_sentencepiece": ("llama2_7b", {**LLAMA, "num_key_value_heads": 4, "vocab_size": 400}, "sentencepiece", "hf"),
+    # A user's own SentencePiece model with SentencePiece's defaults: unigram, nmt_nfkc, whitespace collapsing.
+    "llama2_sentencepiece_default_normalizer": ("llama2_7b", {**LLAMA, "num_key_value_heads": 4, "vocab_size": 400}, "sentencepiece_default", "run"),
     "qwen25_tied_biases": ("qwen25_1.5b", {**QWEN, "vocab_size": 416, "tied_embeddings": True}, "qwen_hf", "run"),
     "qwen3_untied_qk_norm": ("qwen3_0.6b", {**QWEN, "vocab_size": 416, "tied_embeddings": False, "head_dim": 32}, "qwen_hf", "run"),
 }
@@ -167,6 +170,7 @@ STOPS = {
     "llama3_hf": ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
     "tiktoken": ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"],
     "sentencepiece": ["</s>"],
+    "sentencepiece_default": ["</s>"],
     "qwen_hf": ["<|im_end|>", "<|endoftext|>"],
 }
 
@@ -229,6 +233,42 @@ def test_exported_chat_template_renders_as_lmtune(exported) -> None:  # type: ig
         assert got == want
     else:
         raise AssertionError(f"no chat reference for tokenizer {tok.name}")
+
+
+# Texts on which SentencePiece's default normalizer differs from an identity one.
+NORMALIZER_TEXTS = [
+    "  a  b\t\tc\n\n  d   ",
+    " \n x \n ",
+    "   ",
+    "",
+    "ＦＵＬＬ width ① ﬁne ｶﾀｶﾅ",
+    "\u3000ideographic\u3000space and a\u00a0no-break space",
+    "cafe\u0301 decomposed",
+]
+
+
+def test_sentencepiece_default_normalizer_exports_its_own_encodings(tmp_path: Path, tokenizers: dict[str, TokenizerSpec]) -> None:
+    """The exported tokenizer.json collapses whitespace and applies NFKC as the model does: transformers'
+    ids equal SentencePiece's and lmtune's, and so does the decoded text."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from lmtune.export.tokenizer import write_hf_tokenizer
+
+    spec = tokenizers["sentencepiece_default"]
+    write_hf_tokenizer(spec, tmp_path, model_max_length=64)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    ref = spm.SentencePieceProcessor(model_file=str(spec.path))
+    ours = load_tokenizer(spec)
+    raw, prompt = ours.create_raw_encoder(), ours.create_encoder(mode="prompt")
+    for text in NORMALIZER_TEXTS + TEXTS:
+        ids = ref.encode(text)
+        assert hf(text, add_special_tokens=False)["input_ids"] == ids == raw(text).tolist(), text
+        assert hf(text)["input_ids"] == [ref.bos_id()] + ids == prompt(text).tolist(), text
+        assert hf.decode(ids) == ref.decode(ids), text
+    # The texts do exercise the normalizer: an identity one would keep the extra spaces and full-width letters.
+    assert ref.decode(ref.encode(NORMALIZER_TEXTS[0])) == "a b c d"
+    assert ref.decode(ref.encode(NORMALIZER_TEXTS[4])).startswith("FULL width 1 fine")
 
 
 # ------------------------------------------------------------- the options

@@ -307,20 +307,24 @@ def write_tiktoken_model(path: Path, ranks: dict[bytes, int]) -> Path:
     return path
 
 
-def train_sentencepiece_model(path: Path, *, vocab_size: int = 400) -> Path:
-    """Llama 2 settings: BPE, byte fallback, split digits, identity normalization."""
+def train_sentencepiece_model(path: Path, *, vocab_size: int = 400, default_normalizer: bool = False) -> Path:
+    """Llama 2 settings: BPE, byte fallback, split digits, identity normalization. With
+    default_normalizer, SentencePiece's own defaults instead: a unigram model, nmt_nfkc and
+    remove_extra_whitespaces, as a user's ``spm_train --input ... --model_prefix ...`` gives."""
     import io
 
     import sentencepiece as spm
 
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
+    if default_normalizer:
+        settings: dict[str, object] = {"model_type": "unigram", "normalization_rule_name": "nmt_nfkc", "remove_extra_whitespaces": True}
+    else:
+        settings = {"model_type": "bpe", "split_digits": True, "normalization_rule_name": "identity", "remove_extra_whitespaces": False, "allow_whitespace_only_pieces": True}
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS.splitlines() * 4), model_writer=buf, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=True, character_coverage=1.0,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, shuffle_input_sentence=False,
-        allow_whitespace_only_pieces=True, minloglevel=2,
+        byte_fallback=True, add_dummy_prefix=True, character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, shuffle_input_sentence=False, minloglevel=2, **settings,
     )
     path.write_bytes(buf.getvalue())
     return path

@@ -23,7 +23,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
     try:
         return hostlist.expand_hostlist(nodelist)
-    except hostlist.BadHostlist:
+    except (hostlist.BadHostlist, ValueError):  # python-hostlist raises either on malformed input
         raise ValueError(nodelist) from None
 
 
@@ -33,7 +33,7 @@ def expand_tasks_per_node(value: str) -> list[int]:
 
     try:
         counts = hostlist.parse_slurm_tasks_per_node(value)
-    except Exception:  # python-hostlist raises BadHostlist or ValueError on malformed input
+    except (hostlist.BadHostlist, ValueError):  # python-hostlist raises either on malformed input
         raise ValueError(value) from None
     if not counts or any(c < 1 for c in counts):
         raise ValueError(value)

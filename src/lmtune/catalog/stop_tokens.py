@@ -5,7 +5,7 @@ generation_config.json, so transformers and vLLM stop where lmtune does."""
 
 from __future__ import annotations
 
-STOP_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "</s>")
+STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>", "</s>")
 
 
 def stop_token_ids(tokenizer: object) -> list[int]:

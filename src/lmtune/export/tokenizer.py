@@ -3,7 +3,8 @@
 - A Hugging Face tokenizer directory is copied; only the BOS handling and the
   special tokens in tokenizer_config.json are adjusted to lmtune's tokenizer.
 - A Llama 3 tiktoken file becomes a byte-level BPE tokenizer.json built from its ranks.
-- A SentencePiece model becomes a tokenizer.json through transformers' Llama converter.
+- A SentencePiece model becomes a tokenizer.json through transformers' Llama converter, with
+  the model's own normalizer (character map, whitespace collapsing) rebuilt in front of it.
 
 In every case ``tokenizer(text)`` must give the ids lmtune's prompt encoder gives
 (the BOS prefix included), since vLLM's completion endpoint tokenizes that way;
@@ -130,17 +131,38 @@ def _tiktoken_backend(tokenizer: object, path: Path):  # type: ignore[no-untyped
 
 
 def _sentencepiece_backend(path: Path):  # type: ignore[no-untyped-def]
-    import sentencepiece
+    """transformers' Llama converter for the pieces, with a normalizer rebuilt from the model's own spec."""
     from transformers import LlamaTokenizerFast
+    from transformers.convert_slow_tokenizer import import_protobuf
 
-    # Whether the model prepends "▁" to a text (SentencePiece's add_dummy_prefix); the
-    # converter must be told, or every first word encodes differently.
-    dummy_prefix = sentencepiece.SentencePieceProcessor(model_file=str(path)).encode("a", out_type=str)[0].startswith("\u2581")
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    spec = proto.normalizer_spec
+    if proto.trainer_spec.treat_whitespace_as_suffix or not spec.escape_whitespaces:
+        raise UserError(f"{path}: this SentencePiece model marks spaces as a suffix or does not escape them; lmtune can export only models that prefix words with '\u2581' (all Llama and Mistral models do).")
     try:
-        fast = LlamaTokenizerFast(vocab_file=str(path), from_slow=True, legacy=True, add_bos_token=True, add_eos_token=False, add_prefix_space=dummy_prefix)
+        fast = LlamaTokenizerFast(vocab_file=str(path), from_slow=True, legacy=True, add_bos_token=True, add_eos_token=False, add_prefix_space=spec.add_dummy_prefix)
     except Exception as ex:
         raise UserError(f"{path}: cannot convert this SentencePiece model to a Hugging Face tokenizer ({ex}).") from None
-    return fast.backend_tokenizer
+    backend = fast.backend_tokenizer
+    backend.normalizer = sentencepiece_normalizer(spec.precompiled_charsmap, spec.remove_extra_whitespaces, spec.add_dummy_prefix)
+    return backend
+
+
+def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, add_dummy_prefix: bool):  # type: ignore[no-untyped-def]
+    """SentencePiece's normalization as a `tokenizers` normalizer. The converter keeps only the
+    dummy prefix; SentencePiece's default (nmt_nfkc, remove_extra_whitespaces) also maps the text
+    through its character map and drops leading, trailing and repeated spaces. Only U+0020 counts
+    as a space there (the map turns tabs and the like into it first), hence regexes, not Strip."""
+    from tokenizers import Regex, normalizers
+
+    steps = [normalizers.Precompiled(charsmap)] if charsmap else []
+    if remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if add_dummy_prefix:
+        steps.append(normalizers.Prepend("\u2581"))  # Prepend leaves an empty text empty, as SentencePiece does
+    steps.append(normalizers.Replace(" ", "\u2581"))
+    return normalizers.Sequence(steps)
 
 
 def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -> None:
