@@ -6,13 +6,18 @@ The path of data, top to bottom: JSONL records -> token ids with a loss mask
 Trainer (optimizer, LR schedule, accumulation, clipping, validation, metrics,
 checkpoints and resume).
 
+Validation: the NLL loss over the validation split, and with a task (``eval``) the
+task's scores on greedy completions of its first prompts (``lmtune.train.task_eval``);
+an ``EarlyStopper`` (``lmtune.train.early_stopping``) ends the run when the chosen
+metric stops improving.
+
 ``lmtune.train.finetune`` turns the user's flat config into ``FinetuneConfig`` and runs
 this recipe with ``fairseq2.recipe.run.run``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
@@ -21,9 +26,13 @@ from torch import Tensor
 from torch.nn import Module
 from typing_extensions import override
 
-from fairseq2.datasets import DataPipelineReader, SequenceBatch
+from fairseq2.datasets import DataPipelineReader, SequenceBatch, SyncMode
+from fairseq2.gang import Gangs
 from fairseq2.logging import log
 from fairseq2.metrics import MetricBag
+from fairseq2.metrics.formatters import format_as_float, format_as_int
+from fairseq2.metrics.recorders import MetricDescriptor
+from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.metrics.common import (
     add_nll_loss_metric,
     add_seq_batch_metrics,
@@ -47,6 +56,9 @@ from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.task import Task
 
 from lmtune.data.batching import build_pipeline, drop_too_long
+from lmtune.train.early_stopping import PatienceStopper
+from lmtune.train.task_eval import EvalPrompts, evaluate_task
+from lmtune.train.valid_metrics import COUNTS, ValidMetric
 from lmtune.train.document_attention import DocumentSDPA
 from lmtune.train.preemption import PreemptibleTrainer, StopFlag
 from lmtune.data.encoding import ExampleEncoder
@@ -67,6 +79,27 @@ class SftDataSection:
 
 
 @dataclass(kw_only=True)
+class TaskEvalSection:
+    task: str | None = None
+    """gsm8k, classification or exact_match: scored on greedy completions at each validation."""
+    labels: list[str] | None = None
+    max_examples: int = 1000
+    max_gen_len: int = 256
+
+
+@dataclass(kw_only=True)
+class EarlyStoppingSection:
+    metric: str = ""
+    patience: int | None = None
+    """None: no early stopping."""
+    min_delta: float = 0.0
+    history_file: Path | None = None
+    stop_file: Path | None = None
+    forgive_at_resume: bool = False
+    """Restart the patience count at the resumed step (max_num_steps was raised after an early stop)."""
+
+
+@dataclass(kw_only=True)
 class FinetuneConfig:
     model: ModelSection
     tokenizer: TokenizerSection
@@ -77,10 +110,25 @@ class FinetuneConfig:
     lr_scheduler: LRSchedulerSection = field(default_factory=LRSchedulerSection)
     regime: RegimeSection = field(default_factory=RegimeSection)
     common: CommonSection = field(default_factory=CommonSection)
+    eval: TaskEvalSection = field(default_factory=TaskEvalSection)
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
 
 
 @final
 class InstructionFinetuneRecipe(Recipe):
+    def __init__(self, metrics: Sequence[ValidMetric] = ()) -> None:
+        self._metrics = metrics
+
+    @override
+    def register(self, container: DependencyContainer) -> None:
+        # fairseq2 knows nll_loss and accuracy; macro F1, per-label F1 and the counts are lmtune's.
+        # A metric registered here replaces fairseq2's of the same name (early_stopping.mode).
+        for m in self._metrics:
+            descriptor = MetricDescriptor(m.name, m.display_name, 200 if m.name != "nll_loss" else 100, format_as_float, higher_better=m.higher_better)
+            container.collection.register_instance(MetricDescriptor, descriptor)
+        for name, display_name in COUNTS.items():
+            container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display_name, 210, format_as_int))
+
     @override
     def create_task(self, context: RecipeContext) -> Task:
         config = context.get_config_as(FinetuneConfig)
@@ -98,6 +146,17 @@ class InstructionFinetuneRecipe(Recipe):
             kept = drop_too_long(examples, data.max_seq_len, str(path))
             if len(kept) < len(examples):
                 log.warning("{}: skipped {} of {} examples longer than max_seq_len={}.", path, len(examples) - len(kept), len(examples), data.max_seq_len)  # fmt: skip
+            if not shuffle:
+                # Validation: every rank batches its own share of the examples, and the ranks
+                # read until the last is done, so the loss covers every example (sharding
+                # batches would leave a rank of a small split with none, and the min-sync
+                # would then drop the others' too).
+                pipeline = build_pipeline(
+                    kept[gangs.dp.rank :: gangs.dp.size], dp_rank=0, dp_size=1, max_seq_len=data.max_seq_len,
+                    max_num_tokens=data.max_num_tokens, batch_size=data.batch_size, pad_idx=pad_idx, shuffle_seed=None,
+                    packing=data.packing and data.batch_size is None,
+                )  # fmt: skip
+                return DataPipelineReader(pipeline, gangs, sync_mode=SyncMode.UNTIL_LAST)
             pipeline = build_pipeline(
                 kept,
                 dp_rank=gangs.dp.rank,
@@ -109,8 +168,7 @@ class InstructionFinetuneRecipe(Recipe):
                 shuffle_seed=config.common.seed + 1 if shuffle else None,
                 packing=data.packing and data.batch_size is None,
             )
-            num_accumulate = config.trainer.grad_accumulation.num_batches if shuffle else 1
-            return DataPipelineReader(pipeline, gangs, num_accumulate=num_accumulate)
+            return DataPipelineReader(pipeline, gangs, num_accumulate=config.trainer.grad_accumulation.num_batches)
 
         if config.common.torch.default_sdpa == "torch":
             # Packed batches attend within each example instead of across the whole pack.
@@ -119,12 +177,29 @@ class InstructionFinetuneRecipe(Recipe):
         train_reader = reader(data.train_file, data.shuffle)
         valid_units, valid_readers = [], []
         if data.valid_file is not None:
-            valid_units.append(SftLossEvalUnit(model))
+            task_eval = None
+            if config.eval.task is not None:
+                e = config.eval
+                records = read_records(data.valid_file)[: e.max_examples]
+                task_eval = EvalPrompts(
+                    [encoder.encode_prompt(r) for r in records], [encoder.reference(r) or "" for r in records],
+                    e.task, e.labels, e.max_gen_len, data.max_num_tokens,
+                )  # fmt: skip
+            valid_units.append(SftValidUnit(context.get_model(), tokenizer, gangs, task_eval))
             valid_readers.append(reader(data.valid_file, False))
 
         unit = SftTrainUnit(model)
         trainer = context.create_trainer(unit, train_reader, valid_units, valid_readers)
-        preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root)
+        stopping = config.early_stopping
+        stopper = None
+        if stopping.patience is not None and stopping.history_file is not None and stopping.stop_file is not None:
+            stopper = PatienceStopper(stopping.metric, stopping.history_file, stopping.stop_file, stopping.patience, stopping.min_delta)
+            if gangs.root.rank == 0:  # fairseq2 consults the stopper on rank 0 only
+                resumed = context.get_checkpoint_manager().maybe_get_last_step_number(exclude_model_only=True)
+                stopper.restore(resumed or 0, forgive=stopping.forgive_at_resume)
+            # fairseq2 0.8.1's trainer takes an early stopper, but its recipe factory passes none.
+            trainer._early_stopper = stopper  # noqa: SLF001
+        preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root, early_stopping=stopper is not None)
         unit.on_step = preemptible.check
         return preemptible
 
@@ -169,9 +244,18 @@ class SftTrainUnit(TrainUnit[SequenceBatch]):
 
 
 @final
-class SftLossEvalUnit(EvalUnit[SequenceBatch]):
-    def __init__(self, model: Module) -> None:
+class SftValidUnit(EvalUnit[SequenceBatch]):
+    """NLL loss over the validation batches; then, with a task, the task's scores."""
+
+    def __init__(self, model: Module, tokenizer: object, gangs: Gangs, task_eval: EvalPrompts | None) -> None:
+        # The model being trained without its data-parallel wrapper: fairseq2 has gathered its
+        # parameters for validation, and a rank may run fewer forwards than another, so no
+        # forward may wait on collectives.
         self._model = model
+        self._tokenizer = tokenizer
+        self._gangs = gangs
+        self._task_eval = task_eval
+        self._scores: dict[str, float] = {}
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
@@ -184,7 +268,17 @@ class SftLossEvalUnit(EvalUnit[SequenceBatch]):
         update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_target_elements)
         update_seq_batch_metrics(metric_bag, targets)
 
+    @override
+    def finalize(self, metric_bag: MetricBag) -> None:
+        # Runs on every rank after its loss batches; the ranks complete their shares together.
+        if self._task_eval is not None:
+            self._scores = evaluate_task(self._model, self._tokenizer, self._task_eval, self._gangs.dp, self._gangs.device)
+
+    @override
+    def process_metric_values(self, values: MutableMapping[str, object]) -> None:
+        values.update(self._scores)  # rank 0, before the values are recorded and the score is taken
+
     @property
     @override
     def name(self) -> str | None:
-        return "valid"
+        return None  # metrics go to OUT/metrics/valid.jsonl

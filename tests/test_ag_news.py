@@ -98,6 +98,7 @@ model_config:
 name: tiny_ag_news
 data: {data}
 train: train.jsonl
+valid: test.jsonl              # validation scores the same 40 articles during training
 test: test.jsonl
 task: classification
 labels: [World, Sports, Business, Sci/Tech]
@@ -123,7 +124,10 @@ def test_ag_news_base_vs_finetuned(tiny_qwen_cards: Path) -> None:
         "lr_scheduler.num_warmup_steps=10", "checkpoint_every_n_steps=150", "validate_every_n_steps=150", "tensorboard=false",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_lmtune("generate", str(tmp / "eval_tuned"), "--config", f"checkpoint_dir={tmp / 'ft/checkpoints'}", "model=last_checkpoint", *eval_args)
+    # The preset validates with macro F1 on greedy answers, scoring the final checkpoint: it is the best one.
+    valid = [json.loads(line) for line in (tmp / "ft/metrics/valid.jsonl").read_text().splitlines()]
+    assert valid[-1]["Step"] == 150 and valid[-1]["Eval Examples"] == 40 and valid[-1]["Macro F1"] >= 0.9
+    r = run_lmtune("generate", str(tmp / "eval_tuned"), "--config", f"checkpoint_dir={tmp / 'ft/checkpoints'}", "model=best_checkpoint", *eval_args)
     assert r.returncode == 0, r.stderr[-3000:]
     tuned = _scores(tmp / "eval_tuned")
     print(r.stdout)

@@ -6,6 +6,9 @@
     OUT/checkpoints/tokenizer.yaml   lmtune's card of the tokenizer it was trained with
     OUT/checkpoints/step_N/model     a complete checkpoint (fairseq2 writes step_N.tmp, then renames it)
     OUT/checkpoints/step_N/hf        its Hugging Face export
+    OUT/checkpoints/scores/step_N.txt   fairseq2's score of checkpoint N (early_stopping.metric, higher is better)
+    OUT/checkpoints/early_stopping.jsonl  every scheduled validation's score, replayed on resume
+    OUT/early_stop.json              why the run stopped early, when it did
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ CONFIG_FILE = "lmtune.yaml"
 MODEL_CARD = "model.yaml"  # written by fairseq2
 TOKENIZER_CARD = "tokenizer.yaml"
 HF_EXPORT = "hf"
+SCORES = "scores"  # written by fairseq2
+EARLY_STOP_HISTORY = "early_stopping.jsonl"
+EARLY_STOP_FILE = "early_stop.json"
 
 # Keys a rerun may change and still resume the same run.
 RESUMABLE_CHANGES = {
     "max_num_steps", "max_num_data_epochs", "checkpoint_every_n_steps", "keep_last_n_checkpoints",
     "keep_last_n_models", "validate_every_n_steps", "publish_metrics_every_n_steps", "tensorboard",
     "wandb", "compile", "activation_checkpointing", "data_parallelism", "distributed_timeout_minutes", "export_hf",
+    "early_stopping", "keep_best_n_checkpoints",
 }
 
 _held: list[Any] = []  # keeps the lock file open until the process exits
@@ -139,3 +146,41 @@ def read_cards(checkpoints: Path) -> tuple[dict[str, object], dict[str, object] 
     model = yaml.safe_load((checkpoints / MODEL_CARD).read_text()) or {}
     tok_file = checkpoints / TOKENIZER_CARD
     return model, (yaml.safe_load(tok_file.read_text()) if tok_file.is_file() else None)
+
+
+def best_step(checkpoints: Path) -> int | None:
+    """The complete checkpoint with the best score (the later one on a tie, as fairseq2 ranks
+    them); None when no checkpoint has a score."""
+    steps = set(checkpoint_steps(checkpoints))
+    scored = []
+    for p in (checkpoints / SCORES).glob("step_*.txt"):
+        step = step_of(p.with_suffix(""))
+        if step in steps:
+            scored.append((float(p.read_text().strip()), step))
+    return max(scored)[1] if scored else None
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+def early_stop_history(checkpoints: Path) -> Path:
+    return checkpoints / EARLY_STOP_HISTORY
+
+
+def read_early_stop(out_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = out_dir / EARLY_STOP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_early_stop(out_dir: Path, record: dict[str, Any]) -> None:
+    import json
+
+    tmp = out_dir / f"{EARLY_STOP_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(out_dir / EARLY_STOP_FILE)
+
+
+def clear_early_stop(out_dir: Path) -> None:
+    (out_dir / EARLY_STOP_FILE).unlink(missing_ok=True)

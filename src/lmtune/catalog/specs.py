@@ -1,7 +1,7 @@
 """What a model, tokenizer or dataset name refers to, resolved to files.
 
-``model=`` is a card name, or ``last_checkpoint`` / ``checkpoint_step_N`` of a
-training run's checkpoint directory. ``dataset=`` is a .jsonl file, a directory
+``model=`` is a card name, or ``last_checkpoint`` / ``best_checkpoint`` /
+``checkpoint_step_N`` of a training run's checkpoint directory. ``dataset=`` is a .jsonl file, a directory
 (``train.jsonl`` or fairseq2's GSM8K layout ``sft/train.jsonl``), or a card.
 Every failure is a UserError naming the card or path at fault.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
-from lmtune.run_dir import checkpoint_steps, is_checkpoint_dir, read_cards, step_model_dir
+from lmtune.run_dir import best_step, checkpoint_steps, is_checkpoint_dir, read_cards, step_model_dir
 
 # What a user may write for model= to mean a checkpoint of a training run.
-CHECKPOINT_NAME = re.compile(r"^(last_checkpoint|checkpoint_step_(\d+))$")
+CHECKPOINT_NAME = re.compile(r"^(last_checkpoint|best_checkpoint|checkpoint_step_(\d+))$")
 
 
 @dataclass
@@ -138,7 +139,7 @@ def resolve_model(store: CardStore, ref: str, checkpoint_dir: Path | None, key: 
     if m:
         if checkpoint_dir is None:
             raise UserError(f"model={ref} names a training checkpoint; also set {key}=OUT/checkpoints of the run it comes from.")
-        return model_from_checkpoint_dir(checkpoint_dir, None if m.group(2) is None else int(m.group(2)), key)
+        return model_from_checkpoint_dir(checkpoint_dir, "best" if ref == "best_checkpoint" else None if m.group(2) is None else int(m.group(2)), key)
     return model_from_card(store, store.require(ref, "model"))
 
 
@@ -174,19 +175,24 @@ def _card_checkpoint(card: Card) -> Path | None:
     return path
 
 
-def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | None, key: str) -> ModelSpec:
-    """The model of a training run's checkpoint ``step`` (None: the last one)."""
+def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] | None, key: str) -> ModelSpec:
+    """The model of a training run's checkpoint ``step`` (None: the last one; "best": the best scored)."""
     if not is_checkpoint_dir(checkpoint_dir):
         raise UserError(f"{key}={checkpoint_dir} is not a training run's checkpoint directory (no model.yaml); use OUT/checkpoints of an lmtune run.")
     steps = checkpoint_steps(checkpoint_dir)
     if not steps:
         raise UserError(f"{checkpoint_dir} holds no complete checkpoint yet.")
-    name = "last_checkpoint" if step is None else f"checkpoint_step_{step}"
-    if step is None:
+    name = "last_checkpoint" if step is None else "best_checkpoint" if step == "best" else f"checkpoint_step_{step}"
+    if step == "best":
+        step = best_step(checkpoint_dir)
+        if step is None:
+            raise UserError(f"model=best_checkpoint: {checkpoint_dir} has no scored checkpoint; a run scores its checkpoints when trained with early_stopping.metric=... and validate_every_n_steps=N (use last_checkpoint or checkpoint_step_N here).")
+    elif step is None:
         step = steps[-1]
     if step not in steps:
         names = ", ".join(f"checkpoint_step_{s}" for s in steps)
         raise UserError(f"{checkpoint_dir} has no checkpoint_step_{step}; it has: last_checkpoint, {names}.")
+    assert isinstance(step, int)
     meta, t = read_cards(checkpoint_dir)
     tokenizer = None
     if t is not None:

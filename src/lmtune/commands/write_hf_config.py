@@ -11,6 +11,8 @@ from pathlib import Path
 EPILOG = """CHECKPOINT is one of:
   OUT or OUT/checkpoints      a training run: its last checkpoint (output: OUT/checkpoints/step_N/hf)
   OUT/checkpoints/step_N      one checkpoint of a run (output: step_N/hf)
+  OUT/best_checkpoint         the run's best-scored checkpoint (early_stopping.metric); also
+                              OUT/last_checkpoint, OUT/checkpoint_step_N
   PATH --model ARCH|CARD      any other checkpoint (fairseq2 state dict, Meta consolidated.00.pth,
                               HF safetensors), with its architecture (output: PATH/hf)
   CARD                        a model card with a checkpoint (needs --output)
@@ -29,7 +31,7 @@ SUMMARY = "export a checkpoint as a complete Hugging Face directory"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's OUT/checkpoints, a step_N directory, a checkpoint path with --model, or a model card")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's OUT/checkpoints, a step_N directory, OUT/best_checkpoint, a checkpoint path with --model, or a model card")
     parser.add_argument("--model", metavar="ARCH", help="the architecture (e.g. llama3_2_1b, qwen25_7b) or model card the checkpoint holds; needed for checkpoints outside a training run")
     parser.add_argument("--tokenizer", metavar="NAME|PATH", help="tokenizer card, HF tokenizer directory, tiktoken or SentencePiece file (default: the run's or card's tokenizer)")
     parser.add_argument("--output", "-o", metavar="DIR", type=Path, help="output directory (default: step_N/hf beside the checkpoint)")

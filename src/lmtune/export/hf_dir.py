@@ -24,7 +24,7 @@ from pathlib import Path
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
 from lmtune.export.hf_config import EXPORTABLE_FAMILIES, generation_config, head_dim, hf_config, qwen_architecture
-from lmtune.catalog.specs import ModelSpec, TokenizerSpec, model_from_card, model_from_checkpoint_dir, resolve_model, resolve_tokenizer, tokenizer_from_card
+from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, model_from_checkpoint_dir, resolve_model, resolve_tokenizer, tokenizer_from_card
 from lmtune.run_dir import CHECKPOINTS, HF_EXPORT, checkpoint_steps, hf_export_dir, is_checkpoint_dir, is_unfinished_step, step_dir, step_of
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -58,6 +58,11 @@ def resolve_export(checkpoint: str, model: str | None = None, tokenizer: str | N
             default_output = (path if path.is_dir() else path.parent) / HF_EXPORT
         if spec.step is not None and spec.run_checkpoints is not None:
             default_output = hf_export_dir(spec.run_checkpoints, spec.step)
+    elif CHECKPOINT_NAME.match(path.name) and (is_checkpoint_dir(path.parent) or is_checkpoint_dir(path.parent / CHECKPOINTS)):
+        # OUT/best_checkpoint, OUT/checkpoints/last_checkpoint, ...: the names model= takes.
+        run = path.parent if is_checkpoint_dir(path.parent) else path.parent / CHECKPOINTS
+        spec = resolve_model(CardStore(), path.name, run, key="CHECKPOINT")
+        default_output = hf_export_dir(run, spec.step)  # type: ignore[arg-type]
     elif "/" in checkpoint or checkpoint.startswith(".") or checkpoint.endswith((".pt", ".pth", ".safetensors")):
         raise UserError(f"{checkpoint}: no such file or directory.")
     else:

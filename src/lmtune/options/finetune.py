@@ -38,9 +38,23 @@ class WandbOptions:
 
 
 @dataclass
+class EarlyStoppingOptions:
+    """Stop when the validation metric has not improved for `patience` evaluations."""
+
+    metric: str | None = None
+    """A validation metric: valid.loss, or the task's valid.accuracy / valid.macro_f1 / valid.f1_LABEL; also ranks checkpoints for keep_best_n_checkpoints and model=best_checkpoint."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether lower or higher is better; auto knows it per metric (loss: min, the rest: max)."""
+    patience: int | None = 3
+    """Evaluations without improvement before stopping; null: never stop, only rank checkpoints."""
+    min_delta: float = 0.0
+    """How much better than the best so far a value must be to count as an improvement."""
+
+
+@dataclass
 class FinetuneOptions:
     model: str | None = None
-    """A model card name, or last_checkpoint / checkpoint_step_N with resume_checkpoint_dir."""
+    """A model card name, or last_checkpoint / best_checkpoint / checkpoint_step_N with resume_checkpoint_dir."""
     tokenizer: str | None = None
     """A card name; default: the model card's tokenizer (or the earlier run's)."""
     dataset: str | None = None
@@ -48,7 +62,7 @@ class FinetuneOptions:
     valid_dataset: str | None = None
     """Validation records; default: valid.jsonl / validation.jsonl beside the training data."""
     resume_checkpoint_dir: Path | None = None
-    """OUT/checkpoints of an earlier run, to start a new stage from model=last_checkpoint or checkpoint_step_N."""
+    """OUT/checkpoints of an earlier run, to start a new stage from model=last_checkpoint, best_checkpoint or checkpoint_step_N."""
     max_seq_len: int = 2048
     max_num_tokens: int = 8192
     """Tokens per batch per rank (packed or length-batched); ignored when batch_size is set."""
@@ -67,6 +81,14 @@ class FinetuneOptions:
     keep_last_n_models: int | None = None
     """Checkpoints kept in all; those beyond keep_last_n_checkpoints keep only the model."""
     validate_every_n_steps: int | None = None
+    eval_task: Literal["auto", "none", "gsm8k", "classification", "exact_match"] = "auto"
+    """Task scores computed at each validation by greedy generation; auto: the dataset card's task."""
+    max_eval_examples: int = 1000
+    """Validation examples generated for the task scores (the first N, shared out over the ranks)."""
+    eval_max_gen_len: int = 256
+    """Tokens generated per validation example at most."""
+    keep_best_n_checkpoints: int | None = None
+    """Also keep the K checkpoints with the best early_stopping.metric."""
     publish_metrics_every_n_steps: int = 10
     dtype: DtypeName = "bfloat16"
     """Training precision on GPU (mixed precision over float32 weights); always float32 on CPU."""
@@ -84,3 +106,4 @@ class FinetuneOptions:
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
     lr_scheduler: LRSchedulerOptions = field(default_factory=LRSchedulerOptions)
     wandb: WandbOptions = field(default_factory=WandbOptions)
+    early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)

@@ -31,9 +31,9 @@ class GeneratorOptions:
 @dataclass
 class GenerateOptions:
     checkpoint_dir: Path | None = None
-    """OUT/checkpoints of a training run, for model=last_checkpoint or checkpoint_step_N."""
+    """OUT/checkpoints of a training run, for model=last_checkpoint, best_checkpoint or checkpoint_step_N."""
     model: str | None = None
-    """last_checkpoint, checkpoint_step_N (with checkpoint_dir), or a model card (to score a base model)."""
+    """last_checkpoint, best_checkpoint, checkpoint_step_N (with checkpoint_dir), or a model card (to score a base model)."""
     tokenizer: str | None = None
     """A tokenizer card; default: the model's (or the training run's)."""
     dataset: str | None = None

@@ -29,6 +29,7 @@ from fairseq2.recipe.config import (
 from lmtune.dtypes import compute_dtype, torch_dtype
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+from lmtune.train.validation_plan import ValidationPlan
 
 def training_precision(dtype: str) -> MixedPrecisionConfig:
     """Weights stay float32; on GPU forward/backward run in `dtype` (float32 on CPU, see lmtune.dtypes)."""
@@ -74,8 +75,18 @@ def publish_interval(o: FinetuneOptions, validates: bool) -> int:
     return fitted
 
 
-def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None):  # type: ignore[no-untyped-def]
-    from lmtune.recipes.instruction_finetune import FinetuneConfig, SftDataSection
+def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None):  # type: ignore[no-untyped-def]
+    from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, SftDataSection, TaskEvalSection
+    from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
+
+    plan = plan or ValidationPlan()
+    metric = plan.metric
+    stopping = EarlyStoppingSection()
+    if metric is not None and o.early_stopping.patience is not None and out_dir is not None:
+        stopping = EarlyStoppingSection(
+            metric=metric.user_name, patience=o.early_stopping.patience, min_delta=o.early_stopping.min_delta,
+            history_file=early_stop_history(checkpoint_dir(out_dir)), stop_file=out_dir / EARLY_STOP_FILE,
+        )  # fmt: skip
 
     n_full = o.keep_last_n_checkpoints
     n_models = o.keep_last_n_models
@@ -116,7 +127,11 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             save_model_only=save_model_only,  # type: ignore[arg-type]
             validate_every_n_steps=o.validate_every_n_steps if valid_file is not None else None,
             publish_metrics_every_n_steps=publish_interval(o, valid_file is not None),
+            score_metric=metric.name if metric is not None else None,
+            keep_best_n_checkpoints=o.keep_best_n_checkpoints,
         ),
+        eval=TaskEvalSection(task=plan.task, labels=plan.labels, max_examples=o.max_eval_examples, max_gen_len=o.eval_max_gen_len),
+        early_stopping=stopping,
         common=CommonSection(
             seed=o.seed,
             no_sweep_dir=True,  # OUT is OUT: no hash-named sub-folder

@@ -7,8 +7,10 @@ key, path, card or record costs one clear sentence and leaves OUT untouched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.catalog.cards import CardStore
@@ -17,7 +19,11 @@ from lmtune.options.load import dump_yaml, to_dict
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.data.records import read_records
-from lmtune.run_dir import check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
+from lmtune.run_dir import (
+    check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, is_main_process,
+    lock_output_dir, read_early_stop, save_config, write_early_stop, write_tokenizer_card,
+)
+from lmtune.train.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
 
 
@@ -29,6 +35,8 @@ def _check_numbers(o: FinetuneOptions) -> None:
         "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
         "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
         "distributed_timeout_minutes": o.distributed_timeout_minutes,
+        "max_eval_examples": o.max_eval_examples, "eval_max_gen_len": o.eval_max_gen_len,
+        "keep_best_n_checkpoints": o.keep_best_n_checkpoints,
     }
     for key, value in positive.items():
         if value is not None and value < 1:
@@ -48,7 +56,18 @@ def _check_numbers(o: FinetuneOptions) -> None:
         raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
 
 
-def resolve_inputs(o: FinetuneOptions) -> tuple[ModelSpec, TokenizerSpec, Path, Path | None]:
+@dataclass
+class Inputs:
+    model: ModelSpec
+    tokenizer: TokenizerSpec
+    train: Path
+    valid: Path | None
+    task: str | None
+    """The dataset card's task (of the validation data's card when valid_dataset names one)."""
+    labels: list[str] | None
+
+
+def resolve_inputs(o: FinetuneOptions) -> Inputs:
     if o.model is None:
         raise UserError("config key 'model' is not set; name a model card (e.g. model=tiny_llama; see `lmtune assets list --kind model`).")
     if o.dataset is None:
@@ -61,15 +80,16 @@ def resolve_inputs(o: FinetuneOptions) -> tuple[ModelSpec, TokenizerSpec, Path, 
     data = resolve_dataset(store, o.dataset)
     if data.train is None:
         raise UserError(f"dataset={o.dataset} has no training split (train.jsonl or sft/train.jsonl).")
-    valid = data.valid
+    valid, task, labels = data.valid, data.task, data.labels
     if o.valid_dataset is not None:
         v = resolve_dataset(store, o.valid_dataset, "valid_dataset")
         valid = v.valid or v.test or v.train
+        task, labels = (v.task, v.labels) if v.task is not None else (task, labels)
     # Malformed records fail here, before any model is loaded.
     read_records(data.train)
     if valid is not None:
         read_records(valid)
-    return model, tokenizer, data.train, valid
+    return Inputs(model, tokenizer, data.train, valid, task, labels)
 
 
 def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions) -> int:
@@ -89,12 +109,21 @@ def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptio
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
     _check_numbers(o)
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
-    model, tokenizer, train_file, valid_file = resolve_inputs(o)
+    inputs = resolve_inputs(o)
+    model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
     # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
     o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o))
+    from lmtune.catalog.loading import load_tokenizer
+
+    plan = plan_validation(o, valid_file, inputs.task, inputs.labels, load_tokenizer(tokenizer), tokenizer.hf_dir)
     main = is_main_process()
     checkpoint_dir = run_checkpoint_dir(out_dir)
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
+    earlier_stop = read_early_stop(out_dir) if has_checkpoint else None
+    if earlier_stop is not None and not continues_after_early_stop(earlier_stop, o, checkpoint_steps(checkpoint_dir)[-1]):
+        if main:
+            print(f"lmtune: {earlier_stop.get('message', 'this run stopped early')} (raise early_stopping.patience or max_num_steps to continue)", file=sys.stderr)
+        return
     if main:
         lock_output_dir(out_dir)
         flat = to_dict(o)
@@ -106,7 +135,12 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
 
     from lmtune.train.fairseq2_config import finetune_config
 
-    config = finetune_config(o, model, tokenizer, train_file, valid_file)
+    config = finetune_config(o, model, tokenizer, train_file, valid_file, plan, out_dir)
+    if plan.metric is not None and earlier_stop is not None:
+        # Raised patience: the count goes on. Raised max_num_steps alone: the count starts afresh.
+        config.early_stopping.forgive_at_resume = o.early_stopping.patience == earlier_stop["patience"]
+        if main:
+            clear_early_stop(out_dir)
 
     from fairseq2.recipe.run import run
 
@@ -118,7 +152,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
     from lmtune.train.preemption import PREEMPTED_EXIT_CODE
 
     try:
-        run(InstructionFinetuneRecipe(), config, out_dir)
+        run(InstructionFinetuneRecipe(plan.metrics), config, out_dir)
     except ValidationError as ex:
         raise UserError(f"the config is not valid for fairseq2: {ex}") from None
     except TaskStopException:
@@ -132,6 +166,13 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
         if explained is None:
             raise
         raise RunFailed(explained) from None
+
+    if main and plan.metric is not None:
+        record = read_early_stop(out_dir)
+        if record is not None and "message" not in record:  # the stopper has just written it
+            message = early_stop_message(record, plan.metric, o.early_stopping.min_delta)
+            write_early_stop(out_dir, {**record, "patience": o.early_stopping.patience, "max_num_steps": o.max_num_steps, "message": message})
+            print(f"lmtune: {message}.", file=sys.stderr)
 
     # [hf export, issue 4: lmtune/export/hf_dir.py] rank 0 exports once training has finished.
     if main and o.export_hf != "none":

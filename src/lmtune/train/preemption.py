@@ -17,7 +17,7 @@ import torch
 from typing_extensions import override
 
 from fairseq2.gang import Gang, ReduceOperation
-from fairseq2.task import Task
+from fairseq2.task import Task, TaskStopException
 from fairseq2.trainer import Trainer
 
 # sysexits' EX_TEMPFAIL: "try again later", which a requeue script can test for.
@@ -51,14 +51,17 @@ class StopFlag:
 class PreemptibleTrainer(Task):
     """fairseq2's Trainer, stopped cleanly (with a checkpoint) when the flag is agreed."""
 
-    def __init__(self, trainer: Trainer, flag: StopFlag, gang: Gang) -> None:
+    def __init__(self, trainer: Trainer, flag: StopFlag, gang: Gang, early_stopping: bool = False) -> None:
         self._trainer = trainer
         self._flag = flag
         self._gang = gang
+        self._early_stopping = early_stopping
+        self._preempted = False
 
     def check(self) -> None:
         """Called at the start of every step on every rank."""
         if self._flag.agreed(self._gang):
+            self._preempted = True
             # Work around fairseq2 0.8.1: with a step limit set, its post-step
             # check never looks at the stop request.
             self._trainer._max_num_steps = None  # noqa: SLF001
@@ -67,7 +70,12 @@ class PreemptibleTrainer(Task):
     @override
     def run(self) -> None:
         self._flag.install()  # fairseq2 installs its SIGUSR1 handler before run(); ours wins
-        self._trainer.run()
+        try:
+            self._trainer.run()
+        except TaskStopException:
+            # fairseq2 ends an early stop as it ends a stop request; only the latter is a preemption.
+            if self._preempted or not self._early_stopping:
+                raise
 
     @override
     def request_stop(self) -> None:
