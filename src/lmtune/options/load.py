@@ -28,7 +28,7 @@ def load_config(kls: type[T], config_file: Path | None, overrides: list[str]) ->
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--config {item!r} is not of the form key=value.")
-        nested = _dotted(key.strip(), _parse_scalar(raw))
+        nested = _dotted(key.strip(), parse_scalar(raw))
         _merge(values, nested, kls, "--config")
     return build(kls, values, "", "config")
 
@@ -54,7 +54,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return out
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_scalar(raw: str) -> Any:
     import yaml
 
     try:
