@@ -56,6 +56,7 @@ from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.task import Task
 
 from lmtune.data.batching import build_pipeline, drop_too_long
+from lmtune.train.console import RunConsole
 from lmtune.train.early_stopping import PatienceStopper
 from lmtune.train.task_eval import EvalPrompts, evaluate_task
 from lmtune.train.valid_metrics import COUNTS, ValidMetric
@@ -116,8 +117,9 @@ class FinetuneConfig:
 
 @final
 class InstructionFinetuneRecipe(Recipe):
-    def __init__(self, metrics: Sequence[ValidMetric] = ()) -> None:
+    def __init__(self, metrics: Sequence[ValidMetric] = (), console: RunConsole | None = None) -> None:
         self._metrics = metrics
+        self._console = console
 
     @override
     def register(self, container: DependencyContainer) -> None:
@@ -128,6 +130,8 @@ class InstructionFinetuneRecipe(Recipe):
             container.collection.register_instance(MetricDescriptor, descriptor)
         for name, display_name in COUNTS.items():
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display_name, 210, format_as_int))
+        if self._console is not None:  # what the run shows on the console (lmtune.train.console)
+            self._console.attach(container)
 
     @override
     def create_task(self, context: RecipeContext) -> Task:
@@ -201,6 +205,18 @@ class InstructionFinetuneRecipe(Recipe):
             trainer._early_stopper = stopper  # noqa: SLF001
         preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root, early_stopping=stopper is not None)
         unit.on_step = preemptible.check
+        console = self._console
+        if console is not None:
+            resumed = context.get_checkpoint_manager().maybe_get_last_step_number(exclude_model_only=True)
+            if resumed is not None:
+                console.resuming(resumed)
+            trainer.register_checkpoint_save_hook(lambda args: console.checkpoint_saved(args.step_nr))
+
+            def on_step() -> None:
+                preemptible.check()
+                console.step(trainer.step_nr)
+
+            unit.on_step = on_step
         return preemptible
 
     @property

@@ -22,11 +22,25 @@ HEADINGS = ["=== 1/4 Fine-tune", "=== 2/4 Generate and score", "=== 3/4 Export t
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("demo") / "out"
     r = run_lmtune("demo", str(out), *SHORT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r.stdout
+    return out, r
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> tuple[Path, str]:
+    return demo_run[0], demo_run[1].stdout
+
+
+def test_console_output_is_short(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """No config dump, module tree, metric blocks or deprecation warnings: fairseq2's log is in OUT/finetune/logs."""
+    out, r = demo_run
+    assert len(r.stdout.splitlines()) + len(r.stderr.splitlines()) < 80, r.stdout + r.stderr
+    assert "DeprecationWarning" not in r.stderr and "Train Metrics" not in r.stderr and "Config:" not in r.stderr
+    assert re.search(r"^step 20/20  loss \d+\.\d{3}  lr ", r.stderr, re.M), r.stderr
+    assert "Train Metrics (step 20)" in (out / "finetune/logs/rank_0.log").read_text()
 
 
 def _scores(path: Path) -> dict:  # type: ignore[type-arg]

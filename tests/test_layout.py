@@ -61,3 +61,13 @@ def test_readme_layout_names_every_package_and_top_level_module() -> None:
     for path in SRC.glob("*.py"):
         if path.stem not in ("__init__", "__main__"):
             assert path.name in layout, path.name
+
+
+def test_pyproject_lists_every_package() -> None:
+    """setuptools installs only the listed packages: a missing one imports in the source tree and fails installed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    for init in SRC.rglob("__init__.py"):
+        package = ".".join(("lmtune", *init.parent.relative_to(SRC).parts))
+        assert package in listed, package

@@ -23,11 +23,13 @@ DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 # verb -> module in lmtune.commands, in the order --help lists them
 COMMANDS = {
     "instruction_finetune": "instruction_finetune",
+    "sweep": "sweep",
     "demo": "demo",
     "generate": "generate",
     "score": "score",
     "write_hf_config": "write_hf_config",
     "audit": "audit",
+    "report": "report",
     "assets": "assets",
 }
 

@@ -25,12 +25,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, example_key: str, *, c
         parser.add_argument("--dump-config", action="store_true", help="print the full effective config and exit")
 
 
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="show fairseq2's full log on the console too (it always goes to OUT/logs)")
+
+
 def take_output_dir(args: argparse.Namespace) -> None:
-    """Puts an OUT written after `--config a=b` (which argparse reads as one more config item) back in its place."""
+    """Puts an OUT written after `--config a=b` (or `--grid a=1,2`; argparse reads it as one more item) back in its place."""
     if not hasattr(args, "output_dir") or args.output_dir is not None:
         return
-    if args.config and "=" not in args.config[-1]:
-        args.output_dir = Path(args.config.pop())
+    trailing = [items for items in (getattr(args, name, None) for name in ("config", "grid", "sbatch")) if items and "=" not in items[-1]]
+    if trailing:
+        args.output_dir = Path(trailing[0].pop())
     elif getattr(args, "output_dir_default", None) is not None:
         args.output_dir = args.output_dir_default
     else:

@@ -15,12 +15,17 @@ steps 2-3, which take seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shlex
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from lmtune.commands.common import add_config_arguments, add_out_argument
+from lmtune.commands.common import add_config_arguments, add_out_argument, add_verbose_argument
 from lmtune.errors import RunFailed
 
 SUMMARY = "the built-in tiny default end to end on CPU: fine-tune, generate and score, export to Hugging Face"
@@ -30,6 +35,8 @@ PRESET = "tiny_gsm8k"
 MAX_GEN_LEN = 64
 NUM_SAMPLES = 3  # prompt/completion pairs shown
 NUM_COMPARED = 2  # prompts completed by transformers on the export
+CURVE_ROWS = 8  # about this many rows of the loss curve
+PROGRESS_LINES = 6  # about this many compact progress lines while training (off a terminal)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,19 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_out_argument(parser, default=Path("lmtune-demo"))
     add_config_arguments(parser, "max_num_steps=100", config_file=False)
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
-    run_demo(args.output_dir, args.config)
+    run_demo(args.output_dir, args.config, verbose=args.verbose)
 
 
-def run_demo(out_dir: Path, overrides: list[str] | None = None) -> None:
+def run_demo(out_dir: Path, overrides: list[str] | None = None, *, verbose: bool = False) -> None:
     from lmtune.generate.run import run_generate
     from lmtune.options.finetune import FinetuneOptions
     from lmtune.options.generate import GenerateOptions, GeneratorOptions
     from lmtune.options.load import load_config
     from lmtune.options.presets import resolve_config_file
     from lmtune.run_dir import checkpoint_steps
+    from lmtune.train.console import RunConsole
     from lmtune.train.finetune import run_instruction_finetune
 
     start = time.monotonic()
@@ -66,14 +75,15 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None) -> None:
     done = checkpoint_steps(checkpoint_dir) if checkpoint_dir.is_dir() else []
     if done:
         print(f"{train_dir} already has a checkpoint at step {done[-1]}: resuming from it (a finished run ends at once).")
-    print("fairseq2's log goes to stderr and to", train_dir / "logs")
+    sys.stdout.flush()  # before the training's lines on stderr
     t = time.monotonic()
-    run_instruction_finetune(train_dir, options)
+    run_instruction_finetune(train_dir, options, RunConsole(verbose=verbose, max_step_lines=PROGRESS_LINES))
     train_seconds = time.monotonic() - t
     losses = _losses(train_dir / "metrics" / "train.jsonl")
     print("\ntraining loss (NLL per response token):")
     top = max((loss for _, loss in losses), default=1.0)
-    for step, loss in losses:
+    every = -(-len(losses) // CURVE_ROWS)
+    for step, loss in [p for i, p in enumerate(losses) if i % every == 0 or i == len(losses) - 1]:
         print(f"  step {step:4d}  {loss:7.3f}  " + "#" * max(1, round(50 * loss / top)))
     if losses:
         print(f"loss {losses[0][1]:.3f} at step {losses[0][0]} -> {losses[-1][1]:.3f} at step {losses[-1][0]}; this run took {train_seconds:.0f} s")
@@ -88,11 +98,11 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None) -> None:
 
     random_init = resolve_model(CardStore(), options.model, None).checkpoint is None  # type: ignore[arg-type]
     what = "random weights" if random_init else "its card's weights"
-    print(f"Before fine-tuning ({options.model}, {what}):")
+    print(f"before fine-tuning ({options.model}, {what}) and after ({checkpoint_dir}, step {last_step})", flush=True)
     generator = GeneratorOptions(max_gen_len=MAX_GEN_LEN)
-    run_generate(untrained_dir, GenerateOptions(model=options.model, tokenizer=options.tokenizer, dataset=options.dataset, seed=options.seed, dtype="float32", generator_config=generator))
-    print(f"\nAfter fine-tuning ({checkpoint_dir}, step {last_step}):")
-    run_generate(gen_dir, GenerateOptions(checkpoint_dir=checkpoint_dir, model="last_checkpoint", dataset=options.dataset, seed=options.seed, dtype="float32", generator_config=generator))
+    quiet = not verbose  # the commands' own reports (score tables, files written): the lines below sum them up
+    _run(quiet, run_generate, untrained_dir, GenerateOptions(model=options.model, tokenizer=options.tokenizer, dataset=options.dataset, seed=options.seed, dtype="float32", generator_config=generator))
+    _run(quiet, run_generate, gen_dir, GenerateOptions(checkpoint_dir=checkpoint_dir, model="last_checkpoint", dataset=options.dataset, seed=options.seed, dtype="float32", generator_config=generator))
     before, after = _accuracy(untrained_dir), _accuracy(gen_dir)
     rows = [json.loads(line) for line in (gen_dir / "generations.jsonl").read_text().splitlines()]
     untrained_rows = [json.loads(line) for line in (untrained_dir / "generations.jsonl").read_text().splitlines()]
@@ -114,7 +124,7 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None) -> None:
     from lmtune.export.hf_dir import export_hf, resolve_export
 
     spec, tokenizer, _ = resolve_export(str(checkpoint_dir))
-    export_hf(spec, tokenizer, hf_dir, force=True)  # the export takes a second: redo it, so it matches the last checkpoint
+    _run(quiet, export_hf, spec, tokenizer, hf_dir, force=True)  # the export takes a second: redo it, so it matches the last checkpoint
     print(f"exported step {last_step} to {hf_dir}: " + ", ".join(sorted(p.name for p in hf_dir.iterdir())))
     mismatches = _compare_with_transformers(hf_dir, rows[:NUM_COMPARED])
 
@@ -136,6 +146,19 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None) -> None:
     print(f"\ntotal wall time: {time.monotonic() - start:.0f} s (training {train_seconds:.0f} s)")
     if mismatches:
         raise RunFailed(f"transformers' greedy completion of the export differs from lmtune's for {mismatches} of {NUM_COMPARED} prompts (see above); the export in {hf_dir} does not reproduce the fine-tuned model.")
+
+
+def _run(quiet: bool, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``step(*args, **kwargs)``; when quiet, what it prints is shown only if it fails."""
+    if not quiet:
+        return step(*args, **kwargs)
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+            return step(*args, **kwargs)
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
 
 
 def _heading(title: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmtune.commands.common import add_config_arguments, add_out_argument, load_options
+from lmtune.commands.common import add_config_arguments, add_out_argument, add_verbose_argument, load_options
 
 SUMMARY = "fine-tune on prompt/response or chat JSONL; rerun on the same OUT to resume"
 
@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "config keys (defaults):\n" + describe_keys(FinetuneOptions)
     add_out_argument(parser)
     add_config_arguments(parser, "optimizer.weight_decay=0.1")
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> None:
     options = load_options(FinetuneOptions, args)
     if options is None:
         return
+    from lmtune.train.console import RunConsole
     from lmtune.train.finetune import run_instruction_finetune
 
-    run_instruction_finetune(args.output_dir, options)
+    run_instruction_finetune(args.output_dir, options, RunConsole(verbose=args.verbose))

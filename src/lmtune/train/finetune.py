@@ -23,6 +23,7 @@ from lmtune.run_dir import (
     check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, is_main_process,
     lock_output_dir, read_early_stop, save_config, write_early_stop, write_tokenizer_card,
 )
+from lmtune.train.console import RunConsole
 from lmtune.train.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
 
@@ -106,7 +107,9 @@ def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptio
     return max_seq_len
 
 
-def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
+def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:
+    """``console``: what the run shows (default: the compact console of ``lmtune.train.console``)."""
+    console = console or RunConsole()
     _check_numbers(o)
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
     inputs = resolve_inputs(o)
@@ -151,11 +154,14 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
 
     from lmtune.train.preemption import PREEMPTED_EXIT_CODE
 
+    console.header(o, out_dir, plan, config.regime.publish_metrics_every_n_steps, validates=config.regime.validate_every_n_steps is not None)
     try:
-        run(InstructionFinetuneRecipe(plan.metrics), config, out_dir)
+        with console.running():
+            run(InstructionFinetuneRecipe(plan.metrics, console), config, out_dir, no_progress=not console.verbose)
     except ValidationError as ex:
         raise UserError(f"the config is not valid for fairseq2: {ex}") from None
     except TaskStopException:
+        console.summary()
         steps = checkpoint_steps(checkpoint_dir)
         at = f" at step {steps[-1]}" if steps else ""
         raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
@@ -173,6 +179,12 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions) -> None:
             message = early_stop_message(record, plan.metric, o.early_stopping.min_delta)
             write_early_stop(out_dir, {**record, "patience": o.early_stopping.patience, "max_num_steps": o.max_num_steps, "message": message})
             print(f"lmtune: {message}.", file=sys.stderr)
+    console.summary()
+
+    if main:  # OUT/plots/: loss, learning rate, tokens/s, task scores (lmtune/report/plots.py)
+        from lmtune.report.plots import write_run_plots
+
+        write_run_plots(out_dir)
 
     # [hf export, issue 4: lmtune/export/hf_dir.py] rank 0 exports once training has finished.
     if main and o.export_hf != "none":
