@@ -142,6 +142,14 @@ def test_the_best_checkpoint_scores_as_recorded(learned: Path, data: Path, tmp_p
     assert export.returncode == 0, export.stderr[-3000:]
     assert (learned / "checkpoints" / f"step_{best}" / "hf" / "config.json").is_file()
 
+    # A new stage from the best checkpoint: its first validation, before any update counts (warmup
+    # from 0), scores the best checkpoint's weights.
+    stage = tmp_path / "stage2"
+    r = run_lmtune("instruction_finetune", str(stage), *common(data, "model=best_checkpoint", f"resume_checkpoint_dir={learned}/checkpoints",
+                   "max_num_steps=1", "validate_every_n_steps=1", "lr_scheduler.num_warmup_steps=1", "early_stopping.metric=null"))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert valid_rows(stage)[1]["Accuracy"] == rows[best]["Accuracy"]
+
 
 def test_killed_and_resumed_run_stops_at_the_same_step_with_the_same_metrics(learned: Path, data: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"

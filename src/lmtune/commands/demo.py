@@ -131,7 +131,7 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None, *, verbose: bool
     # ---------------------------------------------------------- 4. summary
     _heading("4/4 Summary")
     width = len(str(untrained_dir)) + 1
-    print(f"{str(train_dir) + '/':{width}}  checkpoints/step_N, metrics/train.jsonl, tb/ (TensorBoard), logs/, lmtune.yaml (the effective config)")
+    print(f"{str(train_dir) + '/':{width}}  checkpoints/step_N, metrics/train.jsonl, plots/*.png, tb/ (TensorBoard), logs/, lmtune.yaml (the effective config)")
     print(f"{str(gen_dir) + '/':{width}}  generations.jsonl and scores.json of the fine-tuned model")
     print(f"{str(untrained_dir) + '/':{width}}  the same before fine-tuning")
     print(f"{str(hf_dir) + '/':{width}}  config.json, model.safetensors, tokenizer, generation_config.json: transformers loads it, vLLM serves it")
