@@ -23,6 +23,7 @@ DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 # verb -> module in lmtune.commands, in the order --help lists them
 COMMANDS = {
     "instruction_finetune": "instruction_finetune",
+    "pretrain": "pretrain",
     "sweep": "sweep",
     "demo": "demo",
     "generate": "generate",

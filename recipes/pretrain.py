@@ -1,0 +1,214 @@
+"""Pretraining on plain text with fairseq2's trainer.
+
+The path of data, top to bottom: text files -> this rank's share of them
+(``lmtune.data.text_corpus``) -> documents tokenized on the fly, joined with EOS and
+cut into rows of ``max_seq_len`` (``lmtune.data.text_stream``) -> ``PretrainTrainUnit``
+(summed NLL over every token of the rows) -> fairseq2's Trainer (optimizer, LR
+schedule, accumulation, clipping, validation, metrics, checkpoints and resume; the
+reader's position is in every checkpoint).
+
+Validation: the NLL loss per token over the held-out text and its perplexity, exp(loss).
+
+``lmtune.train.pretrain`` checks the inputs, turns the user's flat config into
+``PretrainConfig`` and runs this recipe with ``fairseq2.recipe.run.run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import final
+
+from torch import Tensor
+from torch.nn import Module
+from typing_extensions import override
+
+from fairseq2.datasets import SequenceBatch
+from fairseq2.metrics import MetricBag
+from fairseq2.metrics.common import add_nll_loss_metric, add_seq_batch_metrics, update_nll_loss_metric, update_seq_batch_metrics
+from fairseq2.metrics.formatters import format_as_float
+from fairseq2.metrics.recorders import MetricDescriptor
+from fairseq2.models.transformer import set_default_sdpa_factory
+from fairseq2.recipe import Recipe, RecipeContext
+from fairseq2.recipe.config import (
+    CommonSection,
+    GangSection,
+    LRSchedulerSection,
+    ModelSection,
+    OptimizerSection,
+    RegimeSection,
+    TokenizerSection,
+    TrainerSection,
+)
+from fairseq2.recipe.evaluator import EvalUnit
+from fairseq2.recipe.trainer import TrainUnit
+from fairseq2.runtime.dependency import DependencyContainer
+from fairseq2.task import Task
+
+from lmtune.data.text_corpus import CorpusFile, Piece, shares
+from lmtune.data.text_stream import TextStreamReader
+from lmtune.train.console import RunConsole
+from lmtune.train.document_attention import DocumentSDPA
+from lmtune.train.preemption import PreemptibleTrainer, StopFlag
+
+
+@dataclass(kw_only=True)
+class TextDataSection:
+    train_files: list[Path]
+    """The corpus in order (checked by lmtune.train.pretrain; binary files skipped there are left out)."""
+    valid_files: list[Path] = field(default_factory=list)
+    max_seq_len: int = 1024
+    rows: int = 8
+    """Rows of max_seq_len tokens per batch per rank."""
+    max_valid_tokens: int | None = None
+    tokenizer_threads: int = 4
+    skip_invalid: bool = False
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    model: ModelSection
+    tokenizer: TokenizerSection
+    data: TextDataSection
+    gang: GangSection = field(default_factory=GangSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    lr_scheduler: LRSchedulerSection = field(default_factory=LRSchedulerSection)
+    regime: RegimeSection = field(default_factory=RegimeSection)
+    common: CommonSection = field(default_factory=CommonSection)
+
+
+@final
+class PretrainRecipe(Recipe):
+    def __init__(self, console: RunConsole | None = None) -> None:
+        self._console = console
+
+    @override
+    def register(self, container: DependencyContainer) -> None:
+        container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
+        if self._console is not None:  # what the run shows on the console (lmtune.train.console)
+            self._console.attach(container)
+
+    @override
+    def create_task(self, context: RecipeContext) -> Task:
+        config = context.get_config_as(PretrainConfig)
+        data = config.data
+        tokenizer = context.get_tokenizer()
+        gangs = context.gangs
+        eos_idx = tokenizer.vocab_info.eos_idx
+        assert eos_idx is not None  # lmtune.train.pretrain refuses a tokenizer without EOS
+        encode = tokenizer.create_raw_encoder()
+        # Documents are meant to be longer than the model's context (rows cut them); transformers'
+        # tokenizers would warn about the first such document.
+        logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+
+        def share(paths: list[Path]) -> list[Piece]:  # this rank's, as lmtune.train.pretrain checked them
+            files = [CorpusFile(p, p.stat().st_size) for p in paths]
+            return shares(files, gangs.dp.size)[gangs.dp.rank]
+
+        def reader(paths: list[Path], *, valid: bool) -> TextStreamReader:
+            return TextStreamReader(
+                share(paths), encode, eos_idx, gangs, max_seq_len=data.max_seq_len, rows=data.rows,
+                num_accumulate=1 if valid else config.trainer.grad_accumulation.num_batches, until_last=valid,
+                max_num_tokens=data.max_valid_tokens if valid else None, num_parallel_calls=data.tokenizer_threads,
+                skip_invalid=data.skip_invalid,
+            )  # fmt: skip
+
+        if config.common.torch.default_sdpa == "torch":
+            # Rows attend within each document piece instead of across the whole batch.
+            set_default_sdpa_factory(DocumentSDPA)
+        model = context.get_data_parallel_model()
+        valid_units, valid_readers = [], []
+        if data.valid_files:
+            valid_units.append(PretrainValidUnit(context.get_model()))
+            valid_readers.append(reader(data.valid_files, valid=True))
+        unit = PretrainTrainUnit(model)
+        trainer = context.create_trainer(unit, reader(data.train_files, valid=False), valid_units, valid_readers)
+        preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root)
+        unit.on_step = preemptible.check
+        console = self._console
+        if console is not None:
+            resumed = context.get_checkpoint_manager().maybe_get_last_step_number(exclude_model_only=True)
+            if resumed is not None:
+                console.resuming(resumed)
+            trainer.register_checkpoint_save_hook(lambda args: console.checkpoint_saved(args.step_nr))
+
+            def on_step() -> None:
+                preemptible.check()
+                console.step(trainer.step_nr)
+
+            unit.on_step = on_step
+        return preemptible
+
+    @property
+    @override
+    def config_kls(self) -> type[object]:
+        return PretrainConfig
+
+
+def token_nll(model: Module, batch: SequenceBatch) -> tuple[Tensor, SequenceBatch]:
+    """Summed next-token NLL over every token of the batch's rows."""
+    inputs, targets = batch.as_auto_regressive()
+    seqs, layout = inputs.as_input()
+    loss = model(seqs, layout, targets=targets.seqs, reduction="sum")
+    return loss, targets
+
+
+@final
+class PretrainTrainUnit(TrainUnit[SequenceBatch]):
+    def __init__(self, model: Module) -> None:
+        self._model = model
+        self.on_step: Callable[[], None] | None = None
+
+    @override
+    def set_step_nr(self, step_nr: int) -> None:
+        if self.on_step is not None:
+            self.on_step()
+
+    @override
+    def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
+        add_nll_loss_metric(metric_bag)
+        add_seq_batch_metrics(metric_bag)
+
+    @override
+    def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
+        loss, targets = token_nll(self._model, batch)
+        update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_elements)
+        update_seq_batch_metrics(metric_bag, targets)
+        # The trainer divides gradients by the token count summed over ranks and
+        # accumulated batches, so every token weighs the same.
+        return loss, targets.num_elements
+
+
+@final
+class PretrainValidUnit(EvalUnit[SequenceBatch]):
+    """NLL loss per token over the held-out text, and its perplexity."""
+
+    def __init__(self, model: Module) -> None:
+        # The model without its data-parallel wrapper: a rank may run fewer forwards than another.
+        self._model = model
+
+    @override
+    def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
+        add_nll_loss_metric(metric_bag)
+        add_seq_batch_metrics(metric_bag)
+
+    @override
+    def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> None:
+        loss, targets = token_nll(self._model, batch)
+        update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_elements)
+        update_seq_batch_metrics(metric_bag, targets)
+
+    @override
+    def process_metric_values(self, values: MutableMapping[str, object]) -> None:
+        loss = values.get("nll_loss")
+        if loss is not None:
+            values["perplexity"] = math.exp(min(float(loss.item() if hasattr(loss, "item") else loss), 700.0))  # type: ignore[arg-type, union-attr]
+
+    @property
+    @override
+    def name(self) -> str | None:
+        return None  # metrics go to OUT/metrics/valid.jsonl

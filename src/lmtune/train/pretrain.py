@@ -1,0 +1,268 @@
+"""``lmtune pretrain OUT``: resolve names, check the corpus, run the recipe.
+
+Everything a user can get wrong is checked here, before fairseq2 starts: a bad key,
+card or path, and the corpus itself, read once through (every file, every line, as
+training will read it), so a binary file, a line of invalid UTF-8 or JSON, or a
+corpus without text costs one sentence naming the file and line, and leaves OUT as
+it was. With ``skip_invalid=true`` such lines (and binary files) are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from lmtune.catalog.cards import CardStore
+from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, resolve_model, resolve_tokenizer
+from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_corpus
+from lmtune.errors import RunFailed, Stopped, UserError
+from lmtune.launch import explain_distributed_failure, prepare_distributed_env
+from lmtune.options.load import dump_yaml, to_dict
+from lmtune.options.pretrain import PretrainOptions
+from lmtune.run_dir import check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
+from lmtune.train.console import RunConsole
+from lmtune.train.valid_metrics import LOSS, ValidMetric
+from lmtune.train.validation_plan import ValidationPlan
+
+# OUT/corpus_check.json: what check_corpus found, with the files' sizes and times, for a rerun.
+# (Beside run_dir's layout, which knows only fine-tuning's files.)
+CHECK_CACHE = "corpus_check.json"
+
+PERPLEXITY = ValidMetric("valid.perplexity", "perplexity", "Perplexity", higher_better=False)
+
+# Keys a rerun may change besides run_dir.RESUMABLE_CHANGES: neither moves the reader's position.
+RESUMABLE_HERE = {"skip_invalid", "tokenizer_threads", "max_valid_tokens"}
+
+
+class PretrainConsole(RunConsole):
+    """RunConsole with pretraining's header line."""
+
+    def header(self, o, out_dir, plan, publish_every, *, validates):  # type: ignore[no-untyped-def, override]
+        shown: list[str] = []
+        self.write = shown.append  # type: ignore[method-assign]  # RunConsole's own header line is replaced below
+        try:
+            super().header(o, out_dir, plan, publish_every, validates=validates)
+        finally:
+            del self.write
+        init = " (random initial weights)" if o.init == "random" else ""
+        valid = f", validating on {_names(o.valid_dataset)} every {o.validate_every_n_steps} steps" if validates else ""
+        self.write(f"lmtune: pretraining {o.model}{init} on {_names(o.dataset)} for {o.max_num_steps} steps{valid}, into {out_dir} (fairseq2's full log: {out_dir / 'logs'})")
+
+
+def _names(refs: str | list[str] | None) -> str:
+    return ", ".join(refs) if isinstance(refs, list) else str(refs)
+
+
+def _check_numbers(o: PretrainOptions) -> None:
+    positive = {
+        "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
+        "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,
+        "gradient_accumulation_steps": o.gradient_accumulation_steps, "checkpoint_every_n_steps": o.checkpoint_every_n_steps,
+        "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
+        "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
+        "distributed_timeout_minutes": o.distributed_timeout_minutes, "max_valid_tokens": o.max_valid_tokens,
+        "tokenizer_threads": o.tokenizer_threads,
+    }  # fmt: skip
+    for key, value in positive.items():
+        if value is not None and value < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {value}.")
+    if o.max_seq_len < 2:
+        raise UserError(f"config key 'max_seq_len' must be at least 2 (a token and the one it predicts), got {o.max_seq_len}.")
+    if o.learning_rate <= 0:
+        raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
+    if o.lr_scheduler.num_warmup_steps < 0:
+        raise UserError(f"config key 'lr_scheduler.num_warmup_steps' must be 0 or more, got {o.lr_scheduler.num_warmup_steps}.")
+    if o.max_num_steps is None and o.max_num_data_epochs is None:
+        raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
+    if o.max_num_steps is not None and o.lr_scheduler.num_warmup_steps >= o.max_num_steps and is_main_process():
+        print(
+            f"lmtune: warning: lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} is not below max_num_steps={o.max_num_steps}; "
+            f"warming up over {o.max_num_steps - 1} step(s) instead.",
+            file=sys.stderr,
+        )
+
+
+def resolve_model_and_tokenizer(o: PretrainOptions) -> tuple[ModelSpec, TokenizerSpec]:
+    if o.model is None:
+        raise UserError("config key 'model' is not set; name a model card whose architecture to train (e.g. model=tiny_llama init=random; see `lmtune assets list --kind model`).")
+    store = CardStore()
+    if o.init == "random":
+        if CHECKPOINT_NAME.match(o.model):
+            raise UserError(f"init=random takes a model card's architecture, and model={o.model} names trained weights; name a card, or drop init=random to continue from {o.model}.")
+        card = store.require(o.model, "model")
+        model = model_from_card(store, card, need_weights=False)
+        if o.tokenizer is None and ("tokenizer" in card.fields or "tokenizer_ref" in card.fields):
+            model.tokenizer = resolve_tokenizer(store, card.name)
+    else:
+        card = None if CHECKPOINT_NAME.match(o.model) else store.require(o.model, "model")
+        if card is not None and card.get("checkpoint") is None and card.get("init") != "random":
+            raise UserError(f"model card '{o.model}' has no checkpoint; set init=random to train its architecture from scratch, or add a user card '{o.model}@user' with 'checkpoint: /path/to/weights'.")
+        model = resolve_model(store, o.model, o.resume_checkpoint_dir)
+    tokenizer = resolve_tokenizer(store, o.tokenizer) if o.tokenizer else model.tokenizer
+    if tokenizer is None:
+        raise UserError(f"model '{o.model}' names no tokenizer; set tokenizer=NAME (a card with a 'tokenizer:' path).")
+    return model, tokenizer
+
+
+def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: PretrainOptions) -> tuple[int, int]:
+    """Checks the tokenizer against the model; returns max_seq_len (capped at the model's) and rows per batch."""
+    from lmtune.catalog.fit import check_vocabulary, fitted_max_seq_len
+    from lmtune.catalog.loading import load_tokenizer, model_config
+
+    config = model_config(model)
+    loaded = load_tokenizer(tokenizer)
+    check_vocabulary(model.name, config, tokenizer, loaded)
+    if loaded.vocab_info.eos_idx is None:
+        raise UserError(f"tokenizer '{tokenizer.name}' has no end-of-sequence token, which pretraining puts between documents; use a tokenizer with one.")
+    max_seq_len = fitted_max_seq_len(model.name, config, o.max_seq_len, warn=is_main_process())
+    if o.batch_size is not None:
+        return max_seq_len, o.batch_size
+    if o.max_num_tokens < max_seq_len:
+        raise UserError(f"max_num_tokens={o.max_num_tokens} is smaller than max_seq_len={max_seq_len}; a batch holds whole rows of max_seq_len tokens, so raise max_num_tokens or lower max_seq_len (or set batch_size=ROWS).")
+    return max_seq_len, o.max_num_tokens // max_seq_len
+
+
+def check_text(refs: str | list[str], key: str, num_ranks: int, skip_invalid: bool, out_dir: Path) -> tuple[CorpusCheck, dict[str, object] | None]:
+    """The corpus, read through once (``check_corpus``), or the result of an earlier run on the same OUT
+    when no file has changed since (OUT/corpus_check.json): a resumed run starts without reading it again.
+    Also the files' fingerprint to save that result under; None when it came from there."""
+    store = CardStore()
+
+    def card_data(ref: str) -> Path | None:
+        card = store.get(ref)
+        data = card.get("data") if card is not None else None
+        if card is None or not isinstance(data, str):
+            return None
+        if not Path(data).exists():
+            raise UserError(f"dataset card '{card.name}' ({card.where}): data {data} does not exist; add a user card '{card.name}@user' with 'data: /path/to/your/copy'.")
+        return Path(data)
+
+    files = list_corpus(refs, key, card_data)
+    what = f"{key}={_names(refs)}"
+    fingerprint = {"files": [[str(f.path.resolve()), f.size, f.path.stat().st_mtime_ns] for f in files], "ranks": num_ranks, "skip_invalid": skip_invalid}
+    cached = _read_check_cache(out_dir).get(key)
+    if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint:
+        result = cached["result"]
+        by_path = {str(f.path.resolve()): f for f in files}
+        return CorpusCheck([by_path[p] for p in result["files"]], result["documents"], result["num_bytes"], result["skipped_lines"], result["skipped_files"], result["first_skipped"]), None
+    return check_corpus(files, num_ranks, skip_invalid=skip_invalid, what=what, every_rank=key == "dataset"), fingerprint
+
+
+def _read_check_cache(out_dir: Path) -> dict[str, object]:
+    path = out_dir / CHECK_CACHE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_check_cache(out_dir: Path, checks: dict[str, tuple[CorpusCheck, dict[str, object] | None]]) -> None:
+    data = _read_check_cache(out_dir)
+    for key, (check, fingerprint) in checks.items():
+        if fingerprint is None:
+            continue  # read from the cache itself
+        result = {"files": [str(f.path.resolve()) for f in check.files], "documents": check.documents, "num_bytes": check.num_bytes,
+                  "skipped_lines": check.skipped_lines, "skipped_files": check.skipped_files, "first_skipped": check.first_skipped}  # fmt: skip
+        data[key] = {"fingerprint": fingerprint, "result": result}
+    tmp = out_dir / f"{CHECK_CACHE}.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(out_dir / CHECK_CACHE)
+
+
+def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None = None) -> None:
+    """``console``: what the run shows (default: ``PretrainConsole``, the compact console of ``lmtune.train.console``)."""
+    console = console or PretrainConsole()
+    _check_numbers(o)
+    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    if o.dataset is None:
+        raise UserError("config key 'dataset' is not set; give a .txt or .jsonl file, a directory of them, a glob or a list (e.g. dataset=corpus/).")
+    model, tokenizer = resolve_model_and_tokenizer(o)
+    main = is_main_process()
+
+    num_ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    checks = {"dataset": check_text(o.dataset, "dataset", num_ranks, o.skip_invalid, out_dir)}
+    if o.valid_dataset is not None:
+        checks["valid_dataset"] = check_text(o.valid_dataset, "valid_dataset", num_ranks, o.skip_invalid, out_dir)
+    train = checks["dataset"][0]
+    valid = checks["valid_dataset"][0] if "valid_dataset" in checks else None
+    if main:
+        for check, key in ((train, "dataset"), (valid, "valid_dataset")):
+            if check is not None:
+                print(f"lmtune: {check.summary(key)}", file=sys.stderr)
+                skipped = check.skipped(key)
+                if skipped:
+                    print(f"lmtune: warning: {skipped}", file=sys.stderr)
+        if valid is not None:
+            both = {f.path.resolve() for f in train.files} & {f.path.resolve() for f in valid.files}
+            if both:
+                print(f"lmtune: warning: {len(both)} file(s) are both training and validation text (e.g. {sorted(both)[0]}); the validation loss will not measure held-out text.", file=sys.stderr)
+    if valid is None and o.validate_every_n_steps is not None and main:
+        print("lmtune: warning: validate_every_n_steps is set but valid_dataset is not; no validation will run.", file=sys.stderr)
+    max_seq_len, rows = check_model_fit(model, tokenizer, o)  # loads the tokenizer: after the corpus, which needs no fairseq2
+    o = dataclasses.replace(o, max_seq_len=max_seq_len)  # the effective config runs at the length the model takes
+
+    checkpoint_dir = run_checkpoint_dir(out_dir)
+    has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
+    if main:
+        lock_output_dir(out_dir)
+        flat = {k: v for k, v in to_dict(o).items() if k not in RESUMABLE_HERE}
+        old = check_rerun(out_dir, flat, has_checkpoint)
+        if has_checkpoint and old is not None and old.get("max_num_steps") != o.max_num_steps:
+            print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
+        save_config(out_dir, dump_yaml(o))
+        write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
+        _write_check_cache(out_dir, checks)
+
+    from lmtune.train.pretrain_config import pretrain_config
+
+    config = pretrain_config(o, model, tokenizer, _paths(train.files), _paths(valid.files) if valid else [], rows)
+
+    from fairseq2.recipe.run import run
+    from fairseq2.task import TaskStopException
+    from fairseq2.utils.validation import ValidationError
+
+    from lmtune.recipes.pretrain import PretrainRecipe
+    from lmtune.train.preemption import PREEMPTED_EXIT_CODE
+
+    validates = config.regime.validate_every_n_steps is not None
+    plan = ValidationPlan(metrics=[LOSS, PERPLEXITY])
+    console.header(o, out_dir, plan, config.regime.publish_metrics_every_n_steps, validates=validates)
+    try:
+        with console.running():
+            run(PretrainRecipe(console), config, out_dir, no_progress=not console.verbose)
+    except ValidationError as ex:
+        raise UserError(f"the config is not valid for fairseq2: {ex}") from None
+    except TaskStopException:
+        console.summary()
+        steps = checkpoint_steps(checkpoint_dir)
+        at = f" at step {steps[-1]}" if steps else ""
+        raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
+    except UserError as ex:
+        steps = checkpoint_steps(checkpoint_dir)
+        kept = f" (the checkpoints up to step {steps[-1]} are kept; fix it and rerun to resume)" if steps else ""
+        raise UserError(f"{str(ex).rstrip('.')}{kept}.") from None
+    except KeyboardInterrupt:
+        raise
+    except Exception as ex:
+        explained = explain_distributed_failure(ex, os.environ)
+        if explained is None:
+            raise
+        raise RunFailed(explained) from None
+    console.summary()
+
+    if main:  # OUT/plots/: loss, learning rate, tokens/s (lmtune/report/plots.py)
+        from lmtune.report.plots import write_run_plots
+
+        write_run_plots(out_dir)
+    if main and o.export_hf != "none":
+        from lmtune.export.hf_dir import export_run_checkpoints
+
+        export_run_checkpoints(checkpoint_dir, o.export_hf)
+
+
+def _paths(files: list[CorpusFile]) -> list[Path]:
+    return [f.path.resolve() for f in files]
