@@ -2,7 +2,7 @@
 
 The path of data, top to bottom: JSONL records -> token ids with a loss mask
 (``lmtune.data.encoding``) -> batches on a fairseq2 DataPipeline (``lmtune.data.batching``)
--> ``SftTrainUnit.process_batch`` (summed NLL over response tokens) -> fairseq2's
+-> ``NllTrainUnit.process_batch`` (summed NLL over response tokens) -> fairseq2's
 Trainer (optimizer, LR schedule, accumulation, clipping, validation, metrics,
 checkpoints and resume).
 
@@ -17,12 +17,11 @@ this recipe with ``fairseq2.recipe.run.run``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
 
-from torch import Tensor
 from torch.nn import Module
 from typing_extensions import override
 
@@ -33,12 +32,6 @@ from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float, format_as_int
 from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.runtime.dependency import DependencyContainer
-from fairseq2.metrics.common import (
-    add_nll_loss_metric,
-    add_seq_batch_metrics,
-    update_nll_loss_metric,
-    update_seq_batch_metrics,
-)
 from fairseq2.recipe import Recipe, RecipeContext
 from fairseq2.recipe.config import (
     CommonSection,
@@ -52,7 +45,6 @@ from fairseq2.recipe.config import (
 )
 from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe.evaluator import EvalUnit
-from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.task import Task
 
 from lmtune.data.batching import build_pipeline, drop_too_long
@@ -61,7 +53,8 @@ from lmtune.train.early_stopping import PatienceStopper
 from lmtune.train.task_eval import EvalPrompts, evaluate_task
 from lmtune.train.valid_metrics import COUNTS, ValidMetric
 from lmtune.train.document_attention import DocumentSDPA
-from lmtune.train.preemption import PreemptibleTrainer, StopFlag
+from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.train.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
 
@@ -192,7 +185,7 @@ class InstructionFinetuneRecipe(Recipe):
             valid_units.append(SftValidUnit(context.get_model(), tokenizer, gangs, task_eval))
             valid_readers.append(reader(data.valid_file, False))
 
-        unit = SftTrainUnit(model)
+        unit = NllTrainUnit(model)
         trainer = context.create_trainer(unit, train_reader, valid_units, valid_readers)
         stopping = config.early_stopping
         stopper = None
@@ -203,60 +196,12 @@ class InstructionFinetuneRecipe(Recipe):
                 stopper.restore(resumed or 0, forgive=stopping.forgive_at_resume)
             # fairseq2 0.8.1's trainer takes an early stopper, but its recipe factory passes none.
             trainer._early_stopper = stopper  # noqa: SLF001
-        preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root, early_stopping=stopper is not None)
-        unit.on_step = preemptible.check
-        console = self._console
-        if console is not None:
-            resumed = context.get_checkpoint_manager().maybe_get_last_step_number(exclude_model_only=True)
-            if resumed is not None:
-                console.resuming(resumed)
-            trainer.register_checkpoint_save_hook(lambda args: console.checkpoint_saved(args.step_nr))
-
-            def on_step() -> None:
-                preemptible.check()
-                console.step(trainer.step_nr)
-
-            unit.on_step = on_step
-        return preemptible
+        return training_task(context, trainer, unit, self._console, early_stopping=stopper is not None)
 
     @property
     @override
     def config_kls(self) -> type[object]:
         return FinetuneConfig
-
-
-def response_nll(model: Module, batch: SequenceBatch) -> tuple[Tensor, SequenceBatch]:
-    """Summed next-token NLL over the response (target-masked) tokens."""
-    inputs, targets = batch.as_auto_regressive()
-    seqs, layout = inputs.as_input()
-    loss = model(seqs, layout, targets=targets.seqs, target_mask=targets.target_mask, reduction="sum")
-    return loss, targets
-
-
-@final
-class SftTrainUnit(TrainUnit[SequenceBatch]):
-    def __init__(self, model: Module) -> None:
-        self._model = model
-        self.on_step: Callable[[], None] | None = None
-
-    @override
-    def set_step_nr(self, step_nr: int) -> None:
-        if self.on_step is not None:
-            self.on_step()
-
-    @override
-    def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        add_nll_loss_metric(metric_bag)
-        add_seq_batch_metrics(metric_bag)
-
-    @override
-    def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
-        loss, targets = response_nll(self._model, batch)
-        update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_target_elements)
-        update_seq_batch_metrics(metric_bag, targets)
-        # The trainer divides gradients by the target count summed over ranks and
-        # accumulated batches, so every response token weighs the same.
-        return loss, targets.num_target_elements
 
 
 @final
@@ -275,14 +220,12 @@ class SftValidUnit(EvalUnit[SequenceBatch]):
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        add_nll_loss_metric(metric_bag)
-        add_seq_batch_metrics(metric_bag)
+        prepare_nll_metrics(metric_bag)
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> None:
-        loss, targets = response_nll(self._model, batch)
-        update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_target_elements)
-        update_seq_batch_metrics(metric_bag, targets)
+        loss, targets = target_nll(self._model, batch)
+        record_nll(metric_bag, loss, targets)
 
     @override
     def finalize(self, metric_bag: MetricBag) -> None:

@@ -2,7 +2,7 @@
 
 The path of data, top to bottom: text files -> this rank's share of them
 (``lmtune.data.text_corpus``) -> documents tokenized on the fly, joined with EOS and
-cut into rows of ``max_seq_len`` (``lmtune.data.text_stream``) -> ``PretrainTrainUnit``
+cut into rows of ``max_seq_len`` (``lmtune.data.text_stream``) -> ``NllTrainUnit``
 (summed NLL over every token of the rows) -> fairseq2's Trainer (optimizer, LR
 schedule, accumulation, clipping, validation, metrics, checkpoints and resume; the
 reader's position is in every checkpoint).
@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
 
-from torch import Tensor
 from torch.nn import Module
 from typing_extensions import override
 
 from fairseq2.datasets import SequenceBatch
 from fairseq2.metrics import MetricBag
-from fairseq2.metrics.common import add_nll_loss_metric, add_seq_batch_metrics, update_nll_loss_metric, update_seq_batch_metrics
 from fairseq2.metrics.formatters import format_as_float
 from fairseq2.metrics.recorders import MetricDescriptor
 from fairseq2.models.transformer import set_default_sdpa_factory
@@ -44,7 +42,6 @@ from fairseq2.recipe.config import (
     TrainerSection,
 )
 from fairseq2.recipe.evaluator import EvalUnit
-from fairseq2.recipe.trainer import TrainUnit
 from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.task import Task
 
@@ -52,7 +49,8 @@ from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
 from lmtune.train.console import RunConsole
 from lmtune.train.document_attention import DocumentSDPA
-from lmtune.train.preemption import PreemptibleTrainer, StopFlag
+from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.train.training_task import training_task
 
 
 @dataclass(kw_only=True)
@@ -125,62 +123,14 @@ class PretrainRecipe(Recipe):
         if data.valid_files:
             valid_units.append(PretrainValidUnit(context.get_model()))
             valid_readers.append(reader(data.valid_files, valid=True))
-        unit = PretrainTrainUnit(model)
+        unit = NllTrainUnit(model)
         trainer = context.create_trainer(unit, reader(data.train_files, valid=False), valid_units, valid_readers)
-        preemptible = PreemptibleTrainer(trainer, StopFlag(), gangs.root)
-        unit.on_step = preemptible.check
-        console = self._console
-        if console is not None:
-            resumed = context.get_checkpoint_manager().maybe_get_last_step_number(exclude_model_only=True)
-            if resumed is not None:
-                console.resuming(resumed)
-            trainer.register_checkpoint_save_hook(lambda args: console.checkpoint_saved(args.step_nr))
-
-            def on_step() -> None:
-                preemptible.check()
-                console.step(trainer.step_nr)
-
-            unit.on_step = on_step
-        return preemptible
+        return training_task(context, trainer, unit, self._console)
 
     @property
     @override
     def config_kls(self) -> type[object]:
         return PretrainConfig
-
-
-def token_nll(model: Module, batch: SequenceBatch) -> tuple[Tensor, SequenceBatch]:
-    """Summed next-token NLL over every token of the batch's rows."""
-    inputs, targets = batch.as_auto_regressive()
-    seqs, layout = inputs.as_input()
-    loss = model(seqs, layout, targets=targets.seqs, reduction="sum")
-    return loss, targets
-
-
-@final
-class PretrainTrainUnit(TrainUnit[SequenceBatch]):
-    def __init__(self, model: Module) -> None:
-        self._model = model
-        self.on_step: Callable[[], None] | None = None
-
-    @override
-    def set_step_nr(self, step_nr: int) -> None:
-        if self.on_step is not None:
-            self.on_step()
-
-    @override
-    def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        add_nll_loss_metric(metric_bag)
-        add_seq_batch_metrics(metric_bag)
-
-    @override
-    def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
-        loss, targets = token_nll(self._model, batch)
-        update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_elements)
-        update_seq_batch_metrics(metric_bag, targets)
-        # The trainer divides gradients by the token count summed over ranks and
-        # accumulated batches, so every token weighs the same.
-        return loss, targets.num_elements
 
 
 @final
@@ -193,14 +143,12 @@ class PretrainValidUnit(EvalUnit[SequenceBatch]):
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
-        add_nll_loss_metric(metric_bag)
-        add_seq_batch_metrics(metric_bag)
+        prepare_nll_metrics(metric_bag)
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> None:
-        loss, targets = token_nll(self._model, batch)
-        update_nll_loss_metric(metric_bag, loss, num_targets=targets.num_elements)
-        update_seq_batch_metrics(metric_bag, targets)
+        loss, targets = target_nll(self._model, batch)  # no target mask: every token
+        record_nll(metric_bag, loss, targets)
 
     @override
     def process_metric_values(self, values: MutableMapping[str, object]) -> None:

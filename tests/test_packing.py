@@ -74,7 +74,7 @@ def _example(rng: random.Random, n: int) -> dict[str, torch.Tensor]:
 def test_packed_loss_gradients_and_logits_equal_one_by_one(sdpa: str) -> None:
     from fairseq2.datasets import SequenceBatch
 
-    from lmtune.recipes.instruction_finetune import response_nll
+    from lmtune.train.nll_unit import target_nll as response_nll
 
     model = _tiny_model(sdpa)
     rng = random.Random(3)

@@ -217,7 +217,7 @@ def test_packed_rows_score_each_document_piece_on_its_own(tmp_path: Path) -> Non
     from lmtune.catalog.cards import CardStore
     from lmtune.catalog.loading import load_model
     from lmtune.catalog.specs import resolve_model
-    from lmtune.recipes.pretrain import token_nll
+    from lmtune.train.nll_unit import target_nll as token_nll
     from lmtune.train.document_attention import DocumentSDPA
 
     paths = write_corpus(tmp_path)

@@ -28,6 +28,7 @@ from fairseq2.recipe.config import (
 
 from lmtune.dtypes import compute_dtype, torch_dtype
 from lmtune.options.finetune import FinetuneOptions
+from lmtune.options.pretrain import PretrainOptions
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.train.validation_plan import ValidationPlan
 
@@ -75,6 +76,45 @@ def publish_interval(o: FinetuneOptions, validates: bool) -> int:
     return fitted
 
 
+def kept_checkpoints(o: FinetuneOptions | PretrainOptions) -> tuple[int | None, bool | str]:
+    """keep_last_n_checkpoints / keep_last_n_models -> fairseq2's keep_last_n_checkpoints and save_model_only."""
+    n_full = o.keep_last_n_checkpoints
+    n_models = o.keep_last_n_models
+    keep = max(n_full or 0, n_models or 0) or None
+    save_model_only: bool | str = "all_but_last" if (n_models and (n_full or 0) <= 1) else False
+    return keep, save_model_only
+
+
+def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]:
+    """The sections both recipes set alike from the keys they share: gang, trainer, optimizer,
+    lr_scheduler, common."""
+    return {
+        "gang": GangSection(timeout=o.distributed_timeout_minutes),
+        "trainer": TrainerSection(
+            data_parallelism=o.data_parallelism,
+            mixed_precision=training_precision(o.dtype),
+            grad_accumulation=GradAccumulationConfig(num_batches=o.gradient_accumulation_steps),
+            activation_checkpointing=ActivationCheckpointingConfig(mode="layerwise" if o.activation_checkpointing else "off"),
+            max_grad_norm=o.max_grad_norm,
+        ),
+        "optimizer": OptimizerSection(
+            config=AdamWConfig(lr=o.learning_rate, betas=o.optimizer.betas, eps=o.optimizer.eps, weight_decay=o.optimizer.weight_decay)
+        ),
+        "lr_scheduler": LRSchedulerSection(
+            config=CosineAnnealingLRConfig(num_warmup_steps=warmup_steps(o), final_lr_scale=o.lr_scheduler.final_lr_scale)  # type: ignore[arg-type]
+        ),
+        "common": CommonSection(
+            seed=o.seed,
+            no_sweep_dir=True,  # OUT is OUT: no hash-named sub-folder
+            cluster="none",  # lmtune.launch has set torch.distributed's variables already
+            metric_recorders=MetricRecordersConfig(
+                tensorboard=TensorBoardConfig(enabled=o.tensorboard),
+                wandb=WandbConfig(enabled=o.wandb.enabled, project=o.wandb.project, entity=o.wandb.entity, run_name=o.wandb.run_name),
+            ),
+        ),
+    }
+
+
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None):  # type: ignore[no-untyped-def]
     from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, SftDataSection, TaskEvalSection
     from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
@@ -87,11 +127,7 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             metric=metric.user_name, patience=o.early_stopping.patience, min_delta=o.early_stopping.min_delta,
             history_file=early_stop_history(checkpoint_dir(out_dir)), stop_file=out_dir / EARLY_STOP_FILE,
         )  # fmt: skip
-
-    n_full = o.keep_last_n_checkpoints
-    n_models = o.keep_last_n_models
-    keep = max(n_full or 0, n_models or 0) or None
-    save_model_only: bool | str = "all_but_last" if (n_models and (n_full or 0) <= 1) else False
+    keep, save_model_only = kept_checkpoints(o)
 
     return FinetuneConfig(
         model=model_section(model, o.compile),
@@ -104,20 +140,6 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             max_num_tokens=o.max_num_tokens,
             batch_size=o.batch_size,
             packing=o.packing,
-        ),
-        gang=GangSection(timeout=o.distributed_timeout_minutes),
-        trainer=TrainerSection(
-            data_parallelism=o.data_parallelism,
-            mixed_precision=training_precision(o.dtype),
-            grad_accumulation=GradAccumulationConfig(num_batches=o.gradient_accumulation_steps),
-            activation_checkpointing=ActivationCheckpointingConfig(mode="layerwise" if o.activation_checkpointing else "off"),
-            max_grad_norm=o.max_grad_norm,
-        ),
-        optimizer=OptimizerSection(
-            config=AdamWConfig(lr=o.learning_rate, betas=o.optimizer.betas, eps=o.optimizer.eps, weight_decay=o.optimizer.weight_decay)
-        ),
-        lr_scheduler=LRSchedulerSection(
-            config=CosineAnnealingLRConfig(num_warmup_steps=warmup_steps(o), final_lr_scale=o.lr_scheduler.final_lr_scale)
         ),
         regime=RegimeSection(
             num_steps=o.max_num_steps,
@@ -132,13 +154,5 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
         ),
         eval=TaskEvalSection(task=plan.task, labels=plan.labels, max_examples=o.max_eval_examples, max_gen_len=o.eval_max_gen_len),
         early_stopping=stopping,
-        common=CommonSection(
-            seed=o.seed,
-            no_sweep_dir=True,  # OUT is OUT: no hash-named sub-folder
-            cluster="none",  # lmtune.launch has set torch.distributed's variables already
-            metric_recorders=MetricRecordersConfig(
-                tensorboard=TensorBoardConfig(enabled=o.tensorboard),
-                wandb=WandbConfig(enabled=o.wandb.enabled, project=o.wandb.project, entity=o.wandb.entity, run_name=o.wandb.run_name),
-            ),
-        ),
+        **training_sections(o),  # type: ignore[arg-type]
     )

@@ -93,13 +93,14 @@ def resolve_inputs(o: FinetuneOptions) -> Inputs:
     return Inputs(model, tokenizer, data.train, valid, task, labels)
 
 
-def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions) -> int:
-    """Checks the tokenizer against the model's vocabulary; returns max_seq_len capped at the model's maximum."""
+def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: object) -> int:
+    """Checks the tokenizer (``loaded``: the fairseq2 tokenizer) against the model's vocabulary;
+    returns max_seq_len capped at the model's maximum."""
     from lmtune.catalog.fit import check_vocabulary, fitted_max_seq_len
-    from lmtune.catalog.loading import load_tokenizer, model_config
+    from lmtune.catalog.loading import model_config
 
     config = model_config(model)
-    check_vocabulary(model.name, config, tokenizer, load_tokenizer(tokenizer))
+    check_vocabulary(model.name, config, tokenizer, loaded)
     max_seq_len = fitted_max_seq_len(model.name, config, o.max_seq_len, warn=is_main_process())
     if o.batch_size is None and o.max_num_tokens < max_seq_len:
         how = "packed" if o.packing else "length-batched"
@@ -115,10 +116,11 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     inputs = resolve_inputs(o)
     model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
     # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
-    o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o))
     from lmtune.catalog.loading import load_tokenizer
 
-    plan = plan_validation(o, valid_file, inputs.task, inputs.labels, load_tokenizer(tokenizer), tokenizer.hf_dir)
+    loaded = load_tokenizer(tokenizer)
+    o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o, loaded))
+    plan = plan_validation(o, valid_file, inputs.task, inputs.labels, loaded, tokenizer.hf_dir)
     main = is_main_process()
     checkpoint_dir = run_checkpoint_dir(out_dir)
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
