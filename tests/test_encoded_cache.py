@@ -38,7 +38,8 @@ def _mixed_data(tmp_path: Path) -> Path:
     """src/tgt and chat records, a blank line, Windows line ends: what chunk cuts must survive."""
     lines = _tiny_data().read_text().splitlines()[:300]
     chat = {"messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]}
-    lines[10:10] = [json.dumps(chat), ""]
+    odd = {"src": "Héllo wörld 😀 <|begin_of_text|> tabs\tand  spaces", "tgt": " <|eot_id|> ünïcode\u2028line"}
+    lines[10:10] = [json.dumps(chat), "", json.dumps(odd, ensure_ascii=False)]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\r\n".join(lines) + "\r\n")
     return path
@@ -50,8 +51,12 @@ def test_parallel_arrays_equal_one_by_one_encoding(tmp_path: Path) -> None:
     from lmtune.data.parallel_encoding import encode_jsonl, line_chunks
     from lmtune.data.records import read_records
 
+    from lmtune.data.encoding import _rust_tokenizer
+
     spec, tokenizer = _tiny_tokenizer()
     encoder = ExampleEncoder(tokenizer, spec.hf_dir)
+    # src/tgt records take the batched Rust call; chat records and the reference go one by one.
+    assert _rust_tokenizer(encoder._prompt_encoder, encoder._response_encoder) is not None
     data = _mixed_data(tmp_path)
     expected = [encoder.encode(r) for r in read_records(data)]
     assert len(line_chunks(data, 4096)) > 4  # several chunks, so the workers really share the file
@@ -61,7 +66,7 @@ def test_parallel_arrays_equal_one_by_one_encoding(tmp_path: Path) -> None:
     mapped = encode_jsonl(data, encoder, workers=2, chunk_bytes=4096, directory=tmp_path / "arrays")
     assert isinstance(mapped.tokens, np.memmap)
     for got in (in_memory, mapped, EncodedExamples.from_examples(expected)):
-        assert len(got) == len(expected) == 301
+        assert len(got) == len(expected) == 302
         assert got.lengths.tolist() == [len(e.tokens) for e in expected]
         assert got.num_targets.tolist() == [sum(e.target_mask) for e in expected]
         for i, e in enumerate(expected):

@@ -62,14 +62,12 @@ def encode_chunk(path: Path, chunk: Chunk, encoder: ExampleEncoder | None = None
         text = fp.read(end - start).decode("utf-8")
     # Line numbers as read_records counts them (text mode: universal newlines).
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    records = [parse_line(path, first_line + k, line, True) for k, line in enumerate(lines) if line.strip()]
     tokens: list[int] = []
     mask: list[bool] = []
     lengths: list[int] = []
     num_targets: list[int] = []
-    for k, line in enumerate(lines):
-        if not line.strip():
-            continue
-        example = encoder.encode(parse_line(path, first_line + k, line, True))
+    for example in encoder.encode_all(records):
         tokens.extend(example.tokens)
         mask.extend(example.target_mask)
         lengths.append(len(example.tokens))
