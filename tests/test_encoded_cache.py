@@ -177,3 +177,29 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_half_written_cache(tmp_path: 
     assert_user_error(r, f"{out}/cache/encoded: no room left on the disk to write the encoded", "train.jsonl", "data_cache=false")
     assert list((out / "cache/encoded").iterdir()) == []
     assert (out / "lmtune.yaml").is_file()  # what was written before is kept
+
+
+def test_a_killed_build_is_never_used_and_its_leftovers_are_removed(tmp_path: Path) -> None:
+    from lmtune.data.encoded_cache import FINGERPRINT, build_cache, cache_dir, plan_cache
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.parallel_encoding import encode_jsonl
+
+    spec, tokenizer = _tiny_tokenizer()
+    data = tmp_path / "train.jsonl"
+    shutil.copy(_tiny_data(), data)
+    root = tmp_path / "cache"
+    final = cache_dir(root, data)
+    # What kill -9 leaves: a hidden temporary directory with some arrays, and no cache under the final name.
+    leftover = root / f".{final.name}.tmp-4242"
+    leftover.mkdir(parents=True)
+    (leftover / "tokens.npy").write_bytes(b"\x93NUMPY half")
+    plan = plan_cache(root, data, spec)
+    assert plan.stale == "none"
+    # A directory under the final name without its fingerprint (written last) is not a cache either.
+    final.mkdir()
+    (final / "tokens.npy").write_bytes(b"\x93NUMPY half")
+    plan = plan_cache(root, data, spec)
+    assert plan.stale == "it is unreadable"
+    build_cache(plan, lambda d: encode_jsonl(data, ExampleEncoder(tokenizer, spec.hf_dir), workers=1, directory=d), lambda s: None)
+    assert sorted(p.name for p in root.iterdir()) == [final.name]
+    assert (final / FINGERPRINT).is_file() and plan_cache(root, data, spec).stale is None
