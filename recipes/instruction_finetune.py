@@ -1,7 +1,10 @@
 """Instruction fine-tuning on fairseq2's trainer.
 
 The path of data, top to bottom: JSONL records -> token ids with a loss mask
-(``lmtune.data.encoding``) -> batches on a fairseq2 DataPipeline (``lmtune.data.batching``)
+(``lmtune.data.encoding``), held as flat arrays (``lmtune.data.encoded_examples``) that
+rank 0 has encoded into OUT/cache/encoded before fairseq2 started (``lmtune.data.encoded_cache``;
+with data_cache=false every rank encodes in memory) -> batches on a fairseq2 DataPipeline
+(``lmtune.data.batching``)
 -> ``NllTrainUnit.process_batch`` (summed NLL over response tokens) -> fairseq2's
 Trainer (optimizer, LR schedule, accumulation, clipping, validation, metrics,
 checkpoints and resume).
@@ -47,7 +50,8 @@ from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe.evaluator import EvalUnit
 from fairseq2.task import Task
 
-from lmtune.data.batching import build_pipeline, drop_too_long
+from lmtune.data.batching import build_pipeline
+from lmtune.data.encoded_examples import EncodedExamples
 from lmtune.train.console import RunConsole
 from lmtune.train.early_stopping import PatienceStopper
 from lmtune.train.task_eval import EvalPrompts, evaluate_task
@@ -70,6 +74,11 @@ class SftDataSection:
     batch_size: int | None = None
     packing: bool = True
     shuffle: bool = True
+    train_encoded: Path | None = None
+    """OUT/cache/encoded/...: the training data's arrays, written before the run; None: encode in memory."""
+    valid_encoded: Path | None = None
+    encode_workers: int = 1
+    """Worker processes per rank when encoding in memory."""
 
 
 @dataclass(kw_only=True)
@@ -108,6 +117,15 @@ class FinetuneConfig:
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
 
 
+def prepare_examples(path: Path, encoded: Path | None, encoder: ExampleEncoder, workers: int) -> EncodedExamples:
+    """The cache's arrays, memory-mapped; or, without a cache, ``path`` encoded in memory."""
+    if encoded is not None:
+        return EncodedExamples.load(encoded)
+    from lmtune.data.parallel_encoding import encode_jsonl
+
+    return encode_jsonl(path, encoder, workers=workers)
+
+
 @final
 class InstructionFinetuneRecipe(Recipe):
     def __init__(self, metrics: Sequence[ValidMetric] = (), console: RunConsole | None = None) -> None:
@@ -138,9 +156,9 @@ class InstructionFinetuneRecipe(Recipe):
 
         encoder = ExampleEncoder(tokenizer, data.chat_tokenizer_dir)
 
-        def reader(path: Path, shuffle: bool) -> DataPipelineReader[SequenceBatch]:
-            examples = [encoder.encode(r) for r in read_records(path)]
-            kept = drop_too_long(examples, data.max_seq_len, str(path))
+        def reader(path: Path, encoded: Path | None, shuffle: bool) -> DataPipelineReader[SequenceBatch]:
+            examples = prepare_examples(path, encoded, encoder, data.encode_workers)
+            kept = examples.trainable(data.max_seq_len, str(path))
             if len(kept) < len(examples):
                 log.warning("{}: skipped {} of {} examples longer than max_seq_len={}.", path, len(examples) - len(kept), len(examples), data.max_seq_len)  # fmt: skip
             if not shuffle:
@@ -149,13 +167,14 @@ class InstructionFinetuneRecipe(Recipe):
                 # batches would leave a rank of a small split with none, and the min-sync
                 # would then drop the others' too).
                 pipeline = build_pipeline(
-                    kept[gangs.dp.rank :: gangs.dp.size], dp_rank=0, dp_size=1, max_seq_len=data.max_seq_len,
+                    examples, indices=kept[gangs.dp.rank :: gangs.dp.size], dp_rank=0, dp_size=1, max_seq_len=data.max_seq_len,
                     max_num_tokens=data.max_num_tokens, batch_size=data.batch_size, pad_idx=pad_idx, shuffle_seed=None,
                     packing=data.packing and data.batch_size is None,
                 )  # fmt: skip
                 return DataPipelineReader(pipeline, gangs, sync_mode=SyncMode.UNTIL_LAST)
             pipeline = build_pipeline(
-                kept,
+                examples,
+                indices=kept,
                 dp_rank=gangs.dp.rank,
                 dp_size=gangs.dp.size,
                 max_seq_len=data.max_seq_len,
@@ -171,7 +190,9 @@ class InstructionFinetuneRecipe(Recipe):
             # Packed batches attend within each example instead of across the whole pack.
             set_default_sdpa_factory(DocumentSDPA)
         model = context.get_data_parallel_model()
-        train_reader = reader(data.train_file, data.shuffle)
+        if data.train_encoded is not None:
+            gangs.root.barrier()  # rank 0 wrote the cache before it joined; nobody maps it earlier
+        train_reader = reader(data.train_file, data.train_encoded, data.shuffle)
         valid_units, valid_readers = [], []
         if data.valid_file is not None:
             task_eval = None
@@ -183,7 +204,7 @@ class InstructionFinetuneRecipe(Recipe):
                     e.task, e.labels, e.max_gen_len, data.max_num_tokens,
                 )  # fmt: skip
             valid_units.append(SftValidUnit(context.get_model(), tokenizer, gangs, task_eval))
-            valid_readers.append(reader(data.valid_file, False))
+            valid_readers.append(reader(data.valid_file, data.valid_encoded, False))
 
         unit = NllTrainUnit(model)
         trainer = context.create_trainer(unit, train_reader, valid_units, valid_readers)

@@ -131,3 +131,26 @@ def test_packed_pipeline_keeps_its_batches_and_reorders_them_each_epoch() -> Non
     assert sorted(first) == sorted(second) and first != second
     assert all(len(b) <= 256 for b in first)
     assert epoch(build_pipeline(examples, shuffle_seed=3, **kwargs)) == first  # type: ignore[arg-type]
+
+
+def _best_fit_by_scanning(lengths: list[int], capacity: int) -> list[list[int]]:
+    """The textbook best-fit decreasing: scan every row for the fullest one the example fits."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [b for b in range(len(bins)) if free[b] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda b: (free[b], b))
+            bins[best].append(i)
+            free[best] -= lengths[i]
+        else:
+            bins.append([i])
+            free.append(capacity - lengths[i])
+    return bins
+
+
+def test_best_fit_equals_the_scanning_algorithm_row_for_row() -> None:
+    rng = random.Random(7)
+    for capacity in (64, 512):
+        lengths = [max(1, min(capacity, int(rng.lognormvariate(3.5, 0.9)))) for _ in range(3000)]
+        assert best_fit_bins(lengths, capacity) == _best_fit_by_scanning(lengths, capacity)

@@ -9,6 +9,7 @@
     OUT/checkpoints/scores/step_N.txt   fairseq2's score of checkpoint N (early_stopping.metric, higher is better)
     OUT/checkpoints/early_stopping.jsonl  every scheduled validation's score, replayed on resume
     OUT/early_stop.json              why the run stopped early, when it did
+    OUT/cache/encoded/NAME-HASH/     a data file encoded into arrays (lmtune.data.encoded_cache); delete it to re-encode
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ HF_EXPORT = "hf"
 SCORES = "scores"  # written by fairseq2
 EARLY_STOP_HISTORY = "early_stopping.jsonl"
 EARLY_STOP_FILE = "early_stop.json"
+ENCODED_CACHE = "cache/encoded"
 
 # Keys a rerun may change and still resume the same run.
 RESUMABLE_CHANGES = {
     "max_num_steps", "max_num_data_epochs", "checkpoint_every_n_steps", "keep_last_n_checkpoints",
     "keep_last_n_models", "validate_every_n_steps", "publish_metrics_every_n_steps", "tensorboard",
     "wandb", "compile", "activation_checkpointing", "data_parallelism", "distributed_timeout_minutes", "export_hf",
-    "early_stopping", "keep_best_n_checkpoints",
+    "early_stopping", "keep_best_n_checkpoints", "data_cache",
 }
 
 _held: list[Any] = []  # keeps the lock file open until the process exits
@@ -86,6 +88,10 @@ def save_config(out_dir: Path, text: str) -> None:
     tmp = out_dir / f"{CONFIG_FILE}.tmp"
     tmp.write_text(text)
     tmp.replace(out_dir / CONFIG_FILE)
+
+
+def encoded_cache_root(out_dir: Path) -> Path:
+    return out_dir / ENCODED_CACHE
 
 
 # ---------------------------------------------------------------- checkpoints

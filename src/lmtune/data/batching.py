@@ -6,25 +6,21 @@ Length batching (fairseq2's strategy): examples of similar length share a batch
 of at most ``max_num_tokens`` tokens, or a fixed ``batch_size`` of examples.
 Everything is a fairseq2 DataPipeline, so the reading position is saved in each
 checkpoint and a resumed run sees exactly the batches an uninterrupted run sees.
+The pipeline walks example indices; an example's tensors are made from the flat
+arrays (``lmtune.data.encoded_examples``) only when its batch is collated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from lmtune.data.encoded_examples import EncodedExamples
 from lmtune.data.encoding import Example
 from lmtune.errors import UserError
 from lmtune.data.packing import collate_packed, group_rows, pack_examples
-
-
-def drop_too_long(examples: Sequence[Example], max_seq_len: int, what: str) -> list[Example]:
-    kept = [e for e in examples if len(e.tokens) <= max_seq_len and any(e.target_mask)]
-    if not kept:
-        shortest = min(len(e.tokens) for e in examples)
-        raise UserError(f"{what}: every example is longer than max_seq_len={max_seq_len} tokens (the shortest has {shortest}); raise max_seq_len or shorten the data.")
-    return kept
 
 
 def bucket_sizes(max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]:
@@ -54,8 +50,9 @@ def collate_padded(items: list[dict[str, object]], pad_idx: int):  # type: ignor
 
 
 def build_pipeline(
-    examples: Sequence[Example],
+    examples: EncodedExamples | Sequence[Example],
     *,
+    indices: Sequence[int] | np.ndarray | None = None,
     dp_rank: int,
     dp_size: int,
     max_seq_len: int,
@@ -65,29 +62,34 @@ def build_pipeline(
     shuffle_seed: int | None,
     packing: bool = False,
 ):  # type: ignore[no-untyped-def]
+    """Batches of the examples at ``indices`` (default: all), in that order before shuffling."""
     from fairseq2.data.data_pipeline import read_sequence
 
-    items = [
-        {"tokens": torch.tensor(e.tokens, dtype=torch.int64), "target_mask": torch.tensor(e.target_mask)}
-        for e in examples
-    ]
+    if not isinstance(examples, EncodedExamples):
+        examples = EncodedExamples.from_examples(examples)
+    kept = np.arange(len(examples)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def item(k: int) -> dict[str, torch.Tensor]:
+        return examples.item(int(kept[k]))
+
     if packing:
         # Rows and batches are fixed up front (deterministic for the seed); the pipeline
         # then only walks through them, so its saved position is all a resume needs.
-        lengths = [len(e.tokens) for e in examples]
+        lengths = examples.lengths[kept].tolist()
         rows = pack_examples(lengths, max_seq_len, shuffle_seed or 0)
         builder = read_sequence(group_rows(rows, lengths, max_num_tokens))
         if shuffle_seed is not None:
             builder = builder.shuffle(0, seed=shuffle_seed)  # a new batch order each epoch
         if dp_size > 1:
             builder = builder.shard(dp_rank, dp_size, allow_uneven=True)
-        return builder.map(lambda b: collate_packed([items[i] for i in b])).and_return()
+        return builder.map(lambda b: collate_packed([item(k) for k in b])).and_return()
 
-    builder = read_sequence(items)
+    builder = read_sequence(list(range(len(kept))))
     if shuffle_seed is not None:
         builder = builder.shuffle(0, seed=shuffle_seed)
     if dp_size > 1:
         builder = builder.shard(dp_rank, dp_size, allow_uneven=True)
+    builder = builder.map(item)
     if batch_size is not None:
         builder = builder.bucket(batch_size)
     else:

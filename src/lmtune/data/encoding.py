@@ -66,6 +66,29 @@ class ExampleEncoder:
         mask = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
         return Example(list(enc["input_ids"]), mask)
 
+    def encode_all(self, records: list[Record]) -> list[Example]:
+        """``encode`` of each record; prompt/response records in one call of the Rust tokenizer
+        when fairseq2's encoder wraps a Hugging Face fast tokenizer (the same ids, without
+        transformers' per-call overhead, half of each call here)."""
+        rust = _rust_tokenizer(self._prompt_encoder, self._response_encoder)
+        if rust is None:
+            return [self.encode(r) for r in records]
+        pairs = [r for r in records if r.messages is None]
+        encoded = rust.encode_batch([t for r in pairs for t in (r.src, r.tgt)], add_special_tokens=False)
+        p_pre, p_suf = self._prompt_encoder._prefix_indices, self._prompt_encoder._suffix_indices  # noqa: SLF001
+        r_pre, r_suf = self._response_encoder._prefix_indices, self._response_encoder._suffix_indices  # noqa: SLF001
+        examples = []
+        k = 0
+        for r in records:
+            if r.messages is not None:
+                examples.append(self.encode(r))
+                continue
+            prompt = p_pre + encoded[k].ids + p_suf
+            response = r_pre + encoded[k + 1].ids + r_suf
+            k += 2
+            examples.append(Example(prompt + response, [False] * len(prompt) + [True] * len(response)))
+        return examples
+
     def encode_prompt(self, record: Record) -> list[int]:
         """The tokens a model is given to generate the response."""
         if record.messages is None:
@@ -82,3 +105,24 @@ class ExampleEncoder:
         if record.messages[-1]["role"] == "assistant":
             return record.messages[-1]["content"]
         return None
+
+
+def _rust_tokenizer(*encoders: object):  # type: ignore[no-untyped-def]
+    """The ``tokenizers.Tokenizer`` under fairseq2's HuggingFaceTokenEncoder, when calling it
+    directly gives what ``encoder(text)`` gives: no truncation, padding or special-token
+    splitting set on it (transformers turns those off for each call); else None."""
+    try:
+        from fairseq2.data.tokenizers.hg import HuggingFaceTokenEncoder
+    except ImportError:
+        return None
+    if not all(type(e) is HuggingFaceTokenEncoder for e in encoders):
+        return None
+    hf = [getattr(getattr(e, "_model", None), "_tok", None) for e in encoders]
+    rust = getattr(hf[0], "_tokenizer", None)
+    if rust is None or any(getattr(h, "_tokenizer", None) is not rust for h in hf):
+        return None
+    if rust.truncation is not None or rust.padding is not None or rust.encode_special_tokens != getattr(hf[0], "split_special_tokens", False):
+        return None
+    if not all(hasattr(e, "_prefix_indices") and hasattr(e, "_suffix_indices") for e in encoders):
+        return None
+    return rust

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 from lmtune.errors import UserError
@@ -28,22 +29,31 @@ class Record:
         return f"{self.file}:{self.line}"
 
 
-def read_records(path: Path, *, need_target: bool = True) -> list[Record]:
-    """Reads and checks every line of a JSONL file; blank lines are skipped."""
+def iter_records(path: Path, *, need_target: bool = True) -> Iterator[Record]:
+    """Reads and checks every line of a JSONL file, one at a time; blank lines are skipped."""
     if not path.is_file():
         raise UserError(f"{path}: dataset file does not exist.")
-    records = []
+    found = False
     with path.open(encoding="utf-8") as fp:
         for line_nr, line in enumerate(fp, start=1):
             if not line.strip():
                 continue
-            records.append(_parse_line(path, line_nr, line, need_target))
-    if not records:
+            found = True
+            yield parse_line(path, line_nr, line, need_target)
+    if not found:
         raise UserError(f"{path}: the dataset file has no records; each line should be a JSON object with 'src'/'tgt' or 'messages'.")
-    return records
 
 
-def _parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record:
+def read_records(path: Path, *, need_target: bool = True) -> list[Record]:
+    return list(iter_records(path, need_target=need_target))
+
+
+def check_records(path: Path) -> int:
+    """Checks every record without keeping them (a large file costs no memory); returns the count."""
+    return sum(1 for _ in iter_records(path))
+
+
+def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record:
     where = f"{path}:{line_nr}"
     try:
         obj = json.loads(line)

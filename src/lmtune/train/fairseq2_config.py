@@ -115,7 +115,8 @@ def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]
     }
 
 
-def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None):  # type: ignore[no-untyped-def]
+def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):  # type: ignore[no-untyped-def]
+    """``encoded``: data file -> its cache directory (OUT/cache/encoded/...), when data_cache is on."""
     from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, SftDataSection, TaskEvalSection
     from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
 
@@ -140,6 +141,9 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             max_num_tokens=o.max_num_tokens,
             batch_size=o.batch_size,
             packing=o.packing,
+            train_encoded=(encoded or {}).get(train_file),
+            valid_encoded=(encoded or {}).get(valid_file) if valid_file is not None else None,
+            encode_workers=encode_workers,
         ),
         regime=RegimeSection(
             num_steps=o.max_num_steps,

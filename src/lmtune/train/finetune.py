@@ -12,20 +12,24 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.catalog.cards import CardStore
 from lmtune.launch import explain_distributed_failure, prepare_distributed_env
 from lmtune.options.load import dump_yaml, to_dict
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.options.finetune import FinetuneOptions
-from lmtune.data.records import read_records
+from lmtune.data.records import check_records
 from lmtune.run_dir import (
-    check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, is_main_process,
+    check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, encoded_cache_root, is_main_process,
     lock_output_dir, read_early_stop, save_config, write_early_stop, write_tokenizer_card,
 )
 from lmtune.train.console import RunConsole
 from lmtune.train.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
+
+if TYPE_CHECKING:
+    from lmtune.data.encoded_cache import CachePlan
 
 
 def _check_numbers(o: FinetuneOptions) -> None:
@@ -86,10 +90,6 @@ def resolve_inputs(o: FinetuneOptions) -> Inputs:
         v = resolve_dataset(store, o.valid_dataset, "valid_dataset")
         valid = v.valid or v.test or v.train
         task, labels = (v.task, v.labels) if v.task is not None else (task, labels)
-    # Malformed records fail here, before any model is loaded.
-    read_records(data.train)
-    if valid is not None:
-        read_records(valid)
     return Inputs(model, tokenizer, data.train, valid, task, labels)
 
 
@@ -108,6 +108,28 @@ def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptio
     return max_seq_len
 
 
+def _cache_plans(out_dir: Path, o: FinetuneOptions, tokenizer: TokenizerSpec, files: list[Path]) -> dict[Path, CachePlan]:
+    if not o.data_cache:
+        return {}
+    from lmtune.data.encoded_cache import plan_cache
+
+    return {path: plan_cache(encoded_cache_root(out_dir), path, tokenizer) for path in dict.fromkeys(files)}
+
+
+def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: TokenizerSpec) -> None:
+    """Rank 0, before fairseq2 starts: the other ranks map the caches once they have all joined."""
+    from lmtune.data.encoded_cache import build_cache, reuse_message
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.parallel_encoding import default_workers, encode_jsonl
+
+    encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
+    for plan in caches.values():
+        if plan.stale is None:
+            print(reuse_message(plan), file=sys.stderr)
+            continue
+        build_cache(plan, lambda tmp, p=plan: encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp))
+
+
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:
     """``console``: what the run shows (default: the compact console of ``lmtune.train.console``)."""
     console = console or RunConsole()
@@ -122,6 +144,10 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o, loaded))
     plan = plan_validation(o, valid_file, inputs.task, inputs.labels, loaded, tokenizer.hf_dir)
     main = is_main_process()
+    caches = _cache_plans(out_dir, o, tokenizer, [p for p in (train_file, valid_file) if p is not None])
+    for path in dict.fromkeys(p for p in (train_file, valid_file) if p is not None):
+        if path not in caches or caches[path].stale is not None:
+            check_records(path)  # malformed records fail here, before OUT is touched (a current cache was checked when built)
     checkpoint_dir = run_checkpoint_dir(out_dir)
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
     earlier_stop = read_early_stop(out_dir) if has_checkpoint else None
@@ -137,10 +163,14 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
             print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
         save_config(out_dir, dump_yaml(o))
         write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
+        _write_caches(caches, loaded, tokenizer)
 
+    from lmtune.data.parallel_encoding import default_workers
     from lmtune.train.fairseq2_config import finetune_config
 
-    config = finetune_config(o, model, tokenizer, train_file, valid_file, plan, out_dir)
+    encoded = {path: c.directory for path, c in caches.items()}
+    workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    config = finetune_config(o, model, tokenizer, train_file, valid_file, plan, out_dir, encoded, workers)
     if plan.metric is not None and earlier_stop is not None:
         # Raised patience: the count goes on. Raised max_num_steps alone: the count starts afresh.
         config.early_stopping.forgive_at_resume = o.early_stopping.patience == earlier_stop["patience"]
