@@ -1,0 +1,140 @@
+"""LoRA fine-tuning: adapters on a frozen base, checkpoints of the adapters alone, exact resume.
+
+The reference for each number: the base model itself (step 0 of LoRA changes nothing),
+a full fine-tuning checkpoint of the same model (size), an uninterrupted run (resume).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import assert_user_error, run_lmtune
+from lora_runs import BASE_CONFIG, LORA_ARGS, RUN_ARGS, dir_bytes, losses, train, write_base
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_base(tmp_path_factory.mktemp("lora_base"))
+
+
+@pytest.fixture(scope="module")
+def lora_run(cards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(tmp_path_factory.mktemp("lora") / "out", cards, *LORA_ARGS)
+
+
+def _base_spec(cards: Path):  # type: ignore[no-untyped-def]
+    from lmtune.catalog.specs import ModelSpec
+
+    card = yaml.safe_load((cards / "lora_base.yaml").read_text())
+    return ModelSpec("lora_base", "llama", "llama3_2_1b", BASE_CONFIG, Path(card["checkpoint"]), "test")
+
+
+def _tensors(step_dir: Path) -> dict[str, torch.Tensor]:
+    from lmtune.train.lora import read_checkpoint_tensors
+
+    return read_checkpoint_tensors(step_dir / "model")
+
+
+def test_adapters_start_as_the_base_model_and_only_they_train(cards: Path) -> None:
+    from fairseq2.nn import BatchLayout
+
+    from lmtune.catalog.loading import load_model
+    from lmtune.train.lora import apply_lora, target_names
+
+    base = load_model(_base_spec(cards))
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = base(ids, BatchLayout.of(ids))
+    model = apply_lora(base, rank=4, alpha=8, dropout=0.0, targets=target_names("all_linear", "lora_base"))
+    got = model(ids, BatchLayout.of(ids))
+    assert torch.equal(got, expected)  # B = 0: exactly the base model
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert len(trainable) == 2 * 7 * 2 and all(n.endswith(("lora_a", "lora_b")) for n in trainable)
+    got.logsumexp(-1).sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    assert all(model.get_parameter(n).grad is not None for n in trainable if n.endswith("lora_b"))
+    # Each target's A is Kaiming-uniform: bounded by 1/sqrt(in_features), and not zero.
+    a = model.get_parameter("decoder.layers.0.ffn.output_proj.lora_a")
+    assert 0 < a.abs().max() <= a.shape[1] ** -0.5
+
+
+def test_lora_run_trains_and_checkpoints_only_adapters(lora_run: Path) -> None:
+    steps = losses(lora_run)
+    assert sorted(steps) == list(range(1, 7))
+    assert steps[6] < steps[1], steps
+    state = _tensors(lora_run / "checkpoints/step_6")
+    assert state and all(k.endswith(("lora_a", "lora_b")) for k in state), sorted(state)[:5]
+    assert len(state) == 2 * 7 * 2  # 2 layers x 7 projections x (A, B)
+    assert any(k.endswith("lora_b") and v.abs().max() > 0 for k, v in state.items())  # B has moved
+    card = yaml.safe_load((lora_run / "checkpoints/lora.yaml").read_text())
+    assert (card["rank"], card["alpha"], card["base"]["name"]) == (4, 8.0, "lora_base")
+
+
+def test_lora_checkpoint_is_at_most_5_percent_of_a_full_one(lora_run: Path, cards: Path, tmp_path: Path) -> None:
+    full = train(tmp_path / "full", cards, "max_num_steps=3")
+    full_bytes = dir_bytes(full / "checkpoints/step_3")
+    lora_bytes = dir_bytes(lora_run / "checkpoints/step_6")  # both the last checkpoint: model, optimizer, trainer, data
+    ratio = lora_bytes / full_bytes
+    print(f"LoRA checkpoint {lora_bytes} bytes, full {full_bytes} bytes: {ratio:.2%}")
+    assert ratio <= 0.05, ratio
+
+
+def test_resumed_lora_run_has_identical_losses(lora_run: Path, tmp_path: Path, cards: Path) -> None:
+    """As after kill -9 right after the step-3 checkpoint: step_6 and the later metrics gone."""
+    out = tmp_path / "resumed"
+    shutil.copytree(lora_run, out)
+    shutil.rmtree(out / "checkpoints/step_6")
+    metrics = out / "metrics/train.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
+    (out / ".lmtune.lock").unlink(missing_ok=True)
+    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resum" in result.stderr
+    expected, resumed = losses(lora_run), losses(out)
+    assert [resumed[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]
+    a, b = _tensors(lora_run / "checkpoints/step_6"), _tensors(out / "checkpoints/step_6")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _refused(tmp_path: Path, cards: Path, *keys: str) -> str:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *keys, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing written, nothing lost
+    return assert_user_error(result)
+
+
+def test_unknown_target_lists_the_valid_names(tmp_path: Path, cards: Path) -> None:
+    line = _refused(tmp_path, cards, "lora.rank=4", "lora.targets=[q_proj,qkv_proj]")
+    assert "'qkv_proj'" in line and "lora_base" in line
+    assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all_linear" in line
+
+
+@pytest.mark.parametrize("rank", ["0", "-2"])
+def test_explicit_rank_below_one_is_refused(tmp_path: Path, cards: Path, rank: str) -> None:
+    line = _refused(tmp_path, cards, f"lora.rank={rank}")
+    assert "lora.rank" in line and "at least 1" in line
+
+
+def test_quantize_on_a_family_without_support_is_refused(tmp_path: Path, cards: Path) -> None:
+    (cards / "mistral.yaml").write_text(yaml.safe_dump({"name": "tiny_mistral", "model_family": "mistral", "model_arch": "7b", "checkpoint": str(cards), "tokenizer_ref": "tiny_tokenizer"}))
+    try:
+        line = _refused(tmp_path, cards, "model=tiny_mistral", "lora.rank=4", "lora.quantize=nf4")
+    finally:
+        (cards / "mistral.yaml").unlink()
+    assert "lora.quantize=nf4" in line and "mistral" in line and "llama and qwen" in line
+
+
+def test_quantize_without_rank_and_lora_on_random_weights_are_refused(tmp_path: Path, cards: Path) -> None:
+    assert "also set lora.rank" in _refused(tmp_path, cards, "lora.quantize=nf4")
+    shutil.rmtree(tmp_path / "out")
+    assert "init: random" in _refused(tmp_path, cards, "model=tiny_llama", "lora.rank=4")
