@@ -160,14 +160,15 @@ def lora_modules(model: Module) -> Iterator[tuple[str, LoraLinear]]:
             yield name, m
 
 
-def merged_tensors(model: Module) -> Iterable[tuple[str, Tensor]]:
+def merged_tensors(model: Module, *, merge: bool = True) -> Iterable[tuple[str, Tensor]]:
     """fairseq2 name -> tensor of the merged model: W + B @ A * scale for the adapted projections
-    (dequantized first under NF4), every other weight as it is."""
+    (dequantized first under NF4), every other weight as it is. ``merge=False``: the base's W alone."""
     adapted = dict(lora_modules(model))
     seen: set[int] = set()
     for name, module in model.named_modules():
         if name in adapted:
-            yield f"{name}.weight", adapted[name].merged_weight()
+            a = adapted[name]
+            yield f"{name}.weight", a.merged_weight() if merge else a.base_weight().float()
             if adapted[name].bias is not None:
                 yield f"{name}.bias", adapted[name].bias.detach()  # type: ignore[union-attr]
             continue
