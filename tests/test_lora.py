@@ -138,3 +138,26 @@ def test_quantize_without_rank_and_lora_on_random_weights_are_refused(tmp_path: 
     assert "also set lora.rank" in _refused(tmp_path, cards, "lora.quantize=nf4")
     shutil.rmtree(tmp_path / "out")
     assert "init: random" in _refused(tmp_path, cards, "model=tiny_llama", "lora.rank=4")
+
+
+def test_new_stage_from_a_lora_checkpoint_continues_its_adapters(lora_run: Path, tmp_path: Path, cards: Path) -> None:
+    """Stage 2's warmup starts at learning rate 0, so what it saves after step 1 is what it started from."""
+    out = tmp_path / "stage2"
+    result = run_lmtune(
+        "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", f"resume_checkpoint_dir={lora_run}/checkpoints",
+        "model=last_checkpoint", "max_num_steps=2", "checkpoint_every_n_steps=1", "publish_metrics_every_n_steps=1",
+        "keep_last_n_models=2", "lr_scheduler.num_warmup_steps=1", "max_num_tokens=1024", "tensorboard=false",
+        env={"LMTUNE_USER_ASSET_DIR": str(cards)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    started, stage1 = _tensors(out / "checkpoints/step_1"), _tensors(lora_run / "checkpoints/step_6")
+    assert started.keys() == stage1.keys() and all(torch.equal(started[k], stage1[k]) for k in stage1)
+    trained = _tensors(out / "checkpoints/step_2")
+    assert any(not torch.equal(trained[k], started[k]) for k in started)
+    card, card1 = (yaml.safe_load((d / "checkpoints/lora.yaml").read_text()) for d in (out, lora_run))
+    assert (card["rank"], card["alpha"], card["targets"], card["base"]) == (card1["rank"], card1["alpha"], card1["targets"], card1["base"])
+
+
+def test_new_stage_with_another_rank_is_refused(lora_run: Path, tmp_path: Path, cards: Path) -> None:
+    line = _refused(tmp_path, cards, f"resume_checkpoint_dir={lora_run}/checkpoints", "model=last_checkpoint", "lora.rank=8")
+    assert "rank 4" in line and "lora.rank" in line
