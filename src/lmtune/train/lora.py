@@ -181,12 +181,18 @@ def merged_tensors(model: Module, *, merge: bool = True) -> Iterable[tuple[str, 
 
 
 def read_checkpoint_tensors(model_dir: Path) -> dict[str, Tensor]:
-    """The tensors of a fairseq2 checkpoint's step_N/model directory (one replicated shard)."""
-    files = sorted(model_dir.rglob("*.pt"))
+    """The tensors of a fairseq2 checkpoint's step_N/model directory: one replicated file (DDP), or
+    FSDP's shards (sdp_00.pt, sdp_01.pt, ...), each holding its rank's rows, joined along dim 0."""
+    files = sorted(model_dir.glob("pp_00/tp_00/sdp_*.pt"))
     if not files:
         raise UserError(f"{model_dir} holds no checkpoint file.")
-    state = torch.load(files[0], map_location="cpu", weights_only=True)
-    return state.get("model", state) if isinstance(state.get("model"), dict) else state  # type: ignore[no-any-return]
+    shards = []
+    for file in files:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        shards.append(state["model"] if isinstance(state.get("model"), dict) else state)
+    if len(shards) == 1:
+        return shards[0]  # type: ignore[no-any-return]
+    return {key: torch.cat([shard[key] for shard in shards], dim=0) for key in shards[0]}
 
 
 def load_adapters(model: Module, model_dir: Path) -> None:
