@@ -190,3 +190,16 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Pa
     # so a rounding difference in a near-zero gradient moves a weight by up to ~1e-5 here.
     for k in a1:
         torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
+
+
+def test_gradient_accumulation_equals_one_batch_of_both(cards: Path, tmp_path: Path) -> None:
+    args = ["lora.rank=4", "lora.alpha=8", "max_grad_norm=null"]
+    accumulated = train(tmp_path / "accumulated", cards, *args, "batch_size=8", "gradient_accumulation_steps=2")
+    one = train(tmp_path / "one", cards, *args, "batch_size=16")
+    la, l1 = losses(accumulated), losses(one)
+    assert sorted(la) == sorted(l1) == list(range(1, 7))
+    for step in l1:
+        assert abs(la[step] - l1[step]) < 1e-4 * max(1.0, abs(l1[step])), (step, la[step], l1[step])
+    a2, a1 = _tensors(accumulated / "checkpoints/step_6"), _tensors(one / "checkpoints/step_6")
+    for k in a1:  # the same tolerance as across ranks, for the same reason
+        torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
