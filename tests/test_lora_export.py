@@ -142,3 +142,53 @@ def test_export_of_a_checkpoint_whose_base_is_gone_is_refused(exported: dict[str
     assert not list((out / "checkpoints/step_6").glob("*hf*"))
     r = run_lmtune("generate", str(tmp_path / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "dataset=tiny_gsm8k", env=env)
     assert_user_error(r, "lora_base", "not there")
+
+
+# ------------------------------------------------------- Qwen2.5 and Qwen3 layouts
+
+QWEN = {"model_dim": 64, "num_layers": 2, "num_attn_heads": 4, "num_key_value_heads": 2, "ffn_inner_dim": 96, "max_seq_len": 64, "vocab_size": 416}
+
+
+@pytest.mark.parametrize("base_card,arch,overrides", [
+    ("qwen25_1.5b", "qwen25_1_5b", {**QWEN, "tied_embeddings": True}),  # q/k/v biases
+    ("qwen3_0.6b", "qwen3_0.6b", {**QWEN, "tied_embeddings": False, "head_dim": 32}),  # q/k norms, heads x head_dim != model_dim
+], ids=["qwen25", "qwen3"])
+def test_qwen_adapters_export_to_peft_and_merged(base_card: str, arch: str, overrides: dict[str, object], tmp_path: Path) -> None:
+    """Adapters with random A and B on a Qwen base, written as a run would, exported both ways."""
+    from fairseq2.nn import BatchLayout
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.catalog.loading import load_model
+    from lmtune.catalog.specs import LoraSpec, ModelSpec, TokenizerSpec
+    from lmtune.export.hf_dir import export_hf
+    from lmtune.export.peft_adapter import export_peft_adapter
+    from lmtune.train.lora import apply_lora, lora_modules, target_names
+    from tiny_builders import QWEN2_SPLIT, bpe_ranks, build_tiny_model, write_hf_dir, write_hf_qwen_tokenizer
+
+    tiny = build_tiny_model("qwen", base_card, overrides, seed=5)
+    base = ModelSpec(base_card, "qwen", arch, overrides, write_hf_dir(tiny, tmp_path / "base"), "test")
+    tokenizer = TokenizerSpec("qwen_hf", "qwen", write_hf_qwen_tokenizer(tmp_path / "tok", bpe_ranks(QWEN2_SPLIT)), {"use_im_end": True})
+    targets = target_names("all_linear", base_card)
+    model = apply_lora(load_model(base), rank=4, alpha=8, dropout=0.0, targets=targets, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    for _, m in lora_modules(model):
+        m.lora_b.data.copy_(0.05 * torch.randn(m.lora_b.shape, generator=generator))
+    shard = tmp_path / "run/step_1/model/pp_00/tp_00"
+    shard.mkdir(parents=True)
+    torch.save(model.state_dict(), shard / "sdp_00.pt")  # the adapters alone, as in a checkpoint
+    spec = ModelSpec("checkpoint", "qwen", arch, overrides, tmp_path / "run/step_1/model", "test", tokenizer,
+                     lora=LoraSpec(4, 8.0, 0.0, targets, "none", base, seed=1))
+
+    ids = torch.randint(0, 416, (2, 24), generator=generator)
+    with torch.no_grad():
+        expected = load_model(spec)(ids, BatchLayout.of(ids))
+        export_peft_adapter(spec, tokenizer, tmp_path / "adapter", log=lambda m: None)
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tmp_path / "adapter_base"), dtype=torch.float32), str(tmp_path / "adapter"))
+        got = peft_model(input_ids=ids).logits
+        export_hf(spec, tokenizer, tmp_path / "merged", log=lambda m: None)
+        merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)(input_ids=ids).logits
+        base_only = load_model(base)(ids, BatchLayout.of(ids))
+    assert (got - expected).abs().max().item() < LOGIT_TOLERANCE
+    assert (merged - expected).abs().max().item() < 1e-4  # merging rounds W + BA once more
+    assert (base_only - expected).abs().max().item() > 100 * LOGIT_TOLERANCE
