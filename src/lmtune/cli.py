@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from lmtune.commands.common import take_output_dir
 
-    # transformers imports torchao when it is installed (QLoRA uses it), and torchao 0.16 warns on
+    # transformers imports torchao when it is installed (QLoRA uses it), and torchao 0.17 warns on
     # every import that its optional C++ kernels need a newer torch; its NF4 code is pure PyTorch.
     logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
