@@ -34,11 +34,11 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(request: pytest.FixtureRequest, cards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp(request.param)
     extra = ["lora.quantize=nf4"] if request.param == "qlora" else []
-    out = train(root / "out", cards, *LORA_ARGS, *extra)
+    out = train(root / "out", cards, *LORA_ARGS, *extra, "export_hf=last")  # the merged export, as training ends
+    assert (out / "checkpoints/step_6/hf/config.json").is_file()
     env = {"LMTUNE_USER_ASSET_DIR": str(cards)}
-    for flags in ([], ["--adapter"]):
-        r = run_lmtune("write_hf_config", str(out), *flags, env=env)
-        assert r.returncode == 0, r.stderr[-3000:]
+    r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
     lines = (REPO / "assets/tiny/gsm8k/test/test.jsonl").read_text().splitlines()[:3]
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(line + "\n" for line in lines))
