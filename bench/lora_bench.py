@@ -184,7 +184,7 @@ def format_table(results, args) -> str:  # type: ignore[no-untyped-def]
     lines = [
         f"### lora_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- command: `bench/lora_bench.py --steps {args.steps} --scale {args.scale}`",
+        f"- command: `bench/lora_bench.py --steps {args.steps} --scale {args.scale} --threads {args.threads}`",
         f"- machine: {cpu}, {os.cpu_count()} cores, {args.threads} thread(s) per contender, git {commit}",
         "",
         "| contender | steps timed | tokens/step | tokens/s (steady) | s/step | peak RSS (GiB) |",
