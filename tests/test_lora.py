@@ -84,17 +84,28 @@ def test_lora_checkpoint_is_at_most_5_percent_of_a_full_one(lora_run: Path, card
     assert ratio <= 0.05, ratio
 
 
-def test_resumed_lora_run_has_identical_losses(lora_run: Path, tmp_path: Path, cards: Path) -> None:
-    """As after kill -9 right after the step-3 checkpoint: step_6 and the later metrics gone."""
+@pytest.fixture(scope="module")
+def qlora_run(cards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(tmp_path_factory.mktemp("qlora") / "out", cards, *LORA_ARGS, *QLORA_ARGS)
+
+
+QLORA_ARGS = ["lora.quantize=nf4"]
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora"])
+def test_resumed_lora_run_has_identical_losses(kind: str, request: pytest.FixtureRequest, tmp_path: Path, cards: Path) -> None:
+    """As after kill -9 right after the step-3 checkpoint: step_6 and the later metrics gone. The
+    resumed run reloads (and for QLoRA re-quantizes) the base and restores the adapters."""
+    lora_run: Path = request.getfixturevalue(f"{kind}_run")
     out = tmp_path / "resumed"
     shutil.copytree(lora_run, out)
     shutil.rmtree(out / "checkpoints/step_6")
     metrics = out / "metrics/train.jsonl"
     metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
     (out / ".lmtune.lock").unlink(missing_ok=True)
-    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, *(QLORA_ARGS if kind == "qlora" else []), env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resum" in result.stderr
+    assert "resuming from step 3" in result.stderr
     expected, resumed = losses(lora_run), losses(out)
     assert [resumed[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]
     a, b = _tensors(lora_run / "checkpoints/step_6"), _tensors(out / "checkpoints/step_6")
@@ -174,11 +185,16 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1", LMTUNE_USER_ASSET_DIR=str(cards))
     torchrun = Path(sys.executable).with_name("torchrun")
+
+    def run_two(out: Path) -> str:
+        cmd = [str(torchrun), "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-m", "lmtune",
+               "instruction_finetune", str(out), *RUN_ARGS, *args, f"data_parallelism={parallelism}"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stderr
+
     two = tmp_path / "two"
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-m", "lmtune",
-           "instruction_finetune", str(two), *RUN_ARGS, *args, f"data_parallelism={parallelism}"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_two(two)
     one = train(tmp_path / "one", cards, *args[:2], "batch_size=16", "max_grad_norm=null")
     l2, l1 = losses(two), losses(one)
     assert sorted(l2) == sorted(l1) == list(range(1, 7))
@@ -190,6 +206,18 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Pa
     # so a rounding difference in a near-zero gradient moves a weight by up to ~1e-5 here.
     for k in a1:
         torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
+    # Resumed on 2 ranks from the step-3 checkpoint (FSDP: sharded adapters and optimizer state): bit-identical.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "checkpoints/step_6")
+    metrics = resumed / "metrics/train.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
+    (resumed / ".lmtune.lock").unlink(missing_ok=True)
+    assert "resuming from step 3" in run_two(resumed)
+    lr = losses(resumed)
+    assert [lr[s] for s in (4, 5, 6)] == [l2[s] for s in (4, 5, 6)]
+    ar = _tensors(resumed / "checkpoints/step_6")
+    assert all(torch.equal(ar[k], a2[k]) for k in a2)
 
 
 def test_gradient_accumulation_equals_one_batch_of_both(cards: Path, tmp_path: Path) -> None:
