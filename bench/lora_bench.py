@@ -13,10 +13,14 @@ with AdamW (lr 1e-4) on the same rows of 512 token ids, one row per step:
 - transformers + PEFT: `AutoModelForCausalLM` on lmtune's HF export of the same checkpoint,
   `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step).
 
+- TRL: `SFTTrainer(peft_config=LoraConfig(...))` on the same export and rows (pre-tokenized, no
+  packing, batch 1). TRL cannot go into lmtune's venv (a plain install upgrades transformers
+  to 5.x), so it runs in a side venv layered over it, built by bench/packing_bench.py's
+  `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's pins, the row says why.
+
 Tokens/s is over the steps after the first (its warmup), each contender timed per step
 (fairseq2's Lapse Time for lmtune). Peak RSS is the kernel's (getrusage) for each
-contender's own process. TRL's SFTTrainer would pull transformers 5.x into this venv (see
-bench/RESULTS.md, packing): it is left out here.
+contender's own process.
 """
 
 from __future__ import annotations
@@ -54,6 +58,31 @@ for step in range(steps):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - start)
+print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)]) for s in range(steps)]}))
+""" % TARGETS
+
+
+TRL_CHILD = r"""
+import json, sys, time, torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+hf_dir, rows, steps, out = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+times, begin = [], [0.0]
+class Clock(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        begin[0] = time.perf_counter()
+    def on_step_end(self, args, state, control, **kwargs):
+        times.append(time.perf_counter() - begin[0])
+model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+config = SFTConfig(output_dir=out, max_length=512, packing=False, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-4,
+                   adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, lr_scheduler_type="constant", max_grad_norm=None, use_cpu=True,
+                   save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False)
+data = Dataset.from_list([{"input_ids": rows[s %% len(rows)]} for s in range(steps)])
+trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(hf_dir),
+                     peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"), callbacks=[Clock()])
+trainer.train()
 print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)]) for s in range(steps)]}))
 """ % TARGETS
 
@@ -147,6 +176,8 @@ def main() -> None:
     parser.add_argument("--scale", choices=["1b", "smoke"], default="1b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--trl-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmtune/lora-bench-venv",
+                        help="side venv for TRL, layered over this one (built on first use)")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory(prefix="lora_bench_") as tmp:
@@ -154,15 +185,25 @@ def main() -> None:
         build_run(root / "base", args.scale)
         rows = write_data(root / "data.jsonl", args.steps)
         results = []
-        for name in ("lmtune", "transformers+peft"):
+        sys.path.insert(0, str(REPO / "bench"))
+        from packing_bench import hf_venv
+
+        trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
+        print(f"lora_bench: {trl_line}", file=sys.stderr)
+        for name in ("lmtune", "transformers+peft", "trl+peft"):
+            if name == "trl+peft" and (trl_python is None or trl_reason):
+                results.append((name, None, None, [], None, trl_reason or trl_line))
+                continue
             if name == "lmtune":
                 cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / "lmtune"), "--config",
                        f"resume_checkpoint_dir={root / 'base/checkpoints'}", "model=last_checkpoint", f"dataset={root / 'data.jsonl'}",
                        "lora.rank=16", "lora.alpha=32", "lora.targets=all_linear", f"max_seq_len={SEQ_LEN}", f"max_num_tokens={SEQ_LEN}",
                        f"max_num_steps={args.steps}", "dtype=float32", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
                        "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null"]
-            else:
+            elif name == "transformers+peft":
                 cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps)]
+            else:
+                cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps), str(root / "trl")]
             out, rss = measured(cmd, env, name)
             if name == "lmtune":
                 metrics = [json.loads(line) for line in (root / "lmtune/metrics/train.jsonl").read_text().splitlines()]
@@ -170,7 +211,7 @@ def main() -> None:
             else:
                 data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
                 times, tokens = data["times"], data["tokens"]
-            results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss))
+            results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss, ""))
         table = format_table(results, args)
         print(table)
         if args.record:
@@ -190,7 +231,10 @@ def format_table(results, args) -> str:  # type: ignore[no-untyped-def]
         "| contender | steps timed | tokens/step | tokens/s (steady) | s/step | peak RSS (GiB) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, rate, per_step, tokens, rss in results:
+    for name, rate, per_step, tokens, rss, note in results:
+        if rate is None:
+            lines.append(f"| {name} | not run: {note} | | | | |")
+            continue
         lines.append(f"| {name} | {len(tokens) - 1} | {sum(tokens[1:]) / (len(tokens) - 1):.0f} | {rate:.1f} | {per_step:.2f} | {rss:.2f} |")
     return "\n".join(lines)
 
