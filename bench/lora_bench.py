@@ -14,7 +14,8 @@ with AdamW (lr 1e-4) on the same rows of 512 token ids, one row per step:
   `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step).
 
 - TRL: `SFTTrainer(peft_config=LoraConfig(...))` on the same export and rows (pre-tokenized, no
-  packing, batch 1). TRL cannot go into lmtune's venv (a plain install upgrades transformers
+  packing, batch 1), with `bf16=False, gradient_checkpointing=False` (TRL 1.16's defaults are
+  bfloat16 autocast and activation checkpointing; the comparison is float32 without either). TRL cannot go into lmtune's venv (a plain install upgrades transformers
   to 5.x), so it runs in a side venv layered over it, built by bench/packing_bench.py's
   `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's pins, the row says why.
 
@@ -78,7 +79,8 @@ class Clock(TrainerCallback):
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
 config = SFTConfig(output_dir=out, max_length=512, packing=False, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-4,
                    adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, lr_scheduler_type="constant", max_grad_norm=None, use_cpu=True,
-                   save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False)
+                   save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+                   bf16=False, gradient_checkpointing=False)  # TRL's defaults are bf16 autocast and checkpointing: float32 as the others
 data = Dataset.from_list([{"input_ids": rows[s %% len(rows)]} for s in range(steps)])
 trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(hf_dir),
                      peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"), callbacks=[Clock()])

@@ -54,7 +54,7 @@ class LoraSpec:
 
     def as_card(self) -> dict[str, object]:
         b = self.base
-        base = {"name": b.name, "model_family": b.family, "model_arch": b.arch, "model_config": b.config, "checkpoint": str(b.checkpoint) if b.checkpoint else None}
+        base = {"name": b.name, "model_family": b.family, "model_arch": b.arch, "model_config": b.config, "checkpoint": str(Path(b.checkpoint).absolute()) if b.checkpoint else None}
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": self.targets, "quantize": self.quantize, "seed": self.seed, "base": base}
 
     @staticmethod

@@ -197,7 +197,7 @@ def read_checkpoint_tensors(model_dir: Path) -> dict[str, Tensor]:
 
 def load_adapters(model: Module, model_dir: Path) -> None:
     """Copies a LoRA checkpoint's adapters into ``model`` (built with the same settings)."""
-    state = {k: v for k, v in read_checkpoint_tensors(model_dir).items()}
+    state = read_checkpoint_tensors(model_dir)
     expected = {k for k in model.state_dict() if is_adapter_key(k)}
     if set(state) != expected:
         raise UserError(f"{model_dir} does not hold this model's LoRA adapters (it has {len(set(state) & expected)} of {len(expected)} adapter tensors); was it trained with other lora settings?")
