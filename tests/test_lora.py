@@ -231,3 +231,35 @@ def test_gradient_accumulation_equals_one_batch_of_both(cards: Path, tmp_path: P
     a2, a1 = _tensors(accumulated / "checkpoints/step_6"), _tensors(one / "checkpoints/step_6")
     for k in a1:  # the same tolerance as across ranks, for the same reason
         torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
+
+
+def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> None:
+    """The validation loss at step 3 is that of the step-3 checkpoint's model (base + adapters), recomputed here."""
+    import json
+
+    from fairseq2.nn import BatchLayout
+
+    from lmtune.catalog.loading import load_model, load_tokenizer
+    from lmtune.catalog.specs import model_from_checkpoint_dir
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.records import read_records
+    from lmtune.resources import assets_dir
+
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("".join(line + "\n" for line in (assets_dir() / "tiny/gsm8k/test/test.jsonl").read_text().splitlines()[:16]))
+    out = train(tmp_path / "out", cards, "lora.rank=4", "lora.alpha=8", f"valid_dataset={valid}", "validate_every_n_steps=3", "eval_task=none")
+    logged = {m["Step"]: m["NLL Loss"] for m in map(json.loads, (out / "metrics/valid.jsonl").read_text().splitlines())}
+    spec = model_from_checkpoint_dir(out / "checkpoints", 3, "test")
+    model = load_model(spec)
+    encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for record in read_records(valid):
+            ex = encoder.encode(record)
+            ids = torch.tensor([ex.tokens])
+            logp = model(ids[:, :-1], BatchLayout.of(ids[:, :-1])).log_softmax(-1)[0]
+            mask = torch.tensor(ex.target_mask[1:])
+            total -= logp.gather(-1, ids[0, 1:, None])[:, 0][mask].sum().item()
+            targets += int(mask.sum())
+    assert abs(logged[3] - total / targets) < 1e-4 * abs(logged[3]), (logged[3], total / targets)
+    assert logged[6] != logged[3]
