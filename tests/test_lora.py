@@ -174,14 +174,15 @@ def test_new_stage_with_another_rank_is_refused(lora_run: Path, tmp_path: Path, 
     assert "rank 4" in line and "lora.rank" in line
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Path, parallelism: str) -> None:
-    """torchrun, 2 processes on CPU (gloo): the same adapters as one process with both ranks' examples."""
+@pytest.mark.parametrize("parallelism,quantize", [("ddp", "none"), ("fsdp", "none"), ("ddp", "nf4")])
+def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Path, parallelism: str, quantize: str) -> None:
+    """torchrun, 2 processes on CPU (gloo): the same adapters as one process with both ranks' examples.
+    Under QLoRA each rank loads and quantizes the base itself (a 4-bit base is never broadcast)."""
     import os
     import subprocess
     import sys
 
-    args = ["lora.rank=4", "lora.alpha=8", "batch_size=8", "max_grad_norm=null"]  # no dropout: ranks draw different masks
+    args = ["lora.rank=4", "lora.alpha=8", f"lora.quantize={quantize}", "batch_size=8", "max_grad_norm=null"]  # no dropout: ranks draw different masks
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1", LMTUNE_USER_ASSET_DIR=str(cards))
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -195,7 +196,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Pa
 
     two = tmp_path / "two"
     run_two(two)
-    one = train(tmp_path / "one", cards, *args[:2], "batch_size=16", "max_grad_norm=null")
+    one = train(tmp_path / "one", cards, *args[:3], "batch_size=16", "max_grad_norm=null")
     l2, l1 = losses(two), losses(one)
     assert sorted(l2) == sorted(l1) == list(range(1, 7))
     for step in l1:
