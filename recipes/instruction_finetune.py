@@ -103,6 +103,21 @@ class EarlyStoppingSection:
 
 
 @dataclass(kw_only=True)
+class LoraSection:
+    """Adapters added to the loaded model in ``setup_model`` (lmtune.train.lora); rank None: none."""
+
+    rank: int | None = None
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=list)
+    quantize: str = "none"
+    seed: int = 0
+    base_name: str = ""
+    adapter_init: Path | None = None
+    """An earlier LoRA run's step_N/model: start from its adapters (a new stage)."""
+
+
+@dataclass(kw_only=True)
 class FinetuneConfig:
     model: ModelSection
     tokenizer: TokenizerSection
@@ -115,6 +130,7 @@ class FinetuneConfig:
     common: CommonSection = field(default_factory=CommonSection)
     eval: TaskEvalSection = field(default_factory=TaskEvalSection)
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
 
 def prepare_examples(path: Path, encoded: Path | None, encoder: ExampleEncoder, workers: int) -> EncodedExamples:
@@ -143,6 +159,17 @@ class InstructionFinetuneRecipe(Recipe):
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display_name, 210, format_as_int))
         if self._console is not None:  # what the run shows on the console (lmtune.train.console)
             self._console.attach(container)
+
+    @override
+    def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
+        # Runs after fairseq2 has created or loaded the model and before the data-parallel wrap.
+        config = context.get_config_as(FinetuneConfig)
+        if config.lora.rank is None:
+            return model
+        from lmtune.train.lora_model import lora_training_model
+
+        resuming = context.get_checkpoint_manager().has_checkpoint(exclude_model_only=True)
+        return lora_training_model(model, config.model, config.lora, context.gangs.root.device, resuming=resuming)
 
     @override
     def create_task(self, context: RecipeContext) -> Task:

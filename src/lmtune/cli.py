@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from lmtune.errors import RunFailed, Stopped, UserError, explain_checkpoint_mismatch
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from lmtune.commands.common import take_output_dir
 
+    # transformers imports torchao when it is installed (QLoRA uses it), and torchao 0.17 warns on
+    # every import that its optional C++ kernels need a newer torch; its NF4 code is pure PyTorch.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         take_output_dir(args)
         _command_module(args.command).run(args)

@@ -4,6 +4,7 @@
     OUT/lmtune.yaml                  the effective config; a rerun may change only RESUMABLE_CHANGES
     OUT/checkpoints/model.yaml       fairseq2's card of the model being trained
     OUT/checkpoints/tokenizer.yaml   lmtune's card of the tokenizer it was trained with
+    OUT/checkpoints/lora.yaml        a LoRA run's settings and base model (its checkpoints hold only adapters)
     OUT/checkpoints/step_N/model     a complete checkpoint (fairseq2 writes step_N.tmp, then renames it)
     OUT/checkpoints/step_N/hf        its Hugging Face export
     OUT/checkpoints/scores/step_N.txt   fairseq2's score of checkpoint N (early_stopping.metric, higher is better)
@@ -25,6 +26,7 @@ CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "lmtune.yaml"
 MODEL_CARD = "model.yaml"  # written by fairseq2
 TOKENIZER_CARD = "tokenizer.yaml"
+LORA_CARD = "lora.yaml"
 HF_EXPORT = "hf"
 SCORES = "scores"  # written by fairseq2
 EARLY_STOP_HISTORY = "early_stopping.jsonl"
@@ -143,6 +145,21 @@ def write_tokenizer_card(checkpoints: Path, card: dict[str, object]) -> None:
 
     checkpoints.mkdir(parents=True, exist_ok=True)
     (checkpoints / TOKENIZER_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def write_lora_card(checkpoints: Path, card: dict[str, object]) -> None:
+    import yaml
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / LORA_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def read_lora_card(checkpoints: Path) -> dict[str, object] | None:
+    """A LoRA run's settings and base model; None for a full fine-tuning run."""
+    import yaml
+
+    path = checkpoints / LORA_CARD
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
 def read_cards(checkpoints: Path) -> tuple[dict[str, object], dict[str, object] | None]:

@@ -69,6 +69,8 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     from fairseq2.device import CPU
     from fairseq2.gang import create_fake_gangs
 
+    if spec.lora is not None:
+        return _load_lora_model(spec, device=device, dtype=dtype)
     family = model_family(spec.family)
     config = model_config(spec)
     gangs = create_fake_gangs(device or CPU)
@@ -80,6 +82,29 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
         model = load_llama_without_stale_rotary_buffers(family, config, gangs, dtype, Path(spec.checkpoint), spec.name)
     else:
         model = family.load_custom_model(Path(spec.checkpoint), config, gangs, dtype, False, False, None)
+    model.eval()
+    return model
+
+
+def check_lora_base(spec: ModelSpec) -> None:
+    """A LoRA checkpoint holds only adapters: its base model's weights must still be where they were."""
+    lora = spec.lora
+    assert lora is not None
+    base = lora.base.checkpoint
+    if base is None or not Path(base).exists():
+        raise UserError(f"model '{spec.name}' ({spec.source}) holds LoRA adapters for base model '{lora.base.name}', whose weights {base} are not there any more; put them back at that path (see {spec.source}/lora.yaml).")
+
+
+def _load_lora_model(spec: ModelSpec, *, device: torch.device | None, dtype: torch.dtype) -> torch.nn.Module:
+    """The base model with the checkpoint's adapters on it (NF4 base for a QLoRA run)."""
+    from lmtune.train.lora import apply_lora, load_adapters
+
+    lora = spec.lora
+    assert lora is not None
+    check_lora_base(spec)
+    model = load_model(lora.base, device=device, dtype=dtype)
+    apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=0.0, targets=lora.targets, quantize=lora.quantize, seed=lora.seed)
+    load_adapters(model, Path(spec.checkpoint))  # type: ignore[arg-type]
     model.eval()
     return model
 

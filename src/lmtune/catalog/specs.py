@@ -15,7 +15,7 @@ from typing import Literal
 
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
-from lmtune.run_dir import best_step, checkpoint_steps, is_checkpoint_dir, read_cards, step_model_dir
+from lmtune.run_dir import best_step, checkpoint_steps, is_checkpoint_dir, read_cards, read_lora_card, step_model_dir
 
 # What a user may write for model= to mean a checkpoint of a training run.
 CHECKPOINT_NAME = re.compile(r"^(last_checkpoint|best_checkpoint|checkpoint_step_(\d+))$")
@@ -40,6 +40,33 @@ class TokenizerSpec:
 
 
 @dataclass
+class LoraSpec:
+    """A LoRA run's adapters: their settings and the frozen base model they sit on."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: list[str]
+    """Hugging Face projection names."""
+    quantize: str
+    base: "ModelSpec"
+    seed: int = 0
+
+    def as_card(self) -> dict[str, object]:
+        b = self.base
+        base = {"name": b.name, "model_family": b.family, "model_arch": b.arch, "model_config": b.config, "checkpoint": str(Path(b.checkpoint).absolute()) if b.checkpoint else None}
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": self.targets, "quantize": self.quantize, "seed": self.seed, "base": base}
+
+    @staticmethod
+    def from_card(card: dict[str, object], source: str) -> "LoraSpec":
+        b: dict[str, object] = card["base"]  # type: ignore[assignment]
+        checkpoint = Path(str(b["checkpoint"])) if b.get("checkpoint") else None
+        arch = b.get("model_arch")
+        base = ModelSpec(str(b["name"]), str(b["model_family"]), str(arch) if arch else None, dict(b.get("model_config") or {}), checkpoint, source)  # type: ignore[call-overload]
+        return LoraSpec(int(card["rank"]), float(card["alpha"]), float(card["dropout"]), list(card["targets"]), str(card["quantize"]), base, int(card.get("seed", 0)))  # type: ignore[call-overload, arg-type]
+
+
+@dataclass
 class ModelSpec:
     name: str
     family: str
@@ -51,6 +78,8 @@ class ModelSpec:
     step: int | None = None
     """The step of a training run's checkpoint, and that run's OUT/checkpoints."""
     run_checkpoints: Path | None = None
+    lora: LoraSpec | None = None
+    """For a LoRA run's checkpoint: ``checkpoint`` holds only the adapters, and this says how to rebuild the model."""
 
 
 @dataclass
@@ -197,7 +226,9 @@ def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] 
     tokenizer = None
     if t is not None:
         tokenizer = TokenizerSpec(str(t["name"]), str(t["tokenizer_family"]), Path(str(t["tokenizer"])), dict(t.get("tokenizer_config") or {}))  # type: ignore[call-overload]
-    return ModelSpec(name, str(meta["model_family"]), None, dict(meta.get("model_config") or {}), step_model_dir(checkpoint_dir, step), str(checkpoint_dir), tokenizer, step, checkpoint_dir)
+    lora_card = read_lora_card(checkpoint_dir)
+    lora = LoraSpec.from_card(lora_card, str(checkpoint_dir)) if lora_card is not None else None
+    return ModelSpec(name, str(meta["model_family"]), None, dict(meta.get("model_config") or {}), step_model_dir(checkpoint_dir, step), str(checkpoint_dir), tokenizer, step, checkpoint_dir, lora)
 
 
 # ------------------------------------------------------------------ datasets

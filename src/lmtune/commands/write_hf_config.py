@@ -17,6 +17,10 @@ EPILOG = """CHECKPOINT is one of:
                               HF safetensors), with its architecture (output: PATH/hf)
   CARD                        a model card with a checkpoint (needs --output)
 
+A LoRA run's checkpoint exports merged (W + B @ A * alpha / rank, an NF4 base dequantized
+first); with --adapter, as a PEFT adapter directory (default: step_N/hf_adapter) with its base
+model's Hugging Face directory beside it (step_N/hf_adapter_base).
+
 The directory holds config.json, safetensors weights, the tokenizer (with its chat
 template) and generation_config.json listing every stop token; vLLM and transformers
 load it as is. It appears only once complete.
@@ -39,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shard-size", metavar="SIZE", default="5GB", help="largest safetensors file before sharding with an index (default: 5GB)")
     parser.add_argument("--verify", action="store_true", help="load the export with transformers and compare its logits with lmtune's model (fails above 1e-4)")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--adapter", action="store_true", help="for a LoRA checkpoint: write a PEFT adapter directory and its base model beside it, instead of merged weights")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -46,6 +51,14 @@ def run(args: argparse.Namespace) -> None:
     from lmtune.export.hf_dir import export_hf, resolve_export
 
     spec, tokenizer, default_output = resolve_export(args.checkpoint, args.model, args.tokenizer)
+    if args.adapter:
+        from lmtune.export.peft_adapter import HF_ADAPTER, export_peft_adapter
+
+        if spec.lora is None:
+            raise UserError(f"--adapter exports LoRA adapters, and '{args.checkpoint}' is not a LoRA run's checkpoint; export it without --adapter.")
+        output = args.output or default_output.with_name(HF_ADAPTER)  # type: ignore[union-attr]
+        export_peft_adapter(spec, tokenizer, output, dtype=args.dtype, force=args.force)
+        return
     output = args.output or default_output
     if output is None:
         raise UserError(f"'{args.checkpoint}' is a model card, so there is no checkpoint directory to export beside; pass --output DIR.")

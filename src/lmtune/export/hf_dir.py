@@ -72,6 +72,10 @@ def resolve_export(checkpoint: str, model: str | None = None, tokenizer: str | N
     if model is not None:
         _check_model_option(spec, model)
     _check_family(spec.family, spec.name)
+    if spec.lora is not None:
+        from lmtune.catalog.loading import check_lora_base
+
+        check_lora_base(spec)  # before anything is written
 
     if tokenizer is not None:
         tok = _tokenizer_for_name(tokenizer, spec.family)
@@ -166,8 +170,11 @@ def export_hf(
     verify: bool = False,
     force: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    lora_weights: str = "merged",
 ) -> Path:
-    """Writes the directory beside ``output`` and renames it into place; returns ``output``."""
+    """Writes the directory beside ``output`` and renames it into place; returns ``output``.
+    For a LoRA checkpoint, ``lora_weights`` is "merged" (W + B @ A * scale) or "base" (the frozen
+    base alone, as the run used it: an NF4 base dequantized)."""
     from lmtune.export.safetensors_shards import parse_size
     from lmtune.dtypes import DTYPES
 
@@ -202,12 +209,14 @@ def export_hf(
         top = max(i for i in (ids.bos, ids.eos, ids.pad, *ids.stops) if i is not None)
         if top >= config.vocab_size:  # type: ignore[attr-defined]
             raise UserError(f"tokenizer '{tokenizer.name}' uses token id {top} but model '{spec.name}' has vocab_size={config.vocab_size}; export it with the tokenizer it was trained with.")  # type: ignore[attr-defined]
-        torch_dtype, files, nbytes = _write_weights(spec, config, staging, dtype, max_bytes)
+        torch_dtype, files, nbytes = _write_weights(spec, config, staging, dtype, max_bytes, lora_weights)
         version = transformers.__version__
         _write_json(staging / "config.json", hf_config(spec.family, config, ids, torch_dtype, version))
         _write_json(staging / "generation_config.json", generation_config(ids, version))
         log(f"lmtune: wrote {len(files)} safetensors file(s), {nbytes / 1e6:.1f} MB of {torch_dtype} weights, in {time.monotonic() - start:.1f} s")
-        if verify:
+        if verify and lora_weights == "base":
+            log("lmtune: --verify compares a model with lmtune's; the base of a LoRA checkpoint is checked through its adapter instead")
+        elif verify:
             from lmtune.export.verify import verify_export
 
             log(verify_export(spec, staging, torch_dtype))
@@ -247,8 +256,9 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | None, max_bytes: int) -> tuple[str, list[str], int]:
-    """Streams the checkpoint's tensors into safetensors shards; returns (dtype name, files, bytes)."""
+def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | None, max_bytes: int, lora_weights: str = "merged") -> tuple[str, list[str], int]:
+    """Streams the checkpoint's tensors into safetensors shards; returns (dtype name, files, bytes).
+    A LoRA checkpoint's model is built in memory (base + adapters) and its weights merged first."""
     import torch
     from fairseq2.device import CPU
     from fairseq2.gang import create_fake_gangs
@@ -268,7 +278,13 @@ def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | 
     del meta
     hdim = head_dim(spec.family, config)
     try:
-        tensors = family.iter_checkpoint(Path(spec.checkpoint), config, gangs, mmap=True, restrict=None)  # type: ignore[arg-type]
+        if spec.lora is not None:
+            from lmtune.catalog.loading import load_model
+            from lmtune.train.lora import merged_tensors
+
+            tensors = iter(merged_tensors(load_model(spec), merge=lora_weights == "merged"))
+        else:
+            tensors = family.iter_checkpoint(Path(spec.checkpoint), config, gangs, mmap=True, restrict=None)  # type: ignore[arg-type]
         first = next(tensors, None)
         if first is None:
             raise UserError(f"the checkpoint {spec.checkpoint} holds no tensors.")

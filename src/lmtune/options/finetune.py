@@ -52,6 +52,22 @@ class EarlyStoppingOptions:
 
 
 @dataclass
+class LoraOptions:
+    """Low-rank adapters (LoRA) on the attention and MLP projections; the base weights stay frozen."""
+
+    rank: int | None = None
+    """The adapters' rank r; null: no LoRA, every weight is trained."""
+    alpha: float = 16.0
+    """The adapters' output is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training."""
+    targets: list[str] | str = "all_linear"
+    """Hugging Face projection names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all_linear; the output head never."""
+    quantize: Literal["none", "nf4"] = "none"
+    """nf4: keep the frozen base weights in 4-bit NormalFloat (QLoRA); the adapters stay float32."""
+
+
+@dataclass
 class FinetuneOptions:
     model: str | None = None
     """A model card name, or last_checkpoint / best_checkpoint / checkpoint_step_N with resume_checkpoint_dir."""
@@ -109,3 +125,4 @@ class FinetuneOptions:
     lr_scheduler: LRSchedulerOptions = field(default_factory=LRSchedulerOptions)
     wandb: WandbOptions = field(default_factory=WandbOptions)
     early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)

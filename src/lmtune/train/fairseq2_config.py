@@ -115,6 +115,13 @@ def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]
     }
 
 
+def lora_section(plan):  # type: ignore[no-untyped-def]
+    from lmtune.recipes.instruction_finetune import LoraSection
+
+    s = plan.spec
+    return LoraSection(rank=s.rank, alpha=s.alpha, dropout=s.dropout, targets=list(s.targets), quantize=s.quantize, seed=s.seed, base_name=s.base.name, adapter_init=plan.adapter_init)
+
+
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):  # type: ignore[no-untyped-def]
     """``encoded``: data file -> its cache directory (OUT/cache/encoded/...), when data_cache is on."""
     from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, SftDataSection, TaskEvalSection

@@ -22,7 +22,7 @@ from lmtune.options.finetune import FinetuneOptions
 from lmtune.data.records import check_records
 from lmtune.run_dir import (
     check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, encoded_cache_root, is_main_process,
-    lock_output_dir, read_early_stop, save_config, write_early_stop, write_tokenizer_card,
+    lock_output_dir, read_early_stop, save_config, write_early_stop, write_lora_card, write_tokenizer_card,
 )
 from lmtune.train.console import RunConsole
 from lmtune.train.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
@@ -137,6 +137,12 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
     inputs = resolve_inputs(o)
     model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
+    from lmtune.train.lora_plan import plan_lora
+
+    lora = plan_lora(o, model)
+    if lora is not None:  # the effective settings (a continued adapter's own) go into OUT/lmtune.yaml
+        s = lora.spec
+        o = dataclasses.replace(o, lora=dataclasses.replace(o.lora, rank=s.rank, alpha=s.alpha, targets=s.targets, quantize=s.quantize))
     # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
     from lmtune.catalog.loading import load_tokenizer
 
@@ -163,14 +169,18 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
             print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
         save_config(out_dir, dump_yaml(o))
         write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
-        _write_caches(caches, loaded, tokenizer)
+        if lora is not None:
+            write_lora_card(checkpoint_dir, lora.spec.as_card())
 
     from lmtune.data.parallel_encoding import default_workers
-    from lmtune.train.fairseq2_config import finetune_config
+    from lmtune.train.fairseq2_config import finetune_config, lora_section
 
     encoded = {path: c.directory for path, c in caches.items()}
     workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    config = finetune_config(o, model, tokenizer, train_file, valid_file, plan, out_dir, encoded, workers)
+    # A LoRA run loads its frozen base; the adapters are added in the recipe's setup_model.
+    config = finetune_config(o, lora.spec.base if lora is not None else model, tokenizer, train_file, valid_file, plan, out_dir, encoded, workers)
+    if lora is not None:
+        config.lora = lora_section(lora)
     if plan.metric is not None and earlier_stop is not None:
         # Raised patience: the count goes on. Raised max_num_steps alone: the count starts afresh.
         config.early_stopping.forgive_at_resume = o.early_stopping.patience == earlier_stop["patience"]
@@ -187,6 +197,8 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     from lmtune.train.preemption import PREEMPTED_EXIT_CODE
 
     console.header(o, out_dir, plan, config.regime.publish_metrics_every_n_steps, validates=config.regime.validate_every_n_steps is not None)
+    if main:  # after the header, so the run's first line says what runs; before fairseq2, whose ranks map the caches
+        _write_caches(caches, loaded, tokenizer)
     try:
         with console.running():
             run(InstructionFinetuneRecipe(plan.metrics, console), config, out_dir, no_progress=not console.verbose)

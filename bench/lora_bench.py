@@ -1,0 +1,245 @@
+"""LoRA training throughput and peak memory: lmtune against transformers + PEFT.
+
+    .venv/bin/python bench/lora_bench.py [--steps 4] [--scale 1b|smoke] [--record]
+
+The base is a randomly initialised model of Llama-3.2-1B's shape (1.24 B parameters, stored in
+bfloat16 as a training run's checkpoint, like bench/export_bench.py) and trains in float32 on
+CPU. Both contenders train rank-16 adapters (alpha 32, no dropout) on all seven projections
+with AdamW (lr 1e-4) on the same rows of 512 token ids, one row per step:
+
+- lmtune: `lmtune instruction_finetune` as a user runs it, a new stage on the checkpoint with
+  `lora.rank=16`; each record encodes to at most 512 tokens and fills a packed row alone, so
+  its attention is the same causal attention over 512 tokens as transformers'.
+- transformers + PEFT: `AutoModelForCausalLM` on lmtune's HF export of the same checkpoint,
+  `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step).
+
+- TRL: `SFTTrainer(peft_config=LoraConfig(...))` on the same export and rows (pre-tokenized, no
+  packing, batch 1), with `bf16=False, gradient_checkpointing=False` (TRL 1.16's defaults are
+  bfloat16 autocast and activation checkpointing; the comparison is float32 without either). TRL cannot go into lmtune's venv (a plain install upgrades transformers
+  to 5.x), so it runs in a side venv layered over it, built by bench/packing_bench.py's
+  `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's pins, the row says why.
+
+Tokens/s is over the steps after the first (its warmup), each contender timed per step
+(fairseq2's Lapse Time for lmtune). Peak RSS is the kernel's (getrusage) for each
+contender's own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SEQ_LEN = 512
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SMOKE = {"model_dim": 256, "num_layers": 2, "num_attn_heads": 4, "num_key_value_heads": 2, "ffn_inner_dim": 1024, "vocab_size": 512, "tied_embeddings": True, "pad_idx": 2}
+
+HF_CHILD = r"""
+import json, sys, time, torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+hf_dir, rows, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"))
+model.train()
+optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+times = []
+for step in range(steps):
+    ids = torch.tensor([rows[step %% len(rows)]])
+    start = time.perf_counter()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    times.append(time.perf_counter() - start)
+print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)]) for s in range(steps)]}))
+""" % TARGETS
+
+
+TRL_CHILD = r"""
+import json, sys, time, torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+hf_dir, rows, steps, out = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+times, begin = [], [0.0]
+class Clock(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        begin[0] = time.perf_counter()
+    def on_step_end(self, args, state, control, **kwargs):
+        times.append(time.perf_counter() - begin[0])
+model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+config = SFTConfig(output_dir=out, max_length=512, packing=False, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-4,
+                   adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, lr_scheduler_type="constant", max_grad_norm=None, use_cpu=True,
+                   save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
+                   bf16=False, gradient_checkpointing=False)  # TRL's defaults are bf16 autocast and checkpointing: float32 as the others
+data = Dataset.from_list([{"input_ids": rows[s %% len(rows)]} for s in range(steps)])
+trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(hf_dir),
+                     peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"), callbacks=[Clock()])
+trainer.train()
+print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)]) for s in range(steps)]}))
+""" % TARGETS
+
+
+def build_run(out: Path, scale: str) -> None:
+    """A training run's checkpoint (bfloat16, random weights) of the base, and its HF export."""
+    import torch
+    import yaml
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+    from fairseq2.utils.structured import ValueConverter
+
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import model_config, model_family, resolver
+    from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
+
+    spec = ModelSpec("llama3_2_1b", "llama", "llama3_2_1b", SMOKE if scale == "smoke" else {}, None, "bench")
+    config = model_config(spec)
+    model = model_family("llama").create_new_model(config, create_fake_gangs(CPU), torch.bfloat16, True, False).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    with torch.no_grad():
+        for name, t in model.state_dict(keep_vars=True).items():
+            if name == "final_proj.weight":
+                continue  # tied
+            std = 1.0 if name.endswith("norm.weight") else 0.02
+            t.copy_(torch.randn(t.shape, generator=gen).mul_(std) + (1.0 - std if name.endswith("norm.weight") else 0.0))
+            state[name] = t.detach()
+    checkpoints = out / "checkpoints"
+    shard = checkpoints / "step_1/model/pp_00/tp_00"
+    shard.mkdir(parents=True)
+    torch.save(state, shard / "sdp_00.pt")
+    del model, state
+    (checkpoints / "model.yaml").write_text(yaml.safe_dump({"name": "checkpoint", "model_family": "llama", "model_config": resolver().resolve(ValueConverter).unstructure(config)}))
+    (checkpoints / "tokenizer.yaml").write_text(yaml.safe_dump(resolve_tokenizer(CardStore(), "tiny_tokenizer").as_card()))
+    result = subprocess.run([sys.executable, "-m", "lmtune", "write_hf_config", str(checkpoints)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def write_data(path: Path, count: int) -> list[list[int]]:
+    """Records that each encode to 500-512 tokens; returns their token ids."""
+    import random
+
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.catalog.specs import resolve_tokenizer
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.records import Record
+
+    spec = resolve_tokenizer(CardStore(), "tiny_tokenizer")
+    encoder = ExampleEncoder(load_tokenizer(spec), spec.hf_dir)
+    words = "the quick brown fox jumps over a lazy dog she sold clips to friends in april and may how many".split()
+    rnd = random.Random(0)
+    records, rows = [], []
+    while len(records) < count:
+        text = " ".join(rnd.choice(words) for _ in range(40))
+        while True:
+            more = text + " " + " ".join(rnd.choice(words) for _ in range(8))
+            ids = encoder.encode(Record(Path("bench"), 0, src=more, tgt=" #### 42")).tokens
+            if len(ids) > SEQ_LEN:
+                break
+            text = more
+        ids = encoder.encode(Record(Path("bench"), 0, src=text, tgt=" #### 42")).tokens
+        records.append({"src": text, "tgt": " #### 42"})
+        rows.append([int(i) for i in ids])
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return rows
+
+
+# Runs a command and reports the peak RSS of its whole process tree's largest process: a fresh
+# wrapper per contender, so RUSAGE_CHILDREN holds that contender alone.
+MEASURE = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print(f'MAXRSS_KB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', file=sys.stderr); sys.exit(r.returncode)"
+
+
+def measured(cmd: list[str], env: dict[str, str], name: str) -> tuple[str, float]:
+    """Runs ``cmd``; returns its stdout and its peak RSS in GiB."""
+    result = subprocess.run([sys.executable, "-c", MEASURE, *cmd], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    kb = int(next(line for line in result.stderr.splitlines() if line.startswith("MAXRSS_KB "))[10:])
+    return result.stdout, kb / 2**20
+
+
+def steady(times: list[float], tokens: list[int]) -> float:
+    return sum(tokens[1:]) / sum(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--scale", choices=["1b", "smoke"], default="1b")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--trl-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmtune/lora-bench-venv",
+                        help="side venv for TRL, layered over this one (built on first use)")
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    with tempfile.TemporaryDirectory(prefix="lora_bench_") as tmp:
+        root = Path(tmp)
+        build_run(root / "base", args.scale)
+        rows = write_data(root / "data.jsonl", args.steps)
+        results = []
+        sys.path.insert(0, str(REPO / "bench"))
+        from packing_bench import hf_venv
+
+        trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
+        print(f"lora_bench: {trl_line}", file=sys.stderr)
+        for name in ("lmtune", "transformers+peft", "trl+peft"):
+            if name == "trl+peft" and (trl_python is None or trl_reason):
+                results.append((name, None, None, [], None, trl_reason or trl_line))
+                continue
+            if name == "lmtune":
+                cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / "lmtune"), "--config",
+                       f"resume_checkpoint_dir={root / 'base/checkpoints'}", "model=last_checkpoint", f"dataset={root / 'data.jsonl'}",
+                       "lora.rank=16", "lora.alpha=32", "lora.targets=all_linear", f"max_seq_len={SEQ_LEN}", f"max_num_tokens={SEQ_LEN}",
+                       f"max_num_steps={args.steps}", "dtype=float32", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
+                       "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null"]
+            elif name == "transformers+peft":
+                cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps)]
+            else:
+                cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps), str(root / "trl")]
+            out, rss = measured(cmd, env, name)
+            if name == "lmtune":
+                metrics = [json.loads(line) for line in (root / "lmtune/metrics/train.jsonl").read_text().splitlines()]
+                times, tokens = [m["Lapse Time"] for m in metrics], [int(m["Number of Elements"]) for m in metrics]
+            else:
+                data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+                times, tokens = data["times"], data["tokens"]
+            results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss, ""))
+        table = format_table(results, args)
+        print(table)
+        if args.record:
+            with (REPO / "bench/RESULTS.md").open("a") as fp:
+                fp.write("\n" + table + "\n")
+
+
+def format_table(results, args) -> str:  # type: ignore[no-untyped-def]
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"### lora_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- command: `bench/lora_bench.py --steps {args.steps} --scale {args.scale} --threads {args.threads}`",
+        f"- machine: {cpu}, {os.cpu_count()} cores, {args.threads} thread(s) per contender, git {commit}",
+        "",
+        "| contender | steps timed | tokens/step | tokens/s (steady) | s/step | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rate, per_step, tokens, rss, note in results:
+        if rate is None:
+            lines.append(f"| {name} | not run: {note} | | | | |")
+            continue
+        lines.append(f"| {name} | {len(tokens) - 1} | {sum(tokens[1:]) / (len(tokens) - 1):.0f} | {rate:.1f} | {per_step:.2f} | {rss:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""A LoRA checkpoint -> a PEFT adapter directory, with its base model exported beside it.
+
+    OUT_DIR/adapter_config.json          PEFT's LoraConfig: r, lora_alpha, target_modules, ...
+    OUT_DIR/adapter_model.safetensors    base_model.model.model.layers.N.<module>.lora_A.weight (r x in)
+                                         and .lora_B.weight (out x r), in Hugging Face layout
+    OUT_DIR_base/                        the frozen base as a Hugging Face directory (an NF4 base
+                                         dequantized, exactly as the run computed with it)
+
+``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT_DIR_base), OUT_DIR)`` is then
+lmtune's LoRA model. Llama's q/k rows are reordered into HF's rotary layout, and since the
+update is B @ A, reordering B's rows reorders the update's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+from lmtune.errors import UserError
+
+HF_ADAPTER = "hf_adapter"
+PEFT_PREFIX = "base_model.model."
+
+
+def base_dir_of(adapter_dir: Path) -> Path:
+    return adapter_dir.with_name(adapter_dir.name + "_base")
+
+
+def export_peft_adapter(
+    spec: ModelSpec, tokenizer: TokenizerSpec, output: Path, *, dtype: str | None = None, force: bool = False,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> Path:
+    """Writes the adapter at ``output`` and the base's HF directory at ``output``_base."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.dtypes import DTYPES, torch_dtype
+    from lmtune.export.hf_config import head_dim
+    from lmtune.export.hf_dir import export_hf
+    from lmtune.export.weights import cast, hf_name, to_hf_tensor
+    from lmtune.train.lora import lora_modules
+
+    lora = spec.lora
+    if lora is None:
+        raise UserError(f"--adapter exports LoRA adapters, and {spec.source} is a full fine-tuning checkpoint; export it without --adapter.")
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype} is not a dtype the export can write; valid: {', '.join(DTYPES)}.")
+    output = output.expanduser().absolute()
+    base_dir = base_dir_of(output)
+    for path in (output, base_dir):
+        if path.exists() and not force:
+            raise UserError(f"{path} already exists; pass --force to replace it, or choose another --output.")
+
+    export_hf(spec, tokenizer, base_dir, dtype=dtype, force=force, log=log, lora_weights="base")
+    config = model_config(spec)
+    hdim = head_dim(spec.family, config)
+    target = torch_dtype(dtype) if dtype is not None else torch.float32
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in lora_modules(load_model(spec)):
+        hf_module = hf_name(f"{name}.weight").removesuffix(".weight")
+        b = to_hf_tensor(f"{name}.weight", module.lora_b.detach(), spec.family, config, hdim)
+        tensors[f"{PEFT_PREFIX}{hf_module}.lora_A.weight"] = cast(hf_module, module.lora_a.detach(), target).contiguous()
+        tensors[f"{PEFT_PREFIX}{hf_module}.lora_B.weight"] = cast(hf_module, b, target).contiguous()
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir),
+        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": sorted(lora.targets),
+        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
+        "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
+    }
+
+    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"lmtune: exported the LoRA adapter of {spec.name} to {output} (rank {lora.rank}, {len(tensors) // 2} projections), its base to {base_dir}")
+    return output

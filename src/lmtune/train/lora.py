@@ -1,0 +1,204 @@
+"""LoRA: low-rank adapters beside the frozen projections of a fairseq2 Llama or Qwen model.
+
+    y = base(x) + (dropout(x) @ A^T @ B^T) * alpha / rank
+
+A (rank x in) starts Kaiming-uniform and B (out x rank) at zero, so before the first
+update the model is exactly the base model. Only A and B train. With ``quantize="nf4"``
+(QLoRA) the frozen weight is kept as torchao's 4-bit ``NF4Tensor`` in a plain attribute,
+out of reach of the optimizer, the state dict and data-parallel broadcasts; it is
+dequantized on the fly in each forward (torchao's ``linear_nf4``).
+
+The model's state dict then holds the adapters only, so fairseq2's checkpoints do too:
+the base weights are reloaded from the base model's own files (``lmtune.catalog.loading``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import Dropout, Module, Parameter
+from torch.nn.functional import linear
+
+from lmtune.errors import UserError
+
+# Hugging Face projection name -> fairseq2 module inside decoder.layers.N (Llama and Qwen alike).
+TARGET_MODULES: dict[str, str] = {
+    "q_proj":    "self_attn.q_proj",
+    "k_proj":    "self_attn.k_proj",
+    "v_proj":    "self_attn.v_proj",
+    "o_proj":    "self_attn.output_proj",
+    "gate_proj": "ffn.gate_proj",
+    "up_proj":   "ffn.inner_proj",
+    "down_proj": "ffn.output_proj",
+}  # fmt: skip
+
+ALL_LINEAR = "all_linear"
+LORA_FAMILIES = ("llama", "qwen")
+ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
+
+# NF4 blocks: 64 weights share a scale; scales are quantized in groups of up to 256.
+NF4_BLOCK_SIZE = 64
+NF4_SCALER_BLOCK_SIZE = 256
+
+
+def target_names(targets: list[str] | str, model_name: str) -> list[str]:
+    """``lora.targets`` -> the Hugging Face projection names, checked."""
+    names = list(TARGET_MODULES) if targets == ALL_LINEAR else [targets] if isinstance(targets, str) else list(targets)
+    valid = ", ".join([*TARGET_MODULES, ALL_LINEAR])
+    for name in names:
+        if name not in TARGET_MODULES:
+            raise UserError(f"config key 'lora.targets': '{name}' is not a projection of model '{model_name}'; valid: {valid}.")
+    if not names:
+        raise UserError(f"config key 'lora.targets' is empty; name projections of model '{model_name}' ({valid}).")
+    return [n for n in TARGET_MODULES if n in names]  # the table's order, each once
+
+
+def check_nf4_shape(weight: Tensor, name: str) -> None:
+    if weight.numel() % NF4_BLOCK_SIZE != 0:
+        raise UserError(f"lora.quantize=nf4: weight '{name}' has {weight.numel()} elements, not a multiple of the NF4 block size {NF4_BLOCK_SIZE}; train without lora.quantize.")
+
+
+def to_nf4(weight: Tensor) -> Tensor:
+    from torchao.dtypes.nf4tensor import to_nf4 as torchao_to_nf4
+
+    blocks = weight.numel() // NF4_BLOCK_SIZE
+    return torchao_to_nf4(weight.detach(), NF4_BLOCK_SIZE, math.gcd(blocks, NF4_SCALER_BLOCK_SIZE))
+
+
+class LoraLinear(Module):
+    """A frozen projection (weight, optional bias) plus a trainable low-rank update."""
+
+    def __init__(self, base: Module, rank: int, alpha: float, dropout: float, *, quantize: str = "none", generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        weight: Tensor = base.weight  # type: ignore[assignment]
+        self.input_dim, self.output_dim = weight.shape[1], weight.shape[0]
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.quantized = quantize == "nf4"
+        if self.quantized:
+            self.weight = None
+            self.nf4_weight = to_nf4(weight)  # a plain attribute: never a parameter, never in the state dict
+        else:
+            self.weight = Parameter(weight.detach(), requires_grad=False)
+        bias = getattr(base, "bias", None)
+        self.bias = None if bias is None else Parameter(bias.detach(), requires_grad=False)
+        self.dropout = Dropout(dropout) if dropout > 0 else None
+        self.lora_a = Parameter(torch.empty(rank, self.input_dim, device=weight.device, dtype=torch.float32))
+        self.lora_b = Parameter(torch.zeros(self.output_dim, rank, device=weight.device, dtype=torch.float32))
+        # As torch.nn.Linear initialises its weight; with B = 0 the update starts at exactly 0.
+        cpu = torch.empty(rank, self.input_dim)
+        torch.nn.init.kaiming_uniform_(cpu, a=math.sqrt(5), generator=generator)
+        with torch.no_grad():
+            self.lora_a.copy_(cpu)
+
+    def base_weight(self) -> Tensor:
+        """The frozen weight in float32 (dequantized for NF4)."""
+        if self.quantized:
+            return self.nf4_weight.get_original_weight()  # type: ignore[no-any-return]
+        return self.weight.detach()  # type: ignore[union-attr]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = linear(x, self.nf4_weight if self.quantized else self.weight, self.bias)  # type: ignore[arg-type]
+        h = self.dropout(x) if self.dropout is not None else x
+        return y + linear(linear(h.to(self.lora_a.dtype), self.lora_a), self.lora_b).to(y.dtype) * self.scale
+
+    def merged_weight(self) -> Tensor:
+        """W + B @ A * alpha / rank, in float32."""
+        return self.base_weight().float() + (self.lora_b.detach() @ self.lora_a.detach()) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, output_dim={self.output_dim}, rank={self.rank}, alpha={self.alpha}, nf4={self.quantized}"
+
+
+def num_layers(model: Module) -> int:
+    return len(model.decoder.layers)  # type: ignore[union-attr, arg-type]
+
+
+def apply_lora(model: Module, *, rank: int, alpha: float, dropout: float, targets: list[str], quantize: str = "none", seed: int = 0) -> Module:
+    """Freezes ``model`` and replaces each targeted projection with a LoraLinear; in place."""
+    model.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)  # the same A on every rank and every rebuild
+    for layer in range(num_layers(model)):
+        for hf in targets:
+            path = f"decoder.layers.{layer}.{TARGET_MODULES[hf]}"
+            parent_path, _, attr = path.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            base = getattr(parent, attr)
+            if quantize == "nf4":
+                check_nf4_shape(base.weight, path + ".weight")
+            setattr(parent, attr, LoraLinear(base, rank, alpha, dropout, quantize=quantize, generator=generator))
+    keep_only_adapters_in_state_dict(model)
+    return model
+
+
+def is_adapter_key(key: str) -> bool:
+    return key.endswith(ADAPTER_SUFFIXES)
+
+
+def keep_only_adapters_in_state_dict(model: Module) -> None:
+    """The model's state dict (and so fairseq2's checkpoints) holds the adapters alone, and loading
+    one back does not ask for the frozen weights, which come from the base model's files."""
+
+    def drop_frozen(module: Module, state_dict: dict[str, object], prefix: str, local_metadata: object) -> None:
+        for key in [k for k in state_dict if not is_adapter_key(k)]:
+            del state_dict[key]
+
+    def allow_missing_frozen(module: Module, incompatible: object) -> None:
+        missing = incompatible.missing_keys  # type: ignore[attr-defined]
+        missing[:] = [k for k in missing if is_adapter_key(k)]
+
+    model.register_state_dict_post_hook(drop_frozen)
+    model.register_load_state_dict_post_hook(allow_missing_frozen)
+
+
+def lora_modules(model: Module) -> Iterator[tuple[str, LoraLinear]]:
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLinear):
+            yield name, m
+
+
+def merged_tensors(model: Module, *, merge: bool = True) -> Iterable[tuple[str, Tensor]]:
+    """fairseq2 name -> tensor of the merged model: W + B @ A * scale for the adapted projections
+    (dequantized first under NF4), every other weight as it is. ``merge=False``: the base's W alone."""
+    adapted = dict(lora_modules(model))
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        if name in adapted:
+            a = adapted[name]
+            yield f"{name}.weight", a.merged_weight() if merge else a.base_weight().float()
+            if adapted[name].bias is not None:
+                yield f"{name}.bias", adapted[name].bias.detach()  # type: ignore[union-attr]
+            continue
+        if any(name.startswith(a + ".") for a in adapted):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield (f"{name}.{pname}" if name else pname), p.detach()
+
+
+def read_checkpoint_tensors(model_dir: Path) -> dict[str, Tensor]:
+    """The tensors of a fairseq2 checkpoint's step_N/model directory: one replicated file (DDP), or
+    FSDP's shards (sdp_00.pt, sdp_01.pt, ...), each holding its rank's rows, joined along dim 0."""
+    files = sorted(model_dir.glob("pp_00/tp_00/sdp_*.pt"))
+    if not files:
+        raise UserError(f"{model_dir} holds no checkpoint file.")
+    shards = []
+    for file in files:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        shards.append(state["model"] if isinstance(state.get("model"), dict) else state)
+    if len(shards) == 1:
+        return shards[0]  # type: ignore[no-any-return]
+    return {key: torch.cat([shard[key] for shard in shards], dim=0) for key in shards[0]}
+
+
+def load_adapters(model: Module, model_dir: Path) -> None:
+    """Copies a LoRA checkpoint's adapters into ``model`` (built with the same settings)."""
+    state = read_checkpoint_tensors(model_dir)
+    expected = {k for k in model.state_dict() if is_adapter_key(k)}
+    if set(state) != expected:
+        raise UserError(f"{model_dir} does not hold this model's LoRA adapters (it has {len(set(state) & expected)} of {len(expected)} adapter tensors); was it trained with other lora settings?")
+    model.load_state_dict(state, strict=True)
