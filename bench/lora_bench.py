@@ -10,6 +10,7 @@ with AdamW (lr 1e-4) on the same rows of 512 token ids, one row per step:
 - lmtune: `lmtune instruction_finetune` as a user runs it, a new stage on the checkpoint with
   `lora.rank=16`; each record encodes to at most 512 tokens and fills a packed row alone, so
   its attention is the same causal attention over 512 tokens as transformers'.
+- lmtune QLoRA: the same run with `lora.quantize=nf4` (the frozen base in 4-bit NF4).
 - transformers + PEFT: `AutoModelForCausalLM` on lmtune's HF export of the same checkpoint,
   `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step).
 
@@ -22,6 +23,11 @@ with AdamW (lr 1e-4) on the same rows of 512 token ids, one row per step:
 Tokens/s is over the steps after the first (its warmup), each contender timed per step
 (fairseq2's Lapse Time for lmtune). Peak RSS is the kernel's (getrusage) for each
 contender's own process.
+
+What bounds the speed: every contender runs the frozen projections' forward and input-gradient
+matrix products (about 4 FLOPs per frozen weight per token, plus attention); the bench measures
+this machine's float32 matrix-product rate at the same thread count and prints each contender's
+share of it.
 """
 
 from __future__ import annotations
@@ -192,33 +198,72 @@ def main() -> None:
 
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"lora_bench: {trl_line}", file=sys.stderr)
-        for name in ("lmtune", "transformers+peft", "trl+peft"):
+        for name in ("lmtune", "lmtune qlora", "transformers+peft", "trl+peft"):
             if name == "trl+peft" and (trl_python is None or trl_reason):
                 results.append((name, None, None, [], None, trl_reason or trl_line))
                 continue
-            if name == "lmtune":
-                cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / "lmtune"), "--config",
+            if name.startswith("lmtune"):
+                cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / name.replace(" ", "_")), "--config",
                        f"resume_checkpoint_dir={root / 'base/checkpoints'}", "model=last_checkpoint", f"dataset={root / 'data.jsonl'}",
                        "lora.rank=16", "lora.alpha=32", "lora.targets=all_linear", f"max_seq_len={SEQ_LEN}", f"max_num_tokens={SEQ_LEN}",
                        f"max_num_steps={args.steps}", "dtype=float32", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
                        "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null"]
+                if name == "lmtune qlora":
+                    cmd.append("lora.quantize=nf4")
             elif name == "transformers+peft":
                 cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps)]
             else:
                 cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps), str(root / "trl")]
             out, rss = measured(cmd, env, name)
-            if name == "lmtune":
-                metrics = [json.loads(line) for line in (root / "lmtune/metrics/train.jsonl").read_text().splitlines()]
+            if name.startswith("lmtune"):
+                metrics = [json.loads(line) for line in (root / name.replace(" ", "_") / "metrics/train.jsonl").read_text().splitlines()]
                 times, tokens = [m["Lapse Time"] for m in metrics], [int(m["Number of Elements"]) for m in metrics]
             else:
                 data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
                 times, tokens = data["times"], data["tokens"]
             results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss, ""))
-        table = format_table(results, args)
+        rate = matmul_gflops(args.threads)
+        flops = flops_per_token(args.scale)
+        table = format_table(results, args) + "\n" + bound_lines(results, rate, flops)
         print(table)
         if args.record:
             with (REPO / "bench/RESULTS.md").open("a") as fp:
                 fp.write("\n" + table + "\n")
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """This machine's float32 matrix-product rate at ``threads`` threads (GFLOP/s)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def flops_per_token(scale: str) -> float:
+    """Forward + input-gradient FLOPs per token of the frozen matrix products (2 + 2 per weight),
+    the LM head included, plus attention's score and value products (3 x 2 x 2 x layers x seq x dim / 2,
+    causal); the adapters' own products are under 1% at rank 16."""
+    d, layers, ffn, vocab, kv = (256, 2, 1024, 512, 128) if scale == "smoke" else (2048, 16, 8192, 128256, 512)
+    weights = layers * (2 * d * d + 2 * d * kv + 3 * d * ffn) + vocab * d
+    attention = 3 * 2 * 2 * layers * SEQ_LEN * d / 2
+    return 4 * weights + attention
+
+
+def bound_lines(results, rate: float, flops: float) -> str:  # type: ignore[no-untyped-def]
+    lines = ["", f"float32 matrix products here: {rate:.0f} GFLOP/s; the frozen products cost {flops / 1e9:.2f} GFLOP per token, so at most "
+             f"{rate * 1e9 / flops:.1f} tokens/s. Share of that bound:"]
+    for name, tok_s, *_ in results:
+        if tok_s is not None:
+            lines.append(f"- {name}: {tok_s * flops / (rate * 1e9):.0%}")
+    return "\n".join(lines)
 
 
 def format_table(results, args) -> str:  # type: ignore[no-untyped-def]
