@@ -64,8 +64,12 @@ def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subproce
     summary = lines[-1]
     assert summary.startswith("lmtune: trained 20 steps in "), summary
     assert f"loss {train[0]['NLL Loss']:.3f} -> {train[-1]['NLL Loss']:.3f}; checkpoints in {out}/checkpoints, metrics in {out}/metrics" in summary
+    # The data's one event: tiny_gsm8k's training file encoded into OUT/cache (its validation file is the test split).
+    encoded = [line for line in lines if line.startswith("lmtune: encoded ")]
+    assert len(encoded) == 2 and all(f"-> {out}/cache/encoded/" in line for line in encoded), lines
+    assert lines.index(encoded[0]) == 1, lines  # right after the header, before the first step
     # Nothing else: no config dump, no module tree, no metric blocks, no deprecation warnings.
-    others = [line for line in lines[1:-1] if not (STEP.match(line) or VALID.match(line) or line.startswith("checkpoint saved: "))]
+    others = [line for line in lines[1:-1] if not (STEP.match(line) or VALID.match(line) or line.startswith("checkpoint saved: ") or line in encoded)]
     assert all(line.startswith(("fairseq2: warning: ", "lmtune: warning: ")) for line in others), others
     assert "DeprecationWarning" not in r.stderr and "hg_exporter" not in r.stderr
 
