@@ -115,6 +115,16 @@ def word_pool() -> list[str]:
     return sorted(words)
 
 
+def skewed_lengths(rng: random.Random, max_seq_len: int) -> tuple[int, int]:
+    """Prompt and response lengths: log-normal, medians ~45 and ~75 tokens, scaled down to fit a row with BOS and EOS."""
+    prompt = max(8, round(rng.lognormvariate(math.log(45), 0.7)))
+    response = max(8, round(rng.lognormvariate(math.log(75), 0.9)))
+    room = max_seq_len - 2
+    if prompt + response > room:
+        prompt, response = max(8, room * prompt // (prompt + response)), max(8, room * response // (prompt + response))
+    return prompt, response
+
+
 def make_records(n: int, seed: int, max_seq_len: int) -> list[dict[str, str]]:
     """src/tgt records whose prompt and response lengths in tokens are lognormal (medians ~45 and ~75,
     a long tail), the two together capped so that prompt + response + BOS/EOS fit max_seq_len."""
@@ -143,11 +153,7 @@ def make_records(n: int, seed: int, max_seq_len: int) -> list[dict[str, str]]:
 
     records = []
     for _ in range(n):
-        prompt = max(8, round(rng.lognormvariate(math.log(45), 0.7)))
-        response = max(8, round(rng.lognormvariate(math.log(75), 0.9)))
-        room = max_seq_len - 2
-        if prompt + response > room:
-            prompt, response = max(8, room * prompt // (prompt + response)), max(8, room * response // (prompt + response))
+        prompt, response = skewed_lengths(rng, max_seq_len)
         record = {"src": text("Question:", prompt), "tgt": text("Answer:", response)}
         while length(record) > max_seq_len:  # a first sentence longer than its budget: draw again, shorter
             prompt, response = max(8, prompt * 9 // 10), max(8, response * 9 // 10)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import math
 import pstats
 import random
 import statistics
@@ -43,14 +42,13 @@ REPO = Path(__file__).resolve().parent.parent
 def skewed_examples(n: int, seed: int, max_seq_len: int):  # type: ignore[no-untyped-def]
     from lmtune.data.encoding import Example
 
+    sys.path.insert(0, str(REPO / "bench"))
+    from packing_bench import skewed_lengths
+
     rng = random.Random(seed)
     examples = []
     for _ in range(n):
-        prompt = max(8, round(rng.lognormvariate(math.log(45), 0.7)))
-        response = max(8, round(rng.lognormvariate(math.log(75), 0.9)))
-        room = max_seq_len - 2
-        if prompt + response > room:
-            prompt, response = max(8, room * prompt // (prompt + response)), max(8, room * response // (prompt + response))
+        prompt, response = skewed_lengths(rng, max_seq_len)
         tokens = [0] + [rng.randint(6, 470) for _ in range(prompt + response)] + [1]
         examples.append(Example(tokens, [False] * (prompt + 1) + [True] * (response + 1)))
     return examples
