@@ -30,6 +30,18 @@ from lmtune.run_dir import CHECKPOINTS, HF_EXPORT, checkpoint_steps, hf_export_d
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
+def replace_dir(staging: Path, output: Path) -> None:
+    """Puts a finished ``staging`` directory at ``output``; an existing one is moved aside first and
+    removed last, so an interrupted export never leaves ``output`` missing or half-written."""
+    if output.exists():
+        old = output.parent / f".{output.name}.replaced-{os.getpid()}"
+        output.rename(old)
+        staging.rename(output)
+        shutil.rmtree(old)
+    else:
+        staging.rename(output)
+
+
 # ------------------------------------------------------------ what to export
 
 
@@ -220,13 +232,7 @@ def export_hf(
             from lmtune.export.verify import verify_export
 
             log(verify_export(spec, staging, torch_dtype))
-        if output.exists():
-            old = output.parent / f".{output.name}.replaced-{os.getpid()}"
-            output.rename(old)
-            staging.rename(output)
-            shutil.rmtree(old)
-        else:
-            staging.rename(output)
+        replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -42,7 +42,7 @@ def export_peft_adapter(
     from lmtune.catalog.loading import load_model, model_config
     from lmtune.dtypes import DTYPES, torch_dtype
     from lmtune.export.hf_config import head_dim
-    from lmtune.export.hf_dir import export_hf
+    from lmtune.export.hf_dir import export_hf, replace_dir
     from lmtune.export.weights import cast, hf_name, to_hf_tensor
     from lmtune.train.lora import lora_modules
 
@@ -80,9 +80,7 @@ def export_peft_adapter(
     try:
         save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
         (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
