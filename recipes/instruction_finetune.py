@@ -58,6 +58,7 @@ from lmtune.train.task_eval import EvalPrompts, evaluate_task
 from lmtune.train.valid_metrics import COUNTS, ValidMetric
 from lmtune.train.document_attention import DocumentSDPA
 from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.train.target_loss import use_target_only_loss
 from lmtune.train.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
@@ -164,6 +165,7 @@ class InstructionFinetuneRecipe(Recipe):
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
         # Runs after fairseq2 has created or loaded the model and before the data-parallel wrap.
         config = context.get_config_as(FinetuneConfig)
+        use_target_only_loss(model)  # the LM head on response tokens only (lmtune.train.target_loss)
         if config.lora.rank is None:
             return model
         from lmtune.train.lora_model import lora_training_model

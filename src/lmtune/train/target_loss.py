@@ -1,0 +1,45 @@
+"""The training loss with the LM head run on the target positions alone.
+
+fairseq2's ``TransformerLM`` projects every position to the vocabulary and then masks the
+loss to the targets. In instruction fine-tuning most positions are prompt: their logits
+are computed, kept for the backward pass and thrown away. For a Llama 3 shape the
+128,256-wide head is a fifth of the model's matrix products, and a 512-token row's
+logits, log-probabilities and their gradient take about 0.75 GiB in float32.
+
+This loss gathers the decoder output at the target positions first, so the head and the
+softmax see those rows only. The sum is the same sum over the same tokens (fairseq2's
+``cross_entropy``, pad targets still ignored), and rows without a target get no gradient
+either way. It is installed where fairseq2 installs its own compiled loss
+(``TransformerLM.compile_loss`` replaces ``compute_fused_loss``), so it runs inside the
+model's forward, under DDP and FSDP alike.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+from torch.nn import Module
+
+
+def use_target_only_loss(model: Module) -> None:
+    """Makes ``model`` (a fairseq2 TransformerLM) compute its training loss on target rows only."""
+    full_loss = model.compute_fused_loss  # type: ignore[union-attr]
+
+    def target_only_loss(
+        decoder_output: Tensor,
+        targets: Tensor,
+        *,
+        label_smoothing: float = 0.0,
+        target_mask: Tensor | None = None,
+        reduction: Literal["sum", "mean"] = "sum",
+    ) -> Tensor:
+        if target_mask is None or reduction not in ("sum", "mean"):
+            return full_loss(decoder_output, targets, label_smoothing=label_smoothing, target_mask=target_mask, reduction=reduction)  # type: ignore[no-any-return]
+        from fairseq2.nn.functional import cross_entropy
+
+        rows = target_mask.bool()
+        logits = model.final_proj(decoder_output[rows])  # (targets, vocab)
+        return cross_entropy(logits, targets[rows], model.pad_idx, label_smoothing=label_smoothing, reduction=reduction)  # type: ignore[arg-type]
+
+    model.compute_fused_loss = target_only_loss  # type: ignore[method-assign]

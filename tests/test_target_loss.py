@@ -1,0 +1,71 @@
+"""The LM head on target rows only (lmtune.train.target_loss) gives fairseq2's loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmtune.train.target_loss import use_target_only_loss
+from tiny_builders import tiny_llama, tiny_qwen25
+
+
+def tiny(builder, **kw):  # type: ignore[no-untyped-def]
+    """The tiny model in float64, in train mode: only fairseq2's log-softmax runs in float32."""
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
+    from lmtune.catalog.loading import model_family
+
+    t = builder(**kw)
+    model = model_family(t.family).create_new_model(t.config, create_fake_gangs(CPU), torch.float64, meta=False, init_rank0_only=False)
+    model.load_state_dict({k: v.double() for k, v in t.state_dict.items()}, strict=not t.config.tied_embeddings)
+    return model.train()
+
+
+def loss_and_grads(model, seqs, layout, targets, mask, reduction):  # type: ignore[no-untyped-def]
+    model.zero_grad(set_to_none=True)
+    loss = model(seqs, layout, targets=targets, target_mask=mask, reduction=reduction)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("builder,kw", [(tiny_llama, {"tied": True}), (tiny_llama, {}), (tiny_qwen25, {})])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_and_gradients_match_the_full_head(builder, kw, reduction) -> None:  # type: ignore[no-untyped-def]
+    from fairseq2.nn import BatchLayout
+
+    model = tiny(builder, **kw)
+    gen = torch.Generator().manual_seed(0)
+    seqs = torch.randint(3, 256, (3, 12), generator=gen)
+    targets = torch.randint(3, 256, (3, 12), generator=gen)
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, 7:] = True  # a response at the end
+    mask[1, 2:5] = True  # one in the middle
+    # row 2: no target at all (a prompt longer than the packed row's budget)
+    layout = BatchLayout.of(seqs)
+
+    full_loss, full_grads = loss_and_grads(model, seqs, layout, targets, mask, reduction)
+    use_target_only_loss(model)
+    loss, grads = loss_and_grads(model, seqs, layout, targets, mask, reduction)
+
+    assert loss.item() == pytest.approx(full_loss.item(), rel=1e-6)  # float32 log-softmax
+    # by hand: the negative log-probability of each target under the full softmax
+    logits = model(seqs, layout).detach()
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    expected = nll[mask].sum() if reduction == "sum" else nll[mask].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(grads) == set(full_grads)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, full_grads[name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_batches_without_a_mask_keep_fairseq2s_loss() -> None:
+    """Pretraining batches carry no target mask: every position is a target, as before."""
+    from fairseq2.nn import BatchLayout
+
+    model = tiny(tiny_llama)
+    seqs = torch.randint(3, 256, (2, 10), generator=torch.Generator().manual_seed(1))
+    layout = BatchLayout.of(seqs)
+    before = model(seqs, layout, targets=seqs, reduction="sum").item()
+    use_target_only_loss(model)
+    assert model(seqs, layout, targets=seqs, reduction="sum").item() == before
