@@ -58,6 +58,7 @@ from lmtune.train.task_eval import EvalPrompts, evaluate_task
 from lmtune.train.valid_metrics import COUNTS, ValidMetric
 from lmtune.train.document_attention import DocumentSDPA
 from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.train.lora_base_family import register_lora_base_families
 from lmtune.train.target_loss import use_target_only_loss
 from lmtune.train.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
@@ -160,6 +161,7 @@ class InstructionFinetuneRecipe(Recipe):
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display_name, 210, format_as_int))
         if self._console is not None:  # what the run shows on the console (lmtune.train.console)
             self._console.attach(container)
+        register_lora_base_families(container)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:

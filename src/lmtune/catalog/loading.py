@@ -96,14 +96,21 @@ def check_lora_base(spec: ModelSpec) -> None:
 
 
 def _load_lora_model(spec: ModelSpec, *, device: torch.device | None, dtype: torch.dtype) -> torch.nn.Module:
-    """The base model with the checkpoint's adapters on it (NF4 base for a QLoRA run)."""
+    """The base model with the checkpoint's adapters on it (NF4 base for a QLoRA run); the base
+    is built empty and read tensor by tensor, so a QLoRA base is never whole in float32."""
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
     from lmtune.train.lora import apply_lora, load_adapters
+    from lmtune.train.lora_base import load_base_weights
 
     lora = spec.lora
     assert lora is not None
     check_lora_base(spec)
-    model = load_model(lora.base, device=device, dtype=dtype)
-    apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=0.0, targets=lora.targets, quantize=lora.quantize, seed=lora.seed)
+    device = device or CPU
+    model = model_family(lora.base.family).create_new_model(model_config(lora.base), create_fake_gangs(device), dtype, meta=True, init_rank0_only=False)
+    apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=0.0, targets=lora.targets, quantize=lora.quantize, seed=lora.seed, device=device)
+    load_base_weights(model, lora.base, device=device, dtype=dtype)
     load_adapters(model, Path(spec.checkpoint))  # type: ignore[arg-type]
     model.eval()
     return model

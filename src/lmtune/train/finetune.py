@@ -177,16 +177,23 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
 
     encoded = {path: c.directory for path, c in caches.items()}
     workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    # A LoRA run loads its frozen base; the adapters are added in the recipe's setup_model.
+    # A LoRA run names its frozen base; fairseq2 creates it empty (lmtune.train.lora_base_family),
+    # and the recipe's setup_model loads it and adds the adapters.
     config = finetune_config(o, lora.spec.base if lora is not None else model, tokenizer, train_file, valid_file, plan, out_dir, encoded, workers)
     if lora is not None:
+        from lmtune.train.lora_base_family import lora_base_family_key
+
         config.lora = lora_section(lora)
+        config.model.family = lora_base_family_key(config.model.family)
     if plan.metric is not None and earlier_stop is not None:
         # Raised patience: the count goes on. Raised max_num_steps alone: the count starts afresh.
         config.early_stopping.forgive_at_resume = o.early_stopping.patience == earlier_stop["patience"]
         if main:
             clear_early_stop(out_dir)
 
+    from lmtune.train.allocator import return_large_blocks_when_freed
+
+    return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
     from fairseq2.recipe.run import run
 
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe

@@ -72,27 +72,37 @@ def to_nf4(weight: Tensor) -> Tensor:
 class LoraLinear(Module):
     """A frozen projection (weight, optional bias) plus a trainable low-rank update."""
 
-    def __init__(self, base: Module, rank: int, alpha: float, dropout: float, *, quantize: str = "none", generator: torch.Generator | None = None) -> None:
+    def __init__(self, base: Module, rank: int, alpha: float, dropout: float, *, quantize: str = "none", generator: torch.Generator | None = None, device: torch.device | None = None) -> None:
+        """``base`` may be on the meta device (its weights read later: ``set_base_weight``);
+        the adapters are made on ``device`` (default: the base weight's)."""
         super().__init__()
         weight: Tensor = base.weight  # type: ignore[assignment]
+        device = weight.device if device is None else device
         self.input_dim, self.output_dim = weight.shape[1], weight.shape[0]
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
         self.quantized = quantize == "nf4"
-        if self.quantized:
-            self.weight = None
-            self.nf4_weight = to_nf4(weight)  # a plain attribute: never a parameter, never in the state dict
-        else:
-            self.weight = Parameter(weight.detach(), requires_grad=False)
+        self.weight: Parameter | None = Parameter(weight.detach(), requires_grad=False)
+        self.nf4_weight: Tensor | None = None  # a plain attribute: never a parameter, never in the state dict
+        if not weight.is_meta:
+            self.set_base_weight(weight)
         bias = getattr(base, "bias", None)
         self.bias = None if bias is None else Parameter(bias.detach(), requires_grad=False)
         self.dropout = Dropout(dropout) if dropout > 0 else None
-        self.lora_a = Parameter(torch.empty(rank, self.input_dim, device=weight.device, dtype=torch.float32))
-        self.lora_b = Parameter(torch.zeros(self.output_dim, rank, device=weight.device, dtype=torch.float32))
+        self.lora_a = Parameter(torch.empty(rank, self.input_dim, device=device, dtype=torch.float32))
+        self.lora_b = Parameter(torch.zeros(self.output_dim, rank, device=device, dtype=torch.float32))
         # As torch.nn.Linear initialises its weight; with B = 0 the update starts at exactly 0.
         cpu = torch.empty(rank, self.input_dim)
         torch.nn.init.kaiming_uniform_(cpu, a=math.sqrt(5), generator=generator)
         with torch.no_grad():
             self.lora_a.copy_(cpu)
+
+    def set_base_weight(self, weight: Tensor) -> None:
+        """The frozen weight, as it is (already on the device, in the training dtype), or NF4-quantized."""
+        if self.quantized:
+            self.nf4_weight = to_nf4(weight)
+            self.weight = None
+        else:
+            self.weight = Parameter(weight.detach(), requires_grad=False)
 
     def base_weight(self) -> Tensor:
         """The frozen weight in float32 (dequantized for NF4)."""
@@ -117,8 +127,11 @@ def num_layers(model: Module) -> int:
     return len(model.decoder.layers)  # type: ignore[union-attr, arg-type]
 
 
-def apply_lora(model: Module, *, rank: int, alpha: float, dropout: float, targets: list[str], quantize: str = "none", seed: int = 0) -> Module:
-    """Freezes ``model`` and replaces each targeted projection with a LoraLinear; in place."""
+def apply_lora(model: Module, *, rank: int, alpha: float, dropout: float, targets: list[str], quantize: str = "none", seed: int = 0, device: torch.device | None = None) -> Module:
+    """Freezes ``model`` and replaces each targeted projection with a LoraLinear; in place.
+
+    ``model`` may be on the meta device: the adapters are then made on ``device`` and the
+    frozen weights are read afterwards (``lmtune.train.lora_base.load_base_weights``)."""
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)  # the same A on every rank and every rebuild
     for layer in range(num_layers(model)):
@@ -129,7 +142,7 @@ def apply_lora(model: Module, *, rank: int, alpha: float, dropout: float, target
             base = getattr(parent, attr)
             if quantize == "nf4":
                 check_nf4_shape(base.weight, path + ".weight")
-            setattr(parent, attr, LoraLinear(base, rank, alpha, dropout, quantize=quantize, generator=generator))
+            setattr(parent, attr, LoraLinear(base, rank, alpha, dropout, quantize=quantize, generator=generator, device=device))
     keep_only_adapters_in_state_dict(model)
     return model
 

@@ -1,11 +1,11 @@
 """The model a LoRA run trains, built inside fairseq2's recipe (``setup_model``).
 
-fairseq2 has created or loaded the base model by then. On a resumed run it has only
-created an empty one, expecting the checkpoint to fill every weight, but a LoRA
-checkpoint holds the adapters alone: the base weights are loaded again from the base
-model's own files, and fairseq2 then restores the adapters and their optimizer state.
-Ranks other than 0 also get an empty model (fairseq2 loads on rank 0 and lets DDP
-broadcast); they load the base too, since a 4-bit base is never broadcast.
+fairseq2 hands the recipe the base model empty, on the meta device
+(``lmtune.train.lora_base_family``), on every rank and whether the run starts or resumes.
+The adapters are added first, then the frozen base weights are read from the base model's
+own files, NF4-quantized as they arrive for QLoRA (``lmtune.train.lora_base``). A LoRA
+checkpoint holds the adapters alone: on a resumed run fairseq2 then restores them and their
+optimizer state.
 """
 
 from __future__ import annotations
@@ -21,21 +21,14 @@ def lora_training_model(model: Module, section: object, lora: object, device: ob
     Changes ``model`` in place and returns it: fairseq2 0.8.1 keeps the module it passed to
     ``setup_model`` (its ``_StandardRecipeModel.module`` is the holder's first model), so a
     new module returned from there would be dropped."""
-    from fairseq2.nn.utils.module import reset_non_persistent_buffers, to_device, to_empty
-
-    from lmtune.catalog.loading import load_model
     from lmtune.train.lora import apply_lora, load_adapters
+    from lmtune.train.lora_base import load_base_weights
+    from lmtune.train.lora_base_family import base_family_name
 
-    if resuming or any(p.is_meta for p in model.parameters()):
-        s = section
-        spec = ModelSpec(lora.base_name, s.family, s.arch, dict(s.config_overrides or {}), s.path, "the LoRA run's base")  # type: ignore[attr-defined]
-        base = load_model(spec, device=device)  # type: ignore[arg-type]
-        to_empty(model, device)  # type: ignore[arg-type]
-        model.load_state_dict(base.state_dict())  # strict: every base weight
-        reset_non_persistent_buffers(model)
-        del base
-    to_device(model, device)  # type: ignore[arg-type]  # before quantizing: NF4 weights are plain attributes, moved by nothing
-    apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets, quantize=lora.quantize, seed=lora.seed)  # type: ignore[attr-defined]
+    s = section
+    spec = ModelSpec(lora.base_name, base_family_name(s.family), s.arch, dict(s.config_overrides or {}), s.path, "the LoRA run's base")  # type: ignore[attr-defined]
+    apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets, quantize=lora.quantize, seed=lora.seed, device=device)  # type: ignore[attr-defined, arg-type]
+    load_base_weights(model, spec, device=device, dtype=s.dtype)  # type: ignore[arg-type, attr-defined]
     if lora.adapter_init is not None and not resuming:  # type: ignore[attr-defined]
         load_adapters(model, lora.adapter_init)  # type: ignore[attr-defined]
     model.train()

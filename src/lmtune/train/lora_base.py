@@ -1,0 +1,123 @@
+"""Reading a LoRA run's frozen base into a model built on the meta device, one tensor at a time.
+
+The model already has its LoRA projections (``apply_lora`` on the meta device); each tensor
+of the base's checkpoint is converted to the training dtype as it is read, and an NF4
+projection is quantized there and then, so a QLoRA run never holds its base in float32.
+The checkpoint is read through fairseq2's own loader (every format and key layout a card
+may point at), memory-mapped; the file pages already read are handed back to the kernel as
+the load goes, so they do not add the checkpoint's size to the process's memory either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter
+
+from lmtune.catalog.specs import ModelSpec
+from lmtune.errors import UserError
+
+# Bytes read between two hand-backs of the checkpoint's file pages.
+DROP_EVERY_BYTES = 256 * 2**20
+MADV_DONTNEED = 4
+
+
+def load_base_weights(model: Module, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> None:
+    """Fills every frozen weight of ``model`` from ``spec``'s checkpoint; the adapters are left alone."""
+    from fairseq2.nn.utils.module import reset_non_persistent_buffers
+
+    from lmtune.train.lora import LoraLinear, is_adapter_key
+
+    slots: dict[str, list[tuple[Module, str]]] = {}  # key -> where its tensor goes (two places when tied)
+    keys_of: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules():
+        persistent = [(b, t) for b, t in module._buffers.items() if b not in module._non_persistent_buffers_set]
+        for attr, p in [*module._parameters.items(), *persistent]:
+            key = f"{module_name}.{attr}" if module_name else attr
+            if p is not None and not is_adapter_key(key):
+                keys_of.setdefault(id(p), []).append(key)
+                slots[key] = [(module, attr)]
+    aliases = {key: keys for keys in keys_of.values() for key in keys}
+    for keys in keys_of.values():
+        places = [slot for k in keys for slot in slots[k]]
+        for key in keys:
+            slots[key] = places
+
+    loaded: set[str] = set()
+    since_drop = 0
+    for key, tensor in _base_tensors(spec):
+        if key not in slots:
+            if key.endswith("rotary_emb.inv_freq"):
+                continue  # transformers < 4.31 saved this buffer; it is recomputed
+            raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} holds '{key}', which its {spec.family} architecture does not have; is model_config right?")
+        module, attr = slots[key][0]
+        expected = getattr(module, attr).shape
+        if tuple(tensor.shape) != tuple(expected):
+            raise UserError(f"model '{spec.name}': '{key}' in checkpoint {spec.checkpoint} has shape {tuple(tensor.shape)}, the model's is {tuple(expected)}; is model_config right?")
+        value = tensor.to(device=device, dtype=dtype, copy=True)  # never a view of the mapped file
+        if isinstance(module, LoraLinear) and attr == "weight":
+            module.set_base_weight(value)
+        else:
+            value = Parameter(value, requires_grad=False) if attr in module._parameters else value
+            for m, a in slots[key]:
+                (m._parameters if a in m._parameters else m._buffers)[a] = value
+        del value
+        loaded.update(aliases[key])
+        since_drop += tensor.numel() * tensor.element_size()
+        del tensor
+        if since_drop >= DROP_EVERY_BYTES:
+            drop_file_pages(Path(spec.checkpoint))  # type: ignore[arg-type]
+            since_drop = 0
+    drop_file_pages(Path(spec.checkpoint))  # type: ignore[arg-type]
+
+    missing = sorted(set(slots) - loaded)
+    if missing:
+        raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} lacks {len(missing)} weights of its {spec.family} architecture (first: '{missing[0]}'); is model_config right?")
+    for module in model.modules():  # rotary tables and the like: computed, not read
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.is_meta:
+                module._buffers[name] = torch.empty_like(buffer, device=device)
+    reset_non_persistent_buffers(model)
+
+
+def _base_tensors(spec: ModelSpec) -> Iterator[tuple[str, Tensor]]:
+    """(fairseq2 key, tensor) for each tensor of the base, read by fairseq2's checkpoint loader."""
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
+    from lmtune.catalog.loading import load_model, model_config, model_family
+
+    if spec.checkpoint is None:  # a randomly initialised base (``init: random``)
+        yield from load_model(spec).state_dict().items()
+        return
+    family = model_family(spec.family)
+    try:
+        yield from family.iter_checkpoint(Path(spec.checkpoint), model_config(spec), create_fake_gangs(CPU), True, None)
+    except (KeyError, RuntimeError, ValueError) as ex:
+        reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
+
+
+def drop_file_pages(checkpoint: Path) -> None:
+    """Hands the pages of the checkpoint's memory-mapped files back to the kernel.
+
+    Their tensors have been copied (``copy=True`` above) or are still to be read; nothing
+    writes to them, so a page read again later is simply read from the file again. Linux
+    only; elsewhere the pages stay until the mapping is closed."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    files = {os.path.realpath(f) for f in ([checkpoint] if checkpoint.is_file() else checkpoint.rglob("*"))}
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] in files:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            madvise(start, end - start, MADV_DONTNEED)
