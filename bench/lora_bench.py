@@ -1,33 +1,39 @@
-"""LoRA training throughput and peak memory: lmtune against transformers + PEFT.
+"""LoRA training throughput and peak memory: lmtune against transformers + PEFT and TRL.
 
-    .venv/bin/python bench/lora_bench.py [--steps 4] [--scale 1b|smoke] [--record]
+    .venv/bin/python bench/lora_bench.py [--steps 4] [--scale 1b|smoke] [--response-share 0.5] [--record]
 
 The base is a randomly initialised model of Llama-3.2-1B's shape (1.24 B parameters, stored in
 bfloat16 as a training run's checkpoint, like bench/export_bench.py) and trains in float32 on
-CPU. Both contenders train rank-16 adapters (alpha 32, no dropout) on all seven projections
-with AdamW (lr 1e-4) on the same rows of 512 token ids, one row per step:
+CPU. Every contender trains rank-16 adapters (alpha 32, no dropout) on all seven projections
+with AdamW (lr 1e-4) on the same rows of 500-512 token ids, one row per step, with the loss on
+the same response tokens (``--response-share`` of each record's words; 0 gives a one-number
+answer, as in classification):
 
 - lmtune: `lmtune instruction_finetune` as a user runs it, a new stage on the checkpoint with
   `lora.rank=16`; each record encodes to at most 512 tokens and fills a packed row alone, so
   its attention is the same causal attention over 512 tokens as transformers'.
-- lmtune QLoRA: the same run with `lora.quantize=nf4` (the frozen base in 4-bit NF4).
+- lmtune QLoRA: the same run with `lora.quantize=nf4` (the frozen base in 4-bit NF4), and once
+  more with `activation_checkpointing=true`, as QLoRA is usually run.
 - transformers + PEFT: `AutoModelForCausalLM` on lmtune's HF export of the same checkpoint,
-  `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step).
-
-- TRL: `SFTTrainer(peft_config=LoraConfig(...))` on the same export and rows (pre-tokenized, no
-  packing, batch 1), with `bf16=False, gradient_checkpointing=False` (TRL 1.16's defaults are
-  bfloat16 autocast and activation checkpointing; the comparison is float32 without either). TRL cannot go into lmtune's venv (a plain install upgrades transformers
-  to 5.x), so it runs in a side venv layered over it, built by bench/packing_bench.py's
-  `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's pins, the row says why.
+  `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step), the
+  labels -100 outside the response.
+- TRL: `SFTTrainer(peft_config=LoraConfig(...))` on the same export and rows (pre-tokenized with
+  a "labels" column, no packing, batch 1), with `bf16=False, gradient_checkpointing=False`
+  (TRL 1.16's defaults are bfloat16 autocast and activation checkpointing; the comparison is
+  float32 without either). TRL cannot go into lmtune's venv (a plain install upgrades
+  transformers to 5.x), so it runs in a side venv layered over it, built by
+  bench/packing_bench.py's `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's
+  pins, the row says why.
 
 Tokens/s is over the steps after the first (its warmup), each contender timed per step
 (fairseq2's Lapse Time for lmtune). Peak RSS is the kernel's (getrusage) for each
 contender's own process.
 
 What bounds the speed: every contender runs the frozen projections' forward and input-gradient
-matrix products (about 4 FLOPs per frozen weight per token, plus attention); the bench measures
-this machine's float32 matrix-product rate at the same thread count and prints each contender's
-share of it.
+matrix products (about 4 FLOPs per frozen weight per token, plus attention); transformers runs
+the LM head on every position, lmtune on the response tokens only. The bench measures this
+machine's float32 matrix-product rate at the same thread count and prints each contender's
+share of its own bound.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ HF_CHILD = r"""
 import json, sys, time, torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
-hf_dir, rows, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+hf_dir, rows, masks, steps = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
 model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"))
 model.train()
@@ -59,8 +65,9 @@ optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad]
 times = []
 for step in range(steps):
     ids = torch.tensor([rows[step %% len(rows)]])
+    labels = ids.masked_fill(~torch.tensor([masks[step %% len(rows)]]), -100)  # the loss on response tokens, as lmtune's
     start = time.perf_counter()
-    loss = model(input_ids=ids, labels=ids).loss
+    loss = model(input_ids=ids, labels=labels).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -75,7 +82,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
-hf_dir, rows, steps, out = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+hf_dir, rows, masks, steps, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 times, begin = [], [0.0]
 class Clock(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
@@ -87,7 +94,8 @@ config = SFTConfig(output_dir=out, max_length=512, packing=False, per_device_tra
                    adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, lr_scheduler_type="constant", max_grad_norm=None, use_cpu=True,
                    save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
                    bf16=False, gradient_checkpointing=False)  # TRL's defaults are bf16 autocast and checkpointing: float32 as the others
-data = Dataset.from_list([{"input_ids": rows[s %% len(rows)]} for s in range(steps)])
+# a "labels" column is used as it is: the loss on response tokens, as lmtune's
+data = Dataset.from_list([{"input_ids": rows[s %% len(rows)], "labels": [t if m else -100 for t, m in zip(rows[s %% len(rows)], masks[s %% len(rows)])]} for s in range(steps)])
 trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(hf_dir),
                      peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"), callbacks=[Clock()])
 trainer.train()
@@ -130,8 +138,9 @@ def build_run(out: Path, scale: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def write_data(path: Path, count: int) -> list[list[int]]:
-    """Records that each encode to 500-512 tokens; returns their token ids."""
+def write_data(path: Path, count: int, response_share: float) -> tuple[list[list[int]], list[list[bool]]]:
+    """Records that each encode to 500-512 tokens, ``response_share`` of their words in the
+    response (0: a one-number answer, " #### 42"); returns their token ids and loss masks."""
     import random
 
     from lmtune.catalog.cards import CardStore
@@ -144,20 +153,25 @@ def write_data(path: Path, count: int) -> list[list[int]]:
     encoder = ExampleEncoder(load_tokenizer(spec), spec.hf_dir)
     words = "the quick brown fox jumps over a lazy dog she sold clips to friends in april and may how many".split()
     rnd = random.Random(0)
-    records, rows = [], []
+
+    def record(drawn: list[str]) -> Record:
+        split = len(drawn) - round(len(drawn) * response_share)
+        return Record(Path("bench"), 0, src=" ".join(drawn[:split]), tgt=" " + " ".join(drawn[split:]) if response_share > 0 else " #### 42")
+
+    records, rows, masks = [], [], []
     while len(records) < count:
-        text = " ".join(rnd.choice(words) for _ in range(40))
+        drawn = [rnd.choice(words) for _ in range(40)]
         while True:
-            more = text + " " + " ".join(rnd.choice(words) for _ in range(8))
-            ids = encoder.encode(Record(Path("bench"), 0, src=more, tgt=" #### 42")).tokens
-            if len(ids) > SEQ_LEN:
+            more = drawn + [rnd.choice(words) for _ in range(8)]
+            if len(encoder.encode(record(more)).tokens) > SEQ_LEN:
                 break
-            text = more
-        ids = encoder.encode(Record(Path("bench"), 0, src=text, tgt=" #### 42")).tokens
-        records.append({"src": text, "tgt": " #### 42"})
-        rows.append([int(i) for i in ids])
+            drawn = more
+        example = encoder.encode(record(drawn))
+        records.append({"src": record(drawn).src, "tgt": record(drawn).tgt})
+        rows.append([int(i) for i in example.tokens])
+        masks.append([bool(m) for m in example.target_mask])
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return rows
+    return rows, masks
 
 
 # Runs a command and reports the peak RSS of its whole process tree's largest process: a fresh
@@ -183,6 +197,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--scale", choices=["1b", "smoke"], default="1b")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--response-share", type=float, default=0.5, help="share of each record's words in the response (0: a one-number answer)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--trl-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmtune/lora-bench-venv",
                         help="side venv for TRL, layered over this one (built on first use)")
@@ -191,14 +206,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lora_bench_") as tmp:
         root = Path(tmp)
         build_run(root / "base", args.scale)
-        rows = write_data(root / "data.jsonl", args.steps)
+        rows, masks = write_data(root / "data.jsonl", args.steps, args.response_share)
+        response = sum(map(sum, masks)) / sum(map(len, masks))
         results = []
         sys.path.insert(0, str(REPO / "bench"))
         from packing_bench import hf_venv
 
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"lora_bench: {trl_line}", file=sys.stderr)
-        for name in ("lmtune", "lmtune qlora", "transformers+peft", "trl+peft"):
+        for name in ("lmtune", "lmtune qlora", "lmtune qlora+ac", "transformers+peft", "trl+peft"):
             if name == "trl+peft" and (trl_python is None or trl_reason):
                 results.append((name, None, None, [], None, trl_reason or trl_line))
                 continue
@@ -208,12 +224,14 @@ def main() -> None:
                        "lora.rank=16", "lora.alpha=32", "lora.targets=all_linear", f"max_seq_len={SEQ_LEN}", f"max_num_tokens={SEQ_LEN}",
                        f"max_num_steps={args.steps}", "dtype=float32", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
                        "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null"]
-                if name == "lmtune qlora":
+                if name.startswith("lmtune qlora"):
                     cmd.append("lora.quantize=nf4")
+                if name.endswith("+ac"):
+                    cmd.append("activation_checkpointing=true")
             elif name == "transformers+peft":
-                cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps)]
+                cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), json.dumps(masks), str(args.steps)]
             else:
-                cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), str(args.steps), str(root / "trl")]
+                cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), json.dumps(masks), str(args.steps), str(root / "trl")]
             out, rss = measured(cmd, env, name)
             if name.startswith("lmtune"):
                 metrics = [json.loads(line) for line in (root / name.replace(" ", "_") / "metrics/train.jsonl").read_text().splitlines()]
@@ -223,8 +241,7 @@ def main() -> None:
                 times, tokens = data["times"], data["tokens"]
             results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss, ""))
         rate = matmul_gflops(args.threads)
-        flops = flops_per_token(args.scale)
-        table = format_table(results, args) + "\n" + bound_lines(results, rate, flops)
+        table = format_table(results, args, response) + "\n" + bound_lines(results, rate, args.scale, response)
         print(table)
         if args.record:
             with (REPO / "bench/RESULTS.md").open("a") as fp:
@@ -247,32 +264,38 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def flops_per_token(scale: str) -> float:
+def flops_per_token(scale: str, head_share: float = 1.0) -> float:
     """Forward + input-gradient FLOPs per token of the frozen matrix products (2 + 2 per weight),
-    the LM head included, plus attention's score and value products (3 x 2 x 2 x layers x seq x dim / 2,
-    causal); the adapters' own products are under 1% at rank 16."""
+    plus attention's score and value products (3 x 2 x 2 x layers x seq x dim / 2, causal); the
+    tied LM head counts for the ``head_share`` of positions it runs on (1 for transformers, which
+    projects every position; the response share for lmtune). The adapters' own products are
+    under 1% at rank 16."""
     d, layers, ffn, vocab, kv = (256, 2, 1024, 512, 128) if scale == "smoke" else (2048, 16, 8192, 128256, 512)
-    weights = layers * (2 * d * d + 2 * d * kv + 3 * d * ffn) + vocab * d
+    weights = layers * (2 * d * d + 2 * d * kv + 3 * d * ffn)
     attention = 3 * 2 * 2 * layers * SEQ_LEN * d / 2
-    return 4 * weights + attention
+    return 4 * (weights + head_share * vocab * d) + attention
 
 
-def bound_lines(results, rate: float, flops: float) -> str:  # type: ignore[no-untyped-def]
-    lines = ["", f"float32 matrix products here: {rate:.0f} GFLOP/s; the frozen products cost {flops / 1e9:.2f} GFLOP per token, so at most "
-             f"{rate * 1e9 / flops:.1f} tokens/s. Share of that bound:"]
+def bound_lines(results, rate: float, scale: str, response: float) -> str:  # type: ignore[no-untyped-def]
+    full, lmtune = flops_per_token(scale), flops_per_token(scale, response)
+    lines = ["", f"float32 matrix products here: {rate:.0f} GFLOP/s. The frozen products cost {full / 1e9:.2f} GFLOP per token with the LM head "
+             f"on every position (transformers), so such a trainer can pass no more than {rate * 1e9 / full:.1f} tokens/s; lmtune runs the head on "
+             f"the response tokens only ({response:.0%} of these rows): {lmtune / 1e9:.2f} GFLOP per token, at most {rate * 1e9 / lmtune:.1f} tokens/s. "
+             "Each contender's share of its own bound:"]
     for name, tok_s, *_ in results:
         if tok_s is not None:
-            lines.append(f"- {name}: {tok_s * flops / (rate * 1e9):.0%}")
+            lines.append(f"- {name}: {tok_s * (lmtune if name.startswith('lmtune') else full) / (rate * 1e9):.0%}")
     return "\n".join(lines)
 
 
-def format_table(results, args) -> str:  # type: ignore[no-untyped-def]
+def format_table(results, args, response: float) -> str:  # type: ignore[no-untyped-def]
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = platform.processor() or platform.machine()
     lines = [
         f"### lora_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- command: `bench/lora_bench.py --steps {args.steps} --scale {args.scale} --threads {args.threads}`",
+        f"- command: `bench/lora_bench.py --steps {args.steps} --scale {args.scale} --threads {args.threads} --response-share {args.response_share}`"
+        f" (response tokens: {response:.0%} of each row)",
         f"- machine: {cpu}, {os.cpu_count()} cores, {args.threads} thread(s) per contender, git {commit}",
         "",
         "| contender | steps timed | tokens/step | tokens/s (steady) | s/step | peak RSS (GiB) |",

@@ -408,12 +408,13 @@ def hf_venv(path: Path, want_trl: bool) -> tuple[Path | None, str, str]:
     python = path / "bin" / "python"
     site_dir = path / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     check = "import accelerate, trl" if want_trl else "import accelerate"
-    if python.exists() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
-        return python, f"side venv {path}: {versions(python)}", ""
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-        own = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-        (site_dir / "_project_venv.pth").write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in own))
+    # Always this venv's packages: the side venv may have been built from another checkout.
+    own = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    (site_dir / "_project_venv.pth").write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in own))
+    if subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
+        return python, f"side venv {path}: {versions(python)}", ""
     pip = [sys.executable, "-m", "pip"]
     freeze = subprocess.run([*pip, "freeze"], capture_output=True, text=True).stdout.splitlines()
     pins = path / "pins.txt"

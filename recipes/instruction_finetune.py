@@ -59,6 +59,7 @@ from lmtune.train.valid_metrics import COUNTS, ValidMetric
 from lmtune.train.document_attention import DocumentSDPA
 from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
 from lmtune.train.lora_base_family import register_lora_base_families
+from lmtune.train.swiglu import use_lean_swiglu
 from lmtune.train.target_loss import use_target_only_loss
 from lmtune.train.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
@@ -168,6 +169,7 @@ class InstructionFinetuneRecipe(Recipe):
         # Runs after fairseq2 has created or loaded the model and before the data-parallel wrap.
         config = context.get_config_as(FinetuneConfig)
         use_target_only_loss(model)  # the LM head on response tokens only (lmtune.train.target_loss)
+        use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.train.swiglu)
         if config.lora.rank is None:
             return model
         from lmtune.train.lora_model import lora_training_model

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmtune.catalog.loading import load_model, model_config, model_family
+from lmtune.catalog.loading import iter_model_tensors, load_model, model_config, model_family
 from lmtune.catalog.specs import ModelSpec
 from lmtune.errors import UserError
 from lmtune.train.lora import TARGET_MODULES, LoraLinear, apply_lora
@@ -34,7 +34,7 @@ def streamed(spec: ModelSpec, quantize: str) -> torch.nn.Module:
 
     model = model_family(spec.family).create_new_model(model_config(spec), create_fake_gangs(CPU), torch.float32, meta=True, init_rank0_only=False)
     apply_lora(model, **SETTINGS, quantize=quantize, device=CPU)  # type: ignore[arg-type]
-    load_base_weights(model, spec, device=CPU, dtype=torch.float32)
+    load_base_weights(model, spec, iter_model_tensors(spec), device=CPU, dtype=torch.float32)
     return model.eval()
 
 

@@ -69,3 +69,38 @@ def test_batches_without_a_mask_keep_fairseq2s_loss() -> None:
     before = model(seqs, layout, targets=seqs, reduction="sum").item()
     use_target_only_loss(model)
     assert model(seqs, layout, targets=seqs, reduction="sum").item() == before
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_frozen_head_in_chunks_gives_the_same_loss_and_gradients(monkeypatch: pytest.MonkeyPatch, tied: bool, reduction: str) -> None:
+    """A LoRA run's head is frozen: the chunked loss (lmtune.train.frozen_head_loss) takes over."""
+    from fairseq2.nn import BatchLayout
+
+    import lmtune.train.frozen_head_loss as frozen_head_loss
+
+    monkeypatch.setattr(frozen_head_loss, "CHUNK_ROWS", 4)  # 13 target rows: four chunks, the last short
+    model = tiny(tiny_llama, tied=tied)
+    model.final_proj.weight.requires_grad_(False)
+    model.decoder_frontend.embed.weight.requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    seqs = torch.randint(3, 256, (2, 12), generator=gen)
+    targets = torch.randint(3, 256, (2, 12), generator=gen)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, 3:] = True
+    mask[1, 8:] = True
+    layout = BatchLayout.of(seqs)
+
+    full_loss, full_grads = loss_and_grads(model, seqs, layout, targets, mask, reduction)
+    calls = []
+    real = frozen_head_loss._FrozenHeadNll.forward
+    monkeypatch.setattr(frozen_head_loss._FrozenHeadNll, "forward", staticmethod(lambda *a: calls.append(1) or real(*a)))
+    use_target_only_loss(model)
+    loss, grads = loss_and_grads(model, seqs, layout, targets, mask, reduction)
+
+    assert calls  # the chunked path ran
+    assert loss.item() == pytest.approx(full_loss.item(), rel=1e-6)
+    assert set(grads) == set(full_grads) and "final_proj.weight" not in grads
+    for name, g in grads.items():
+        # both take the softmax in float32, in another order: equal to float32 rounding
+        assert (g - full_grads[name]).abs().max() <= 1e-6 * full_grads[name].abs().max(), name

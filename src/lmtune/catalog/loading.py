@@ -86,6 +86,22 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     return model
 
 
+def iter_model_tensors(spec: ModelSpec):  # type: ignore[no-untyped-def]
+    """(fairseq2 key, tensor) for each tensor of ``spec``'s weights, one at a time, read by
+    fairseq2's checkpoint loader (memory-mapped, converted to fairseq2's keys)."""
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
+    if spec.checkpoint is None:  # randomly initialised (``init: random``)
+        yield from load_model(spec).state_dict().items()
+        return
+    try:
+        yield from model_family(spec.family).iter_checkpoint(Path(spec.checkpoint), model_config(spec), create_fake_gangs(CPU), True, None)
+    except (KeyError, RuntimeError, ValueError) as ex:
+        reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
+
+
 def check_lora_base(spec: ModelSpec) -> None:
     """A LoRA checkpoint holds only adapters: its base model's weights must still be where they were."""
     lora = spec.lora
@@ -110,7 +126,7 @@ def _load_lora_model(spec: ModelSpec, *, device: torch.device | None, dtype: tor
     device = device or CPU
     model = model_family(lora.base.family).create_new_model(model_config(lora.base), create_fake_gangs(device), dtype, meta=True, init_rank0_only=False)
     apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=0.0, targets=lora.targets, quantize=lora.quantize, seed=lora.seed, device=device)
-    load_base_weights(model, lora.base, device=device, dtype=dtype)
+    load_base_weights(model, lora.base, iter_model_tensors(lora.base), device=device, dtype=dtype)
     load_adapters(model, Path(spec.checkpoint))  # type: ignore[arg-type]
     model.eval()
     return model

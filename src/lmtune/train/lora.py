@@ -113,7 +113,11 @@ class LoraLinear(Module):
     def forward(self, x: Tensor) -> Tensor:
         y = linear(x, self.nf4_weight if self.quantized else self.weight, self.bias)  # type: ignore[arg-type]
         h = self.dropout(x) if self.dropout is not None else x
-        return y + linear(linear(h.to(self.lora_a.dtype), self.lora_a), self.lora_b).to(y.dtype) * self.scale
+        low = linear(h.to(self.lora_a.dtype), self.lora_a) * self.scale  # (..., rank): scaled while small
+        if low.dtype != y.dtype:
+            return y + linear(low, self.lora_b).to(y.dtype)
+        # y + low B^T in one matrix product: no pass over the (..., out) output to scale or add.
+        return torch.addmm(y.reshape(-1, self.output_dim), low.reshape(-1, self.rank), self.lora_b.t()).view(y.shape)
 
     def merged_weight(self) -> Tensor:
         """W + B @ A * alpha / rank, in float32."""

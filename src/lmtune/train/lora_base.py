@@ -4,7 +4,7 @@ The model already has its LoRA projections (``apply_lora`` on the meta device); 
 of the base's checkpoint is converted to the training dtype as it is read, and an NF4
 projection is quantized there and then, so a QLoRA run never holds its base in float32.
 The checkpoint is read through fairseq2's own loader (every format and key layout a card
-may point at), memory-mapped; the file pages already read are handed back to the kernel as
+may point at: ``lmtune.catalog.loading.iter_model_tensors``), memory-mapped; the file pages already read are handed back to the kernel as
 the load goes, so they do not add the checkpoint's size to the process's memory either.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,8 +27,9 @@ DROP_EVERY_BYTES = 256 * 2**20
 MADV_DONTNEED = 4
 
 
-def load_base_weights(model: Module, spec: ModelSpec, *, device: torch.device, dtype: torch.dtype) -> None:
-    """Fills every frozen weight of ``model`` from ``spec``'s checkpoint; the adapters are left alone."""
+def load_base_weights(model: Module, spec: ModelSpec, tensors: Iterable[tuple[str, Tensor]], *, device: torch.device, dtype: torch.dtype) -> None:
+    """Fills every frozen weight of ``model`` from ``tensors``, ``spec``'s checkpoint as
+    ``lmtune.catalog.loading.iter_model_tensors`` reads it; the adapters are left alone."""
     from fairseq2.nn.utils.module import reset_non_persistent_buffers
 
     from lmtune.train.lora import LoraLinear, is_adapter_key
@@ -50,7 +51,7 @@ def load_base_weights(model: Module, spec: ModelSpec, *, device: torch.device, d
 
     loaded: set[str] = set()
     since_drop = 0
-    for key, tensor in _base_tensors(spec):
+    for key, tensor in tensors:
         if key not in slots:
             if key.endswith("rotary_emb.inv_freq"):
                 continue  # transformers < 4.31 saved this buffer; it is recomputed
@@ -70,10 +71,11 @@ def load_base_weights(model: Module, spec: ModelSpec, *, device: torch.device, d
         loaded.update(aliases[key])
         since_drop += tensor.numel() * tensor.element_size()
         del tensor
-        if since_drop >= DROP_EVERY_BYTES:
+        if since_drop >= DROP_EVERY_BYTES and spec.checkpoint is not None:
             drop_file_pages(Path(spec.checkpoint))  # type: ignore[arg-type]
             since_drop = 0
-    drop_file_pages(Path(spec.checkpoint))  # type: ignore[arg-type]
+    if spec.checkpoint is not None:
+        drop_file_pages(Path(spec.checkpoint))
 
     missing = sorted(set(slots) - loaded)
     if missing:
@@ -83,24 +85,6 @@ def load_base_weights(model: Module, spec: ModelSpec, *, device: torch.device, d
             if buffer is not None and buffer.is_meta:
                 module._buffers[name] = torch.empty_like(buffer, device=device)
     reset_non_persistent_buffers(model)
-
-
-def _base_tensors(spec: ModelSpec) -> Iterator[tuple[str, Tensor]]:
-    """(fairseq2 key, tensor) for each tensor of the base, read by fairseq2's checkpoint loader."""
-    from fairseq2.device import CPU
-    from fairseq2.gang import create_fake_gangs
-
-    from lmtune.catalog.loading import load_model, model_config, model_family
-
-    if spec.checkpoint is None:  # a randomly initialised base (``init: random``)
-        yield from load_model(spec).state_dict().items()
-        return
-    family = model_family(spec.family)
-    try:
-        yield from family.iter_checkpoint(Path(spec.checkpoint), model_config(spec), create_fake_gangs(CPU), True, None)
-    except (KeyError, RuntimeError, ValueError) as ex:
-        reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-        raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
 
 
 def drop_file_pages(checkpoint: Path) -> None:

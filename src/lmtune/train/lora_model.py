@@ -21,6 +21,7 @@ def lora_training_model(model: Module, section: object, lora: object, device: ob
     Changes ``model`` in place and returns it: fairseq2 0.8.1 keeps the module it passed to
     ``setup_model`` (its ``_StandardRecipeModel.module`` is the holder's first model), so a
     new module returned from there would be dropped."""
+    from lmtune.catalog.loading import iter_model_tensors
     from lmtune.train.lora import apply_lora, load_adapters
     from lmtune.train.lora_base import load_base_weights
     from lmtune.train.lora_base_family import base_family_name
@@ -28,7 +29,7 @@ def lora_training_model(model: Module, section: object, lora: object, device: ob
     s = section
     spec = ModelSpec(lora.base_name, base_family_name(s.family), s.arch, dict(s.config_overrides or {}), s.path, "the LoRA run's base")  # type: ignore[attr-defined]
     apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets, quantize=lora.quantize, seed=lora.seed, device=device)  # type: ignore[attr-defined, arg-type]
-    load_base_weights(model, spec, device=device, dtype=s.dtype)  # type: ignore[arg-type, attr-defined]
+    load_base_weights(model, spec, iter_model_tensors(spec), device=device, dtype=s.dtype)  # type: ignore[arg-type, attr-defined]
     if lora.adapter_init is not None and not resuming:  # type: ignore[attr-defined]
         load_adapters(model, lora.adapter_init)  # type: ignore[attr-defined]
     model.train()

@@ -11,7 +11,9 @@ softmax see those rows only. The sum is the same sum over the same tokens (fairs
 ``cross_entropy``, pad targets still ignored), and rows without a target get no gradient
 either way. It is installed where fairseq2 installs its own compiled loss
 (``TransformerLM.compile_loss`` replaces ``compute_fused_loss``), so it runs inside the
-model's forward, under DDP and FSDP alike.
+model's forward, under DDP and FSDP alike. A frozen head (LoRA) goes further: its logits are
+dropped chunk by chunk as soon as the loss and its gradient are known
+(``lmtune.train.frozen_head_loss``).
 """
 
 from __future__ import annotations
@@ -36,10 +38,20 @@ def use_target_only_loss(model: Module) -> None:
     ) -> Tensor:
         if target_mask is None or reduction not in ("sum", "mean"):
             return full_loss(decoder_output, targets, label_smoothing=label_smoothing, target_mask=target_mask, reduction=reduction)  # type: ignore[no-any-return]
+        import torch
         from fairseq2.nn.functional import cross_entropy
 
         rows = target_mask.bool()
-        logits = model.final_proj(decoder_output[rows])  # (targets, vocab)
-        return cross_entropy(logits, targets[rows], model.pad_idx, label_smoothing=label_smoothing, reduction=reduction)  # type: ignore[arg-type]
+        hidden, picked = decoder_output[rows], targets[rows]
+        head = model.final_proj
+        if label_smoothing == 0.0 and getattr(head, "bias", None) is None and not head.weight.requires_grad and torch.is_grad_enabled():
+            # A frozen head (LoRA): its logits need not outlive the loss (lmtune.train.frozen_head_loss).
+            from lmtune.train.frozen_head_loss import frozen_head_nll
+
+            ignore = -100 if model.pad_idx is None else model.pad_idx
+            loss = frozen_head_nll(hidden, head.weight, picked, ignore)
+            return loss if reduction == "sum" else loss / (picked != ignore).sum()
+        logits = head(hidden)  # (targets, vocab)
+        return cross_entropy(logits, picked, model.pad_idx, label_smoothing=label_smoothing, reduction=reduction)  # type: ignore[arg-type]
 
     model.compute_fused_loss = target_only_loss  # type: ignore[method-assign]
