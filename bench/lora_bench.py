@@ -12,8 +12,9 @@ answer, as in classification):
 - lmtune: `lmtune instruction_finetune` as a user runs it, a new stage on the checkpoint with
   `lora.rank=16`; each record encodes to at most 512 tokens and fills a packed row alone, so
   its attention is the same causal attention over 512 tokens as transformers'.
-- lmtune QLoRA: the same run with `lora.quantize=nf4` (the frozen base in 4-bit NF4), and once
-  more with `activation_checkpointing=true`, as QLoRA is usually run.
+- lmtune with `release_freed_memory=true` (freed activations given back to the system at once:
+  a lower peak, slower steps), and QLoRA with it: `lora.quantize=nf4` (the frozen base in 4-bit
+  NF4), once more with `activation_checkpointing=true`, as QLoRA is usually run.
 - transformers + PEFT: `AutoModelForCausalLM` on lmtune's HF export of the same checkpoint,
   `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step), the
   labels -100 outside the response.
@@ -51,6 +52,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SEQ_LEN = 512
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# lmtune's rows: name -> extra config keys. The QLoRA rows give freed memory back at once, as
+# a run short of memory would; so does one LoRA row, for the ratio at the same settings.
+RELEASE = "release_freed_memory=true"
+LMTUNE_RUNS: dict[str, list[str]] = {
+    "lmtune": [],
+    "lmtune, release_freed_memory": [RELEASE],
+    "lmtune qlora, release_freed_memory": ["lora.quantize=nf4", RELEASE],
+    "lmtune qlora, release_freed_memory, activation_checkpointing": ["lora.quantize=nf4", RELEASE, "activation_checkpointing=true"],
+}
 SMOKE = {"model_dim": 256, "num_layers": 2, "num_attn_heads": 4, "num_key_value_heads": 2, "ffn_inner_dim": 1024, "vocab_size": 512, "tied_embeddings": True, "pad_idx": 2}
 
 HF_CHILD = r"""
@@ -214,27 +224,23 @@ def main() -> None:
 
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"lora_bench: {trl_line}", file=sys.stderr)
-        for name in ("lmtune", "lmtune qlora", "lmtune qlora+ac", "transformers+peft", "trl+peft"):
+        for name in LMTUNE_RUNS | {"transformers+peft": [], "trl+peft": []}:
             if name == "trl+peft" and (trl_python is None or trl_reason):
                 results.append((name, None, None, [], None, trl_reason or trl_line))
                 continue
-            if name.startswith("lmtune"):
-                cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / name.replace(" ", "_")), "--config",
+            if name in LMTUNE_RUNS:
+                cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / f"lmtune{len(results)}"), "--config",
                        f"resume_checkpoint_dir={root / 'base/checkpoints'}", "model=last_checkpoint", f"dataset={root / 'data.jsonl'}",
                        "lora.rank=16", "lora.alpha=32", "lora.targets=all_linear", f"max_seq_len={SEQ_LEN}", f"max_num_tokens={SEQ_LEN}",
                        f"max_num_steps={args.steps}", "dtype=float32", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
-                       "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null"]
-                if name.startswith("lmtune qlora"):
-                    cmd.append("lora.quantize=nf4")
-                if name.endswith("+ac"):
-                    cmd.append("activation_checkpointing=true")
+                       "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null", *LMTUNE_RUNS[name]]
             elif name == "transformers+peft":
                 cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), json.dumps(masks), str(args.steps)]
             else:
                 cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), json.dumps(masks), str(args.steps), str(root / "trl")]
             out, rss = measured(cmd, env, name)
-            if name.startswith("lmtune"):
-                metrics = [json.loads(line) for line in (root / name.replace(" ", "_") / "metrics/train.jsonl").read_text().splitlines()]
+            if name in LMTUNE_RUNS:
+                metrics = [json.loads(line) for line in (root / f"lmtune{len(results)}" / "metrics/train.jsonl").read_text().splitlines()]
                 times, tokens = [m["Lapse Time"] for m in metrics], [int(m["Number of Elements"]) for m in metrics]
             else:
                 data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
@@ -284,7 +290,7 @@ def bound_lines(results, rate: float, scale: str, response: float) -> str:  # ty
              "Each contender's share of its own bound:"]
     for name, tok_s, *_ in results:
         if tok_s is not None:
-            lines.append(f"- {name}: {tok_s * (lmtune if name.startswith('lmtune') else full) / (rate * 1e9):.0%}")
+            lines.append(f"- {name}: {tok_s * (lmtune if name in LMTUNE_RUNS else full) / (rate * 1e9):.0%}")
     return "\n".join(lines)
 
 

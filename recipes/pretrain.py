@@ -50,6 +50,7 @@ from lmtune.data.text_stream import TextStreamReader
 from lmtune.train.console import RunConsole
 from lmtune.train.document_attention import DocumentSDPA
 from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.train.swiglu import use_lean_swiglu
 from lmtune.train.training_task import training_task
 
 
@@ -89,6 +90,11 @@ class PretrainRecipe(Recipe):
         container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
         if self._console is not None:  # what the run shows on the console (lmtune.train.console)
             self._console.attach(container)
+
+    @override
+    def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
+        use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.train.swiglu)
+        return model
 
     @override
     def create_task(self, context: RecipeContext) -> Task:

@@ -264,3 +264,15 @@ def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> Non
             targets += int(mask.sum())
     assert abs(logged[3] - total / targets) < 1e-4 * abs(logged[3]), (logged[3], total / targets)
     assert logged[6] != logged[3]
+
+
+def test_activation_checkpointing_gives_the_same_run(lora_run: Path, tmp_path: Path, cards: Path) -> None:
+    """Layers recomputed in backward (dropout masks replayed): the losses and adapters of the run without."""
+    checkpointed = train(tmp_path / "ac", cards, *LORA_ARGS, "activation_checkpointing=true")
+    la, l0 = losses(checkpointed), losses(lora_run)
+    assert sorted(la) == sorted(l0)
+    for step in l0:
+        assert la[step] == pytest.approx(l0[step], rel=1e-6), step
+    a, b = _tensors(checkpointed / "checkpoints/step_6"), _tensors(lora_run / "checkpoints/step_6")
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)

@@ -38,7 +38,7 @@ RESUMABLE_CHANGES = {
     "max_num_steps", "max_num_data_epochs", "checkpoint_every_n_steps", "keep_last_n_checkpoints",
     "keep_last_n_models", "validate_every_n_steps", "publish_metrics_every_n_steps", "tensorboard",
     "wandb", "compile", "activation_checkpointing", "data_parallelism", "distributed_timeout_minutes", "export_hf",
-    "early_stopping", "keep_best_n_checkpoints", "data_cache",
+    "early_stopping", "keep_best_n_checkpoints", "data_cache", "release_freed_memory",
 }
 
 _held: list[Any] = []  # keeps the lock file open until the process exits

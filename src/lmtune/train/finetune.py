@@ -193,7 +193,8 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
 
     from lmtune.train.allocator import return_large_blocks_when_freed
 
-    return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
+    if o.release_freed_memory:
+        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
     from fairseq2.recipe.run import run
 
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe

@@ -223,7 +223,8 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
 
     from lmtune.train.allocator import return_large_blocks_when_freed
 
-    return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
+    if o.release_freed_memory:
+        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
     from fairseq2.recipe.run import run
     from fairseq2.task import TaskStopException
     from fairseq2.utils.validation import ValidationError
