@@ -4,10 +4,10 @@ glibc serves a block of at least M_MMAP_THRESHOLD bytes with its own mmap and un
 when freed, but each such free raises the threshold (up to 32 MiB), after which blocks of
 that size come from the heap, are kept when freed, and fragment it. A training step frees
 and reallocates hundreds of activation tensors of 1-32 MiB, so on CPU the process's peak RSS
-settles above its live memory: 1.25 GiB above it for a Llama-3.2-1B-shaped LoRA run
+settles above its live memory: 0.9-1.25 GiB above it for a Llama-3.2-1B-shaped LoRA run
 (bench/RESULTS.md). Fixing the threshold (which also stops its adjustment) keeps every such
 block in its own mapping, given back when the tensor dies. The price is a page fault for
-every page of every new block: that run's steps took 20% longer. So it is a config key
+every page of every new block: that run's steps took 6-20% longer. So it is a config key
 (``release_freed_memory``), off by default; on GPU, activations are not in this heap at all.
 """
 
