@@ -23,7 +23,7 @@ answer, as in classification):
   (TRL 1.16's defaults are bfloat16 autocast and activation checkpointing; the comparison is
   float32 without either). TRL cannot go into lmtune's venv (a plain install upgrades
   transformers to 5.x), so it runs in a side venv layered over it, built by
-  bench/packing_bench.py's `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's
+  bench/side_venv.py's `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's
   pins, the row says why.
 
 Tokens/s is over the steps after the first (its warmup), each contender timed per step
@@ -220,7 +220,7 @@ def main() -> None:
         response = sum(map(sum, masks)) / sum(map(len, masks))
         results = []
         sys.path.insert(0, str(REPO / "bench"))
-        from packing_bench import hf_venv
+        from side_venv import hf_venv
 
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"lora_bench: {trl_line}", file=sys.stderr)

@@ -15,7 +15,7 @@ from lmtune.catalog.loading import iter_model_tensors, load_model, model_config,
 from lmtune.catalog.specs import ModelSpec
 from lmtune.errors import UserError
 from lmtune.train.lora import TARGET_MODULES, LoraLinear, apply_lora
-from lmtune.train.lora_base import drop_file_pages, load_base_weights
+from lmtune.train.lora_base import drop_file_pages, load_base_weights, mapped_files
 from tiny_builders import TinyModel, tiny_llama, tiny_qwen25, write_hf_dir, write_meta_reference
 
 SETTINGS = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": list(TARGET_MODULES), "seed": 3}
@@ -109,6 +109,6 @@ def test_dropped_file_pages_leave_the_tensors_intact(tmp_path: Path) -> None:
         return total
 
     assert resident_kb() >= 4096  # 4 MiB of float32 read through the mapping
-    drop_file_pages(tmp_path)
+    drop_file_pages(mapped_files(tmp_path))
     assert resident_kb() == 0
     assert float(w.double().sum()) == expected

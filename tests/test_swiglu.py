@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmtune.train.swiglu import use_lean_swiglu
-from test_target_loss import tiny
-from tiny_builders import tiny_llama
+from tiny_builders import float64_model, tiny_llama
 
 
 def saved_bytes(fn) -> int:  # type: ignore[no-untyped-def]
@@ -27,7 +26,7 @@ def saved_bytes(fn) -> int:  # type: ignore[no-untyped-def]
 def test_values_gradients_and_kept_memory() -> None:
     from fairseq2.nn import BatchLayout
 
-    model = tiny(tiny_llama)  # float64, train mode
+    model = float64_model(tiny_llama)  # float64, train mode
     seqs = torch.randint(3, 256, (2, 11), generator=torch.Generator().manual_seed(0))
     layout = BatchLayout.of(seqs)
     ffn = model.decoder.layers[0].ffn

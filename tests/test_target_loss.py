@@ -6,20 +6,7 @@ import pytest
 import torch
 
 from lmtune.train.target_loss import use_target_only_loss
-from tiny_builders import tiny_llama, tiny_qwen25
-
-
-def tiny(builder, **kw):  # type: ignore[no-untyped-def]
-    """The tiny model in float64, in train mode: only fairseq2's log-softmax runs in float32."""
-    from fairseq2.device import CPU
-    from fairseq2.gang import create_fake_gangs
-
-    from lmtune.catalog.loading import model_family
-
-    t = builder(**kw)
-    model = model_family(t.family).create_new_model(t.config, create_fake_gangs(CPU), torch.float64, meta=False, init_rank0_only=False)
-    model.load_state_dict({k: v.double() for k, v in t.state_dict.items()}, strict=not t.config.tied_embeddings)
-    return model.train()
+from tiny_builders import float64_model, tiny_llama, tiny_qwen25
 
 
 def loss_and_grads(model, seqs, layout, targets, mask, reduction):  # type: ignore[no-untyped-def]
@@ -34,7 +21,7 @@ def loss_and_grads(model, seqs, layout, targets, mask, reduction):  # type: igno
 def test_loss_and_gradients_match_the_full_head(builder, kw, reduction) -> None:  # type: ignore[no-untyped-def]
     from fairseq2.nn import BatchLayout
 
-    model = tiny(builder, **kw)
+    model = float64_model(builder, **kw)
     gen = torch.Generator().manual_seed(0)
     seqs = torch.randint(3, 256, (3, 12), generator=gen)
     targets = torch.randint(3, 256, (3, 12), generator=gen)
@@ -63,7 +50,7 @@ def test_batches_without_a_mask_keep_fairseq2s_loss() -> None:
     """Pretraining batches carry no target mask: every position is a target, as before."""
     from fairseq2.nn import BatchLayout
 
-    model = tiny(tiny_llama)
+    model = float64_model(tiny_llama)
     seqs = torch.randint(3, 256, (2, 10), generator=torch.Generator().manual_seed(1))
     layout = BatchLayout.of(seqs)
     before = model(seqs, layout, targets=seqs, reduction="sum").item()
@@ -80,7 +67,7 @@ def test_a_frozen_head_in_chunks_gives_the_same_loss_and_gradients(monkeypatch: 
     import lmtune.train.frozen_head_loss as frozen_head_loss
 
     monkeypatch.setattr(frozen_head_loss, "CHUNK_ROWS", 4)  # 13 target rows: four chunks, the last short
-    model = tiny(tiny_llama, tied=tied)
+    model = float64_model(tiny_llama, tied=tied)
     model.final_proj.weight.requires_grad_(False)
     model.decoder_frontend.embed.weight.requires_grad_(False)
     gen = torch.Generator().manual_seed(2)

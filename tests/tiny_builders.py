@@ -108,6 +108,19 @@ def tiny_qwen3(*, seed: int = 0) -> TinyModel:
     return build_tiny_model("qwen", "qwen3_0.6b", overrides, seed)
 
 
+def float64_model(builder, **kw) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+    """``builder(**kw)``'s model in float64 and train mode, to compare two computations closely."""
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
+    from lmtune.catalog.loading import model_family
+
+    t = builder(**kw)
+    model = model_family(t.family).create_new_model(t.config, create_fake_gangs(CPU), torch.float64, meta=False, init_rank0_only=False)
+    model.load_state_dict({k: v.double() for k, v in t.state_dict.items()}, strict=not t.config.tied_embeddings)
+    return model.train()
+
+
 # fairseq2 name inside decoder.layers.N -> (HF name inside model.layers.N, Meta name inside layers.N)
 LAYER_KEYS = {
     "self_attn_layer_norm.weight": ("input_layernorm.weight", "attention_norm.weight"),

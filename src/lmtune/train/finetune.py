@@ -191,9 +191,9 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
         if main:
             clear_early_stop(out_dir)
 
-    from lmtune.train.allocator import return_large_blocks_when_freed
-
     if o.release_freed_memory:
+        from lmtune.train.allocator import return_large_blocks_when_freed
+
         return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
     from fairseq2.recipe.run import run
 

@@ -221,9 +221,9 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
 
     config = pretrain_config(o, model, tokenizer, _paths(train.files), _paths(valid.files) if valid else [], rows)
 
-    from lmtune.train.allocator import return_large_blocks_when_freed
-
     if o.release_freed_memory:
+        from lmtune.train.allocator import return_large_blocks_when_freed
+
         return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
     from fairseq2.recipe.run import run
     from fairseq2.task import TaskStopException
