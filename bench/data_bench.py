@@ -74,7 +74,7 @@ def install_old_path() -> None:
     import torch
 
     import lmtune.recipes.instruction_finetune as recipe
-    import lmtune.train.finetune as finetune
+    import lmtune.runs.finetune as finetune
     from lmtune.data.batching import bucket_sizes, collate_padded
     import lmtune.data.packing as packing
     from lmtune.data.packing import collate_packed, group_rows, pack_examples
@@ -192,7 +192,7 @@ def encoded_tokens(out: Path) -> int:
 def compare_encoders(data: Path, records: int, work: Path) -> list[tuple[str, float]]:
     """The encoding alone, on the first ``records`` lines: serial, process pool, fairseq2 parallel map."""
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_model
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.parallel_encoding import encode_jsonl

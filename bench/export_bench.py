@@ -34,7 +34,7 @@ def build_checkpoint(out: Path, dtype_name: str) -> int:
     from fairseq2.utils.structured import ValueConverter
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import model_config, model_family, resolver
+    from lmtune.models.loading import model_config, model_family, resolver
     from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
 
     dtype = getattr(torch, dtype_name)

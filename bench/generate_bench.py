@@ -28,11 +28,12 @@ STOP = 5  # <|eot_id|>, the tiny tokenizer's EOS
 
 def tiny_model(device: torch.device):  # type: ignore[no-untyped-def]
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.adapters.build import load_any_model
+    from lmtune.models.loading import model_config
     from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
-    model = load_model(spec, device=device, seed=0)
+    model = load_any_model(spec, device=device, seed=0)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():  # the varied-output scale of tests/test_generate.py
@@ -107,7 +108,7 @@ def main() -> None:
     from lmtune.catalog.cards import CardStore
     from lmtune.options.generate import GeneratorOptions
     from lmtune.generate.generator import Generator
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_tokenizer
 
     model, config = tiny_model(device)

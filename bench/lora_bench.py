@@ -122,7 +122,7 @@ def build_run(out: Path, scale: str) -> None:
     from fairseq2.utils.structured import ValueConverter
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import model_config, model_family, resolver
+    from lmtune.models.loading import model_config, model_family, resolver
     from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
 
     spec = ModelSpec("llama3_2_1b", "llama", "llama3_2_1b", SMOKE if scale == "smoke" else {}, None, "bench")
@@ -154,7 +154,7 @@ def write_data(path: Path, count: int, response_share: float) -> tuple[list[list
     import random
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_tokenizer
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import Record

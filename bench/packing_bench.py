@@ -197,7 +197,7 @@ def write_card(asset_dir: Path, scale: dict[str, int], max_seq_len: int) -> None
 def resolve_card():  # type: ignore[no-untyped-def]
     """The card's fairseq2 model config and its tokenizer, as lmtune resolves them (LMTUNE_USER_ASSET_DIR set)."""
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_tokenizer, model_config
+    from lmtune.models.loading import load_tokenizer, model_config
     from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), CARD_NAME, None)

@@ -12,7 +12,7 @@ draws them), tiny_llama (2 layers, 128 dims, random init from one seed), AdamW, 
                   not adopted: examples of similar length share one call, right-padded (checked to give
                   the same loss as `packed` before timing)
 
-Batches come from lmtune.data.batching.build_pipeline, steps from lmtune.train.nll_unit.target_nll.
+Batches come from lmtune.data.batching.build_pipeline, steps from lmtune.training.nll_unit.target_nll.
 The contenders run in turns (A B C A B C ...), so a shared machine's load falls on all alike; the best
 and the median of --repeats epochs are printed. --profile prints cProfile's top functions for one
 epoch of each packed contender. The "loss" of a packed batch is checked equal across the two attentions.
@@ -108,19 +108,19 @@ def tiny_model():  # type: ignore[no-untyped-def]
     from fairseq2.models.transformer import set_default_sdpa_factory
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
     from lmtune.catalog.specs import resolve_model
-    from lmtune.train.document_attention import DocumentSDPA
+    from lmtune.models.document_attention import DocumentSDPA
 
     set_default_sdpa_factory(DocumentSDPA)  # as instruction_finetune does; unpacked batches go to TorchSDPA
     torch.manual_seed(0)
-    model = load_model(resolve_model(CardStore(), "tiny_llama", None))
+    model = load_any_model(resolve_model(CardStore(), "tiny_llama", None))
     model.train()
     return model
 
 
 def epoch(model, optimizer, batches) -> float:  # type: ignore[no-untyped-def]
-    from lmtune.train.nll_unit import target_nll
+    from lmtune.training.nll_unit import target_nll
 
     start = time.perf_counter()
     for batch in batches:
@@ -142,7 +142,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from lmtune.data.batching import build_pipeline
-    from lmtune.train.document_attention import DocumentSDPA
+    from lmtune.models.document_attention import DocumentSDPA
 
     examples = skewed_examples(args.examples, 0, args.max_seq_len)
     common = dict(dp_rank=0, dp_size=1, max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens, batch_size=None, pad_idx=0, shuffle_seed=3)
@@ -153,7 +153,7 @@ def main() -> int:
     per_example = DocumentSDPA.forward
     contenders = {"length": ("length", per_example), "packed": ("packed", per_example), "packed_grouped": ("packed", grouped_forward)}
     model = tiny_model()
-    from lmtune.train.nll_unit import target_nll
+    from lmtune.training.nll_unit import target_nll
 
     losses = []
     for forward in (per_example, grouped_forward):

@@ -10,11 +10,11 @@ Trainer (optimizer, LR schedule, accumulation, clipping, validation, metrics,
 checkpoints and resume).
 
 Validation: the NLL loss over the validation split, and with a task (``eval``) the
-task's scores on greedy completions of its first prompts (``lmtune.train.task_eval``);
-an ``EarlyStopper`` (``lmtune.train.early_stopping``) ends the run when the chosen
+task's scores on greedy completions of its first prompts (``lmtune.training.task_eval``);
+an ``EarlyStopper`` (``lmtune.training.early_stopping``) ends the run when the chosen
 metric stops improving.
 
-``lmtune.train.finetune`` turns the user's flat config into ``FinetuneConfig`` and runs
+``lmtune.runs.finetune`` turns the user's flat config into ``FinetuneConfig`` and runs
 this recipe with ``fairseq2.recipe.run.run``.
 """
 
@@ -52,16 +52,16 @@ from fairseq2.task import Task
 
 from lmtune.data.batching import build_pipeline
 from lmtune.data.encoded_examples import EncodedExamples
-from lmtune.train.console import RunConsole
-from lmtune.train.early_stopping import PatienceStopper
-from lmtune.train.task_eval import EvalPrompts, evaluate_task
-from lmtune.train.valid_metrics import COUNTS, ValidMetric
-from lmtune.train.document_attention import DocumentSDPA
-from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
-from lmtune.train.lora_base_family import register_lora_base_families
-from lmtune.train.swiglu import use_lean_swiglu
-from lmtune.train.target_loss import use_target_only_loss
-from lmtune.train.training_task import training_task
+from lmtune.training.console import RunConsole
+from lmtune.training.early_stopping import PatienceStopper
+from lmtune.training.task_eval import EvalPrompts, evaluate_task
+from lmtune.training.valid_metrics import COUNTS, ValidMetric
+from lmtune.models.document_attention import DocumentSDPA
+from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.adapters.base_family import register_lora_base_families
+from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.models.target_loss import use_target_only_loss
+from lmtune.training.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
 
@@ -107,7 +107,7 @@ class EarlyStoppingSection:
 
 @dataclass(kw_only=True)
 class LoraSection:
-    """Adapters added to the loaded model in ``setup_model`` (lmtune.train.lora); rank None: none."""
+    """Adapters added to the loaded model in ``setup_model`` (lmtune.adapters.lora); rank None: none."""
 
     rank: int | None = None
     alpha: float = 16.0
@@ -160,7 +160,7 @@ class InstructionFinetuneRecipe(Recipe):
             container.collection.register_instance(MetricDescriptor, descriptor)
         for name, display_name in COUNTS.items():
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display_name, 210, format_as_int))
-        if self._console is not None:  # what the run shows on the console (lmtune.train.console)
+        if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)
         register_lora_base_families(container)
 
@@ -168,11 +168,11 @@ class InstructionFinetuneRecipe(Recipe):
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
         # Runs after fairseq2 has created or loaded the model and before the data-parallel wrap.
         config = context.get_config_as(FinetuneConfig)
-        use_target_only_loss(model)  # the LM head on response tokens only (lmtune.train.target_loss)
-        use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.train.swiglu)
+        use_target_only_loss(model)  # the LM head on response tokens only (lmtune.models.target_loss)
+        use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.models.swiglu)
         if config.lora.rank is None:
             return model
-        from lmtune.train.lora_model import lora_training_model
+        from lmtune.adapters.training_model import lora_training_model
 
         resuming = context.get_checkpoint_manager().has_checkpoint(exclude_model_only=True)
         return lora_training_model(model, config.model, config.lora, context.gangs.root.device, resuming=resuming)

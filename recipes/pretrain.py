@@ -9,7 +9,7 @@ reader's position is in every checkpoint).
 
 Validation: the NLL loss per token over the held-out text and its perplexity, exp(loss).
 
-``lmtune.train.pretrain`` checks the inputs, turns the user's flat config into
+``lmtune.runs.pretrain`` checks the inputs, turns the user's flat config into
 ``PretrainConfig`` and runs this recipe with ``fairseq2.recipe.run.run``.
 """
 
@@ -47,17 +47,17 @@ from fairseq2.task import Task
 
 from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
-from lmtune.train.console import RunConsole
-from lmtune.train.document_attention import DocumentSDPA
-from lmtune.train.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
-from lmtune.train.swiglu import use_lean_swiglu
-from lmtune.train.training_task import training_task
+from lmtune.training.console import RunConsole
+from lmtune.models.document_attention import DocumentSDPA
+from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
+from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.training.training_task import training_task
 
 
 @dataclass(kw_only=True)
 class TextDataSection:
     train_files: list[Path]
-    """The corpus in order (checked by lmtune.train.pretrain; binary files skipped there are left out)."""
+    """The corpus in order (checked by lmtune.runs.pretrain; binary files skipped there are left out)."""
     valid_files: list[Path] = field(default_factory=list)
     max_seq_len: int = 1024
     rows: int = 8
@@ -88,12 +88,12 @@ class PretrainRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
-        if self._console is not None:  # what the run shows on the console (lmtune.train.console)
+        if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
-        use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.train.swiglu)
+        use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.models.swiglu)
         return model
 
     @override
@@ -103,13 +103,13 @@ class PretrainRecipe(Recipe):
         tokenizer = context.get_tokenizer()
         gangs = context.gangs
         eos_idx = tokenizer.vocab_info.eos_idx
-        assert eos_idx is not None  # lmtune.train.pretrain refuses a tokenizer without EOS
+        assert eos_idx is not None  # lmtune.runs.pretrain refuses a tokenizer without EOS
         encode = tokenizer.create_raw_encoder()
         # Documents are meant to be longer than the model's context (rows cut them); transformers'
         # tokenizers would warn about the first such document.
         logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
-        def share(paths: list[Path]) -> list[Piece]:  # this rank's, as lmtune.train.pretrain checked them
+        def share(paths: list[Path]) -> list[Piece]:  # this rank's, as lmtune.runs.pretrain checked them
             files = [CorpusFile(p, p.stat().st_size) for p in paths]
             return shares(files, gangs.dp.size)[gangs.dp.rank]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import run_lmtune
+from helpers import run_lmtune
 from tiny_builders import build_tiny_model, write_hf_dir
 
 BASE_CONFIG: dict[str, object] = {

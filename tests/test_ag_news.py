@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_lmtune
+from helpers import run_lmtune
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 SYSTEM = 'Classify the news article into World, Sports, Business or Sci/Tech. Answer with JSON {"category": ...}.'

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_user_error, run_lmtune
+from helpers import REPO, assert_user_error, run_lmtune
 from lmtune.data.audit import (
     fixed_size_batches,
     length_batches,

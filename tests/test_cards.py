@@ -30,7 +30,7 @@ def test_shipped_model_cards_name_family_arch_and_tokenizer_family() -> None:
 
 
 def test_shipped_archs_exist_in_fairseq2() -> None:
-    from lmtune.catalog.loading import model_config
+    from lmtune.models.loading import model_config
     from lmtune.catalog.specs import ModelSpec
 
     store = CardStore()

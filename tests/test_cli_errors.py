@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=2"]
 

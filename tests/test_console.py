@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_lmtune
+from helpers import run_lmtune
 from lmtune.options.finetune import FinetuneOptions
-from lmtune.train.console import RunConsole, _drop_fairseq2_deprecations, clock, step_stats
-from lmtune.train.validation_plan import ValidationPlan
-from lmtune.train.valid_metrics import valid_metrics
+from lmtune.training.console import RunConsole, _drop_fairseq2_deprecations, clock, step_stats
+from lmtune.training.validation_plan import ValidationPlan
+from lmtune.training.valid_metrics import valid_metrics
 
 RUN = [
     "--config-file", "tiny_gsm8k", "--config", "max_num_steps=20", "publish_metrics_every_n_steps=5", "checkpoint_every_n_steps=10",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_lmtune
+from helpers import run_lmtune
 
 LMTUNE = [sys.executable, "-m", "lmtune"]
 STEPS = 12
@@ -67,11 +67,11 @@ def _losses(out: Path) -> list[float]:
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
     from lmtune.catalog.specs import model_from_checkpoint_dir
 
     spec = model_from_checkpoint_dir(out / "checkpoints", None, "checkpoint_dir")
-    return {k: v.detach().clone() for k, v in load_model(spec).state_dict().items()}
+    return {k: v.detach().clone() for k, v in load_any_model(spec).state_dict().items()}
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 
 
 def write_task(root: Path) -> Path:

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=8", "publish_metrics_every_n_steps=1", "max_num_tokens=1024"]
 
 
 def _tiny_tokenizer():  # type: ignore[no-untyped-def]
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None).tokenizer

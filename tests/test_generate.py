@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_lmtune
+from helpers import REPO, run_lmtune
 
 TOKENIZER_DIR = REPO / "assets" / "tiny" / "tokenizer"
 MAX_GEN_LEN = 24
@@ -47,11 +47,12 @@ def random_tiny_llama(seed: int = 0):  # type: ignore[no-untyped-def]
     output varies from token to token (fairseq2's init at this size repeats one
     token) while the top two logits stay > 1e-3 apart, far above float32 noise."""
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.adapters.build import load_any_model
+    from lmtune.models.loading import model_config
     from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
-    model = load_model(spec, seed=seed)
+    model = load_any_model(spec, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -170,7 +171,7 @@ def test_stop_token_ends_a_short_prompt_in_a_mixed_length_batch(as_eos: bool) ->
     as fairseq2's EOS (which fairseq2 alone bans until the longest prompt is read)."""
     from lmtune.options.generate import GeneratorOptions
     from lmtune.generate.generator import Generator
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_tokenizer
 
@@ -196,7 +197,7 @@ def test_stop_token_ends_a_short_prompt_in_a_mixed_length_batch(as_eos: bool) ->
 def test_length_limit_drops_fairseq2s_forced_eos() -> None:
     from lmtune.options.generate import GeneratorOptions
     from lmtune.generate.generator import Generator
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_tokenizer
 
@@ -303,7 +304,7 @@ def test_beam_search_stops_on_an_extra_stop_id() -> None:
     from lmtune.catalog.cards import CardStore
     from lmtune.options.generate import GeneratorOptions
     from lmtune.generate.generator import Generator
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_tokenizer
 
     model, _ = random_tiny_llama()
@@ -321,10 +322,10 @@ def test_beam_search_stops_on_an_extra_stop_id() -> None:
 def test_random_init_model_is_the_same_for_the_same_seed() -> None:
     """model=tiny_llama (init: random) scores the untrained model reproducibly."""
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
     from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
-    a, b, c = (load_model(spec, seed=s).state_dict() for s in (2, 2, 3))
+    a, b, c = (load_any_model(spec, seed=s).state_dict() for s in (2, 2, 3))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["decoder.layers.0.self_attn.q_proj.weight"], c["decoder.layers.0.self_attn.q_proj.weight"])

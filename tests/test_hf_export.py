@@ -19,10 +19,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 from lmtune.errors import UserError
 from lmtune.export.hf_dir import export_hf, resolve_export
-from lmtune.catalog.loading import load_model, load_tokenizer, resolver
+from lmtune.adapters.build import load_any_model
+from lmtune.models.loading import load_tokenizer, resolver
 from lmtune.catalog.specs import TokenizerSpec
 from tiny_builders import (
     QWEN2_SPLIT, TinyModel, bpe_ranks, build_tiny_model, train_sentencepiece_model, write_hf_dir, write_hf_llama3_tokenizer,
@@ -128,7 +129,7 @@ def test_transformers_logits_match_lmtune(exported) -> None:  # type: ignore[no-
     width = min(len(x) for x in text_ids)
     ids = torch.cat([torch.tensor([x[:width] for x in text_ids]), torch.randint(0, tiny.config.vocab_size, (2, 40 - width), generator=torch.Generator().manual_seed(1))], dim=1)  # type: ignore[attr-defined]
 
-    ours = load_model(spec)
+    ours = load_any_model(spec)
     with torch.no_grad():
         expected = ours(ids, BatchLayout.of(ids))
     hf, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
@@ -300,11 +301,11 @@ def test_sharded_bfloat16_export_verifies(tmp_path: Path, tokenizers: dict[str, 
 
 def test_verify_fails_on_a_broken_export(tmp_path: Path, tokenizers: dict[str, TokenizerSpec], monkeypatch: pytest.MonkeyPatch) -> None:
     """--verify is a real check: without the q/k rotary reordering it fails, and writes nothing."""
-    import lmtune.export.weights
+    import lmtune.models.hf_keys
 
     tiny = build_tiny_model("llama", "llama3_2_1b", {**LLAMA, "num_key_value_heads": 2, "vocab_size": 704}, seed=6)
     spec, tok, output = resolve_export(str(write_run(tiny, tokenizers["llama3_hf"], tmp_path)))
-    monkeypatch.setattr(lmtune.export.weights, "rotary_to_hf", lambda w, heads, dim: w)
+    monkeypatch.setattr(lmtune.models.hf_keys, "rotary_to_hf", lambda w, heads, dim: w)
     with pytest.raises(UserError, match="does not reproduce lmtune's model"):
         export_hf(spec, tok, output, verify=True, log=lambda m: None)  # type: ignore[arg-type]
     assert not output.exists() and list(output.parent.iterdir()) == [output.parent / "model"]  # type: ignore[union-attr]

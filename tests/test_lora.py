@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 from lora_runs import BASE_CONFIG, LORA_ARGS, RUN_ARGS, dir_bytes, losses, train, write_base
 
 
@@ -35,7 +35,7 @@ def _base_spec(cards: Path):  # type: ignore[no-untyped-def]
 
 
 def _tensors(step_dir: Path) -> dict[str, torch.Tensor]:
-    from lmtune.train.lora import read_checkpoint_tensors
+    from lmtune.adapters.lora import read_checkpoint_tensors
 
     return read_checkpoint_tensors(step_dir / "model")
 
@@ -43,10 +43,10 @@ def _tensors(step_dir: Path) -> dict[str, torch.Tensor]:
 def test_adapters_start_as_the_base_model_and_only_they_train(cards: Path) -> None:
     from fairseq2.nn import BatchLayout
 
-    from lmtune.catalog.loading import load_model
-    from lmtune.train.lora import apply_lora, target_names
+    from lmtune.adapters.build import load_any_model
+    from lmtune.adapters.lora import apply_lora, target_names
 
-    base = load_model(_base_spec(cards))
+    base = load_any_model(_base_spec(cards))
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = base(ids, BatchLayout.of(ids))
@@ -240,7 +240,8 @@ def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> Non
 
     from fairseq2.nn import BatchLayout
 
-    from lmtune.catalog.loading import load_model, load_tokenizer
+    from lmtune.adapters.build import load_any_model
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import model_from_checkpoint_dir
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
@@ -251,7 +252,7 @@ def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> Non
     out = train(tmp_path / "out", cards, "lora.rank=4", "lora.alpha=8", f"valid_dataset={valid}", "validate_every_n_steps=3", "eval_task=none")
     logged = {m["Step"]: m["NLL Loss"] for m in map(json.loads, (out / "metrics/valid.jsonl").read_text().splitlines())}
     spec = model_from_checkpoint_dir(out / "checkpoints", 3, "test")
-    model = load_model(spec)
+    model = load_any_model(spec)
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]
     total, targets = 0.0, 0
     with torch.no_grad():

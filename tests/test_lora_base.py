@@ -1,4 +1,4 @@
-"""A LoRA run's base read tensor by tensor into an empty model (lmtune.train.lora_base).
+"""A LoRA run's base read tensor by tensor into an empty model (lmtune.adapters.base_weights).
 
 The reference is the plain path: the whole base loaded by fairseq2, then the adapters added
 (and the projections quantized) on the loaded model.
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmtune.catalog.loading import iter_model_tensors, load_model, model_config, model_family
+from lmtune.adapters.build import load_any_model
+from lmtune.models.loading import iter_model_tensors, model_config, model_family
 from lmtune.catalog.specs import ModelSpec
 from lmtune.errors import UserError
-from lmtune.train.lora import TARGET_MODULES, LoraLinear, apply_lora
-from lmtune.train.lora_base import drop_file_pages, load_base_weights, mapped_files
+from lmtune.adapters.lora import TARGET_MODULES, LoraLinear, apply_lora
+from lmtune.adapters.base_weights import drop_file_pages, load_base_weights, mapped_files
 from tiny_builders import TinyModel, tiny_llama, tiny_qwen25, write_hf_dir, write_meta_reference
 
 SETTINGS = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": list(TARGET_MODULES), "seed": 3}
@@ -39,7 +40,7 @@ def streamed(spec: ModelSpec, quantize: str) -> torch.nn.Module:
 
 
 def loaded_whole(spec: ModelSpec, quantize: str) -> torch.nn.Module:
-    model = load_model(spec)
+    model = load_any_model(spec)
     apply_lora(model, **SETTINGS, quantize=quantize)  # type: ignore[arg-type]
     return model.eval()
 

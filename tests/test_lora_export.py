@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, assert_user_error, run_lmtune
+from helpers import REPO, assert_user_error, run_lmtune
 from lora_runs import LORA_ARGS, losses, train, write_base
 from test_generate import hf_greedy
 
@@ -50,7 +50,8 @@ def exported(request: pytest.FixtureRequest, cards: Path, tmp_path_factory: pyte
 
 
 def _lmtune_model_and_prompts(exported: dict[str, object]):  # type: ignore[no-untyped-def]
-    from lmtune.catalog.loading import load_model, load_tokenizer
+    from lmtune.adapters.build import load_any_model
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import model_from_checkpoint_dir
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
@@ -60,7 +61,7 @@ def _lmtune_model_and_prompts(exported: dict[str, object]):  # type: ignore[no-u
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]
     records = read_records(REPO / "assets/tiny/gsm8k/test/test.jsonl", need_target=False)[:3]
     prompts = [encoder.encode_prompt(r) for r in records]
-    return load_model(spec), prompts
+    return load_any_model(spec), prompts
 
 
 def _stops(hf_dir: Path) -> list[int]:
@@ -114,7 +115,7 @@ def test_qlora_keeps_a_4bit_base_and_trains(exported: dict[str, object]) -> None
         pytest.skip("QLoRA only")
     from torchao.dtypes.nf4tensor import NF4Tensor
 
-    from lmtune.train.lora import lora_modules
+    from lmtune.adapters.lora import lora_modules
 
     steps = losses(exported["out"])  # type: ignore[arg-type]
     assert steps[6] < steps[1], steps
@@ -159,18 +160,18 @@ def test_qwen_adapters_export_to_peft_and_merged(base_card: str, arch: str, over
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
     from lmtune.catalog.specs import LoraSpec, ModelSpec, TokenizerSpec
     from lmtune.export.hf_dir import export_hf
     from lmtune.export.peft_adapter import export_peft_adapter
-    from lmtune.train.lora import apply_lora, lora_modules, target_names
+    from lmtune.adapters.lora import apply_lora, lora_modules, target_names
     from tiny_builders import QWEN2_SPLIT, bpe_ranks, build_tiny_model, write_hf_dir, write_hf_qwen_tokenizer
 
     tiny = build_tiny_model("qwen", base_card, overrides, seed=5)
     base = ModelSpec(base_card, "qwen", arch, overrides, write_hf_dir(tiny, tmp_path / "base"), "test")
     tokenizer = TokenizerSpec("qwen_hf", "qwen", write_hf_qwen_tokenizer(tmp_path / "tok", bpe_ranks(QWEN2_SPLIT)), {"use_im_end": True})
     targets = target_names("all_linear", base_card)
-    model = apply_lora(load_model(base), rank=4, alpha=8, dropout=0.0, targets=targets, seed=1)
+    model = apply_lora(load_any_model(base), rank=4, alpha=8, dropout=0.0, targets=targets, seed=1)
     generator = torch.Generator().manual_seed(2)
     for _, m in lora_modules(model):
         m.lora_b.data.copy_(0.05 * torch.randn(m.lora_b.shape, generator=generator))
@@ -182,13 +183,13 @@ def test_qwen_adapters_export_to_peft_and_merged(base_card: str, arch: str, over
 
     ids = torch.randint(0, 416, (2, 24), generator=generator)
     with torch.no_grad():
-        expected = load_model(spec)(ids, BatchLayout.of(ids))
+        expected = load_any_model(spec)(ids, BatchLayout.of(ids))
         export_peft_adapter(spec, tokenizer, tmp_path / "adapter", log=lambda m: None)
         peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tmp_path / "adapter_base"), dtype=torch.float32), str(tmp_path / "adapter"))
         got = peft_model(input_ids=ids).logits
         export_hf(spec, tokenizer, tmp_path / "merged", log=lambda m: None)
         merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)(input_ids=ids).logits
-        base_only = load_model(base)(ids, BatchLayout.of(ids))
+        base_only = load_any_model(base)(ids, BatchLayout.of(ids))
     assert (got - expected).abs().max().item() < LOGIT_TOLERANCE
     assert (merged - expected).abs().max().item() < 1e-4  # merging rounds W + BA once more
     assert (base_only - expected).abs().max().item() > 100 * LOGIT_TOLERANCE

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_lmtune
+from helpers import REPO, run_lmtune
 from lora_runs import LORA_ARGS, train, write_base
 from test_vllm import VLLM_PYTHON, vllm_env
 
@@ -34,7 +34,7 @@ print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]))
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import model_from_checkpoint_dir
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records

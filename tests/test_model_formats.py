@@ -16,7 +16,8 @@ import yaml
 
 from lmtune.catalog.cards import CardStore
 from lmtune.errors import UserError
-from lmtune.catalog.loading import load_model, model_config
+from lmtune.adapters.build import load_any_model
+from lmtune.models.loading import model_config
 from lmtune.catalog.specs import ModelSpec, model_from_checkpoint_dir, resolve_model
 from tiny_builders import TinyModel, tiny_llama, tiny_qwen3, tiny_qwen25, train_tiny_checkpoint, unique_state_dict, write_hf_dir, write_meta_reference
 
@@ -33,7 +34,7 @@ def _write_cards(user_dir: Path, cards: list[dict[str, object]]) -> None:
 
 def _load(name: str, checkpoint_dir: Path | None = None) -> tuple[ModelSpec, torch.nn.Module]:
     spec = resolve_model(CardStore(), name, checkpoint_dir)
-    return spec, load_model(spec)
+    return spec, load_any_model(spec)
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -190,15 +191,15 @@ def test_llama_hf_directory_from_old_transformers_with_rotary_buffers(isolated_u
     from fairseq2.gang import create_fake_gangs
     from fairseq2.model_checkpoint import CorruptModelCheckpointError
 
-    from lmtune.catalog.loading import model_family
+    from lmtune.models.loading import model_family
 
     tiny = tiny_llama(seed=6, tied=True)
     hf_dir = write_hf_dir(tiny, tmp_path / "hf_old", num_shards=2, rotary_buffers=True)
     _write_cards(isolated_user_cards, [tiny.card("tiny_old_hf", hf_dir), {**tiny.card("wrong_dim", hf_dir), "model_config": {**tiny.overrides, "model_dim": 32}}])
     spec = resolve_model(CardStore(), "tiny_old_hf", None)
-    with pytest.raises(CorruptModelCheckpointError, match="not compatible"):  # why lmtune.catalog.checkpoint_formats exists
+    with pytest.raises(CorruptModelCheckpointError, match="not compatible"):  # why lmtune.models.checkpoint_formats exists
         model_family("llama").load_custom_model(hf_dir, model_config(spec), create_fake_gangs(CPU), torch.float32, False, False, None)
-    model = load_model(spec)
+    model = load_any_model(spec)
     _assert_same_weights(model, tiny)
     ids = _token_ids(256)
     _assert_close(_logits(model, ids), _reference_logits(hf_dir, ids))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmtune.catalog.cards import CardStore
-from lmtune.catalog.loading import load_model
+from lmtune.adapters.build import load_any_model
 from lmtune.data.packing import best_fit_bins, collate_packed, group_rows, pack_examples
 from lmtune.catalog.specs import resolve_model
 
@@ -45,14 +45,14 @@ def test_rows_are_grouped_into_batches_in_order_by_hand() -> None:
 def _tiny_model(sdpa: str) -> torch.nn.Module:
     from fairseq2.models.transformer import TorchSDPA, get_default_sdpa_factory, set_default_sdpa_factory
 
-    from lmtune.train.document_attention import DocumentSDPA
+    from lmtune.models.document_attention import DocumentSDPA
 
     before = get_default_sdpa_factory()
     set_default_sdpa_factory(DocumentSDPA if sdpa == "document" else TorchSDPA)
     try:
         torch.manual_seed(0)
         spec = resolve_model(CardStore(), "tiny_llama", None)
-        model = load_model(spec)
+        model = load_any_model(spec)
     finally:
         set_default_sdpa_factory(before)
     kinds = {type(m).__name__ for m in model.modules()}
@@ -74,7 +74,7 @@ def _example(rng: random.Random, n: int) -> dict[str, torch.Tensor]:
 def test_packed_loss_gradients_and_logits_equal_one_by_one(sdpa: str) -> None:
     from fairseq2.datasets import SequenceBatch
 
-    from lmtune.train.nll_unit import target_nll as response_nll
+    from lmtune.training.nll_unit import target_nll as response_nll
 
     model = _tiny_model(sdpa)
     rng = random.Random(3)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_lmtune
+from helpers import REPO, run_lmtune
 from lmtune.resources import configs_dir
 
 PRESETS = sorted(configs_dir().glob("*.yaml"))

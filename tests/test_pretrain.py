@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 from lmtune.data.text_corpus import JSONL, TEXT, CorpusFile, Piece, read_documents, shares
 
 WORDS = "the cat dog sat on a mat and ran to big red blue house tree sun moon over under".split()
@@ -110,7 +110,7 @@ def test_every_rank_must_get_a_document_to_train_on(tmp_path: Path) -> None:
 
 def _tokenizer():  # type: ignore[no-untyped-def]
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_model
 
     return load_tokenizer(resolve_model(CardStore(), "tiny_llama", None).tokenizer)  # type: ignore[arg-type]
@@ -192,7 +192,7 @@ def test_reader_names_the_file_and_line_of_text_that_turned_invalid(tmp_path: Pa
 
 
 def test_a_rerun_reuses_the_corpus_check_until_a_file_changes(tmp_path: Path) -> None:
-    from lmtune.train.pretrain import _write_check_cache, check_text
+    from lmtune.runs.pretrain import _write_check_cache, check_text
 
     paths = write_corpus(tmp_path / "corpus", n=20)
     out = tmp_path / "out"
@@ -215,10 +215,10 @@ def test_packed_rows_score_each_document_piece_on_its_own(tmp_path: Path) -> Non
     from fairseq2.models.transformer import get_default_sdpa_factory, set_default_sdpa_factory
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
     from lmtune.catalog.specs import resolve_model
-    from lmtune.train.nll_unit import target_nll as token_nll
-    from lmtune.train.document_attention import DocumentSDPA
+    from lmtune.training.nll_unit import target_nll as token_nll
+    from lmtune.models.document_attention import DocumentSDPA
 
     paths = write_corpus(tmp_path)
     tok = _tokenizer()
@@ -227,7 +227,7 @@ def test_packed_rows_score_each_document_piece_on_its_own(tmp_path: Path) -> Non
     before = get_default_sdpa_factory()
     set_default_sdpa_factory(DocumentSDPA)  # what the recipe sets with fairseq2's default attention
     try:
-        model = load_model(resolve_model(CardStore(), "tiny_llama", None), seed=0)
+        model = load_any_model(resolve_model(CardStore(), "tiny_llama", None), seed=0)
     finally:
         set_default_sdpa_factory(before)
     assert any(isinstance(m, DocumentSDPA) for m in model.modules())
@@ -358,7 +358,7 @@ def test_the_gpt2_small_card_has_gpt2_smalls_shape_and_size() -> None:
     from fairseq2.gang import create_fake_gangs
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import model_config, model_family
+    from lmtune.models.loading import model_config, model_family
     from lmtune.catalog.specs import model_from_card
 
     store = CardStore()

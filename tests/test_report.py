@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 
 LRS, SEEDS = [1e-05, 2e-05], [42, 1337, 7]
 TRAIN_STEPS, VALID_STEPS = [5, 10, 15, 20, 25, 30], [10, 20, 30]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 
 ARGS = [
     "--config-file", "tiny_gsm8k", "--config", "max_num_steps=60", "checkpoint_every_n_steps=10",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_lmtune
+from helpers import run_lmtune
 from lmtune.score.confusion_png import confusion_figure, row_shares, write_confusion_png
 from lmtune.errors import UserError
 from lmtune.score.tasks import INVALID, check_references, format_table, gsm8k_answer, parse_label, score

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_lmtune
+from helpers import run_lmtune
 
 STAGE1 = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "checkpoint_every_n_steps=2",
           "publish_metrics_every_n_steps=2", "tensorboard=false", "max_num_tokens=1024", "lr_scheduler.num_warmup_steps=1"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune
 
 BASE = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=3", "checkpoint_every_n_steps=3", "publish_metrics_every_n_steps=1", "tensorboard=false", "max_num_tokens=1024"]
 GRID = ["--grid", "learning_rate=1e-4,3e-4", "seed=1,2"]

@@ -1,10 +1,10 @@
-"""The two-tensor SwiGLU (lmtune.train.swiglu): fairseq2's values and gradients, one activation fewer kept."""
+"""The two-tensor SwiGLU (lmtune.models.swiglu): fairseq2's values and gradients, one activation fewer kept."""
 
 from __future__ import annotations
 
 import torch
 
-from lmtune.train.swiglu import use_lean_swiglu
+from lmtune.models.swiglu import use_lean_swiglu
 from tiny_builders import float64_model, tiny_llama
 
 

@@ -1,11 +1,11 @@
-"""The LM head on target rows only (lmtune.train.target_loss) gives fairseq2's loss and gradients."""
+"""The LM head on target rows only (lmtune.models.target_loss) gives fairseq2's loss and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lmtune.train.target_loss import use_target_only_loss
+from lmtune.models.target_loss import use_target_only_loss
 from tiny_builders import float64_model, tiny_llama, tiny_qwen25
 
 
@@ -61,10 +61,10 @@ def test_batches_without_a_mask_keep_fairseq2s_loss() -> None:
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("tied", [True, False])
 def test_a_frozen_head_in_chunks_gives_the_same_loss_and_gradients(monkeypatch: pytest.MonkeyPatch, tied: bool, reduction: str) -> None:
-    """A LoRA run's head is frozen: the chunked loss (lmtune.train.frozen_head_loss) takes over."""
+    """A LoRA run's head is frozen: the chunked loss (lmtune.models.frozen_head_loss) takes over."""
     from fairseq2.nn import BatchLayout
 
-    import lmtune.train.frozen_head_loss as frozen_head_loss
+    import lmtune.models.frozen_head_loss as frozen_head_loss
 
     monkeypatch.setattr(frozen_head_loss, "CHUNK_ROWS", 4)  # 13 target rows: four chunks, the last short
     model = float64_model(tiny_llama, tied=tied)

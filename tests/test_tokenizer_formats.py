@@ -17,7 +17,7 @@ import yaml
 from lmtune.catalog.cards import CardStore
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.errors import UserError
-from lmtune.catalog.loading import load_tokenizer
+from lmtune.models.loading import load_tokenizer
 from lmtune.data.records import Record
 from lmtune.catalog.specs import TokenizerSpec, resolve_tokenizer
 from tiny_builders import (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_lmtune
+from helpers import REPO, run_lmtune
 
 VLLM_PYTHON = Path(os.environ.get("LMTUNE_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 pytestmark = pytest.mark.skipif(
@@ -62,7 +62,7 @@ def vllm_env(tmp: Path) -> dict[str, str]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The export of a briefly fine-tuned tiny model, and lmtune's own prompts and greedy ids."""
     from lmtune.data.encoding import ExampleEncoder
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
     from lmtune.data.records import read_records
     from lmtune.catalog.specs import model_from_checkpoint_dir
 

@@ -68,12 +68,13 @@ def _random_state_dict(model: torch.nn.Module, seed: int) -> dict[str, torch.Ten
 
 def build_tiny_model(family: str, base_card: str, overrides: dict[str, object], seed: int = 0) -> TinyModel:
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.adapters.build import load_any_model
+    from lmtune.models.loading import model_config
     from lmtune.catalog.specs import ModelSpec
 
     arch = CardStore().get(base_card).get("model_arch")  # type: ignore[union-attr]
     spec = ModelSpec(base_card, family, str(arch), dict(overrides), None, "tiny_builders")
-    model = load_model(spec)
+    model = load_any_model(spec)
     return TinyModel(family, base_card, dict(overrides), model_config(spec), _random_state_dict(model, seed))
 
 
@@ -113,7 +114,7 @@ def float64_model(builder, **kw) -> torch.nn.Module:  # type: ignore[no-untyped-
     from fairseq2.device import CPU
     from fairseq2.gang import create_fake_gangs
 
-    from lmtune.catalog.loading import model_family
+    from lmtune.models.loading import model_family
 
     t = builder(**kw)
     model = model_family(t.family).create_new_model(t.config, create_fake_gangs(CPU), torch.float64, meta=False, init_rank0_only=False)
@@ -253,7 +254,7 @@ def write_hf_dir(model: TinyModel, out_dir: Path, *, num_shards: int = 1, rotary
 
 def train_tiny_checkpoint(out_dir: Path, *, steps: int = 4, every: int = 2) -> Path:
     """A real ``lmtune instruction_finetune`` run of the tiny preset; returns OUT/checkpoints."""
-    from conftest import run_lmtune
+    from helpers import run_lmtune
 
     no_cards = out_dir.parent / "no_user_cards"  # only the shipped cards, whatever the machine has
     no_cards.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
     records = read_records(data.train)  # malformed records fail here, with file:line
 
     from lmtune.data.encoding import ExampleEncoder
-    from lmtune.catalog.loading import load_tokenizer, model_config
+    from lmtune.models.loading import load_tokenizer, model_config
 
     model_max = getattr(model_config(model), "max_seq_len", None)
     max_seq_len = args.max_seq_len or min(model_max or FINETUNE_DEFAULTS.max_seq_len, FINETUNE_DEFAULTS.max_seq_len)

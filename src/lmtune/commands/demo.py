@@ -61,8 +61,8 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None, *, verbose: bool
     from lmtune.options.load import load_config
     from lmtune.options.presets import resolve_config_file
     from lmtune.run_dir import checkpoint_steps
-    from lmtune.train.console import RunConsole
-    from lmtune.train.finetune import run_instruction_finetune
+    from lmtune.training.console import RunConsole
+    from lmtune.runs.finetune import run_instruction_finetune
 
     start = time.monotonic()
     overrides = list(overrides or [])

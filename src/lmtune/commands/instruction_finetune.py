@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> None:
     options = load_options(FinetuneOptions, args)
     if options is None:
         return
-    from lmtune.train.console import RunConsole
-    from lmtune.train.finetune import run_instruction_finetune
+    from lmtune.training.console import RunConsole
+    from lmtune.runs.finetune import run_instruction_finetune
 
     run_instruction_finetune(args.output_dir, options, RunConsole(verbose=args.verbose))

@@ -30,6 +30,6 @@ def run(args: argparse.Namespace) -> None:
     options = load_options(PretrainOptions, args)
     if options is None:
         return
-    from lmtune.train.pretrain import PretrainConsole, run_pretrain
+    from lmtune.runs.pretrain import PretrainConsole, run_pretrain
 
     run_pretrain(args.output_dir, options, PretrainConsole(verbose=args.verbose))

@@ -7,7 +7,7 @@ into the fullest row it still fits), so rows are nearly full, then groups rows
 into batches of up to ``max_num_tokens`` tokens. A batch becomes one fairseq2
 *packed* SequenceBatch: a flat token sequence plus the examples' lengths, with
 no padding at all. fairseq2 gives each example its own positions (they restart
-at 0) and attention stays within each example (``lmtune.train.document_attention``,
+at 0) and attention stays within each example (``lmtune.models.document_attention``,
 or flash attention's variable-length kernel), so examples never see each other;
 the loss mask is unchanged, and loss is normalised by the target-token count.
 """

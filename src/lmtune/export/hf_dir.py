@@ -85,7 +85,7 @@ def resolve_export(checkpoint: str, model: str | None = None, tokenizer: str | N
         _check_model_option(spec, model)
     _check_family(spec.family, spec.name)
     if spec.lora is not None:
-        from lmtune.catalog.loading import check_lora_base
+        from lmtune.adapters.build import check_lora_base
 
         check_lora_base(spec)  # before anything is written
 
@@ -109,7 +109,7 @@ def _arch_families() -> dict[str, str]:
     """Architecture name -> fairseq2 model family, over every family fairseq2 knows."""
     from fairseq2.models import ModelFamily
 
-    from lmtune.catalog.loading import resolver
+    from lmtune.models.loading import resolver
 
     out: dict[str, str] = {}
     keys = [str(k) for k in resolver().iter_keys(ModelFamily)]
@@ -201,7 +201,7 @@ def export_hf(
         if not output.is_dir():
             raise UserError(f"{output} exists and is not a directory; remove it or choose another --output.")
 
-    from lmtune.catalog.loading import model_config
+    from lmtune.models.loading import model_config
 
     config = model_config(spec)
     if spec.family == "qwen":
@@ -272,8 +272,8 @@ def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | 
 
     from lmtune.export.safetensors_shards import SAFETENSORS_DTYPES, ShardedSafetensorsWriter
     from lmtune.dtypes import torch_dtype
-    from lmtune.export.weights import cast, hf_name, is_lm_head, to_hf_tensor
-    from lmtune.catalog.loading import model_family
+    from lmtune.models.hf_keys import cast, hf_name, is_lm_head, to_hf_tensor
+    from lmtune.models.loading import model_family
 
     family = model_family(spec.family)
     gangs = create_fake_gangs(CPU)
@@ -285,10 +285,10 @@ def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | 
     hdim = head_dim(spec.family, config)
     try:
         if spec.lora is not None:
-            from lmtune.catalog.loading import load_model
-            from lmtune.train.lora import merged_tensors
+            from lmtune.adapters.build import load_any_model
+            from lmtune.adapters.lora import merged_tensors
 
-            tensors = iter(merged_tensors(load_model(spec), merge=lora_weights == "merged"))
+            tensors = iter(merged_tensors(load_any_model(spec), merge=lora_weights == "merged"))
         else:
             tensors = family.iter_checkpoint(Path(spec.checkpoint), config, gangs, mmap=True, restrict=None)  # type: ignore[arg-type]
         first = next(tensors, None)

@@ -39,12 +39,13 @@ def export_peft_adapter(
     import torch
     from safetensors.torch import save_file
 
-    from lmtune.catalog.loading import load_model, model_config
+    from lmtune.adapters.build import load_any_model
+    from lmtune.models.loading import model_config
     from lmtune.dtypes import DTYPES, torch_dtype
     from lmtune.export.hf_config import head_dim
     from lmtune.export.hf_dir import export_hf, replace_dir
-    from lmtune.export.weights import cast, hf_name, to_hf_tensor
-    from lmtune.train.lora import lora_modules
+    from lmtune.models.hf_keys import cast, hf_name, to_hf_tensor
+    from lmtune.adapters.lora import lora_modules
 
     lora = spec.lora
     if lora is None:
@@ -62,7 +63,7 @@ def export_peft_adapter(
     hdim = head_dim(spec.family, config)
     target = torch_dtype(dtype) if dtype is not None else torch.float32
     tensors: dict[str, torch.Tensor] = {}
-    for name, module in lora_modules(load_model(spec)):
+    for name, module in lora_modules(load_any_model(spec)):
         hf_module = hf_name(f"{name}.weight").removesuffix(".weight")
         b = to_hf_tensor(f"{name}.weight", module.lora_b.detach(), spec.family, config, hdim)
         tensors[f"{PEFT_PREFIX}{hf_module}.lora_A.weight"] = cast(hf_module, module.lora_a.detach(), target).contiguous()

@@ -43,7 +43,7 @@ PROBE_CHAT = [
 
 def write_hf_tokenizer(spec: TokenizerSpec, out_dir: Path, model_max_length: int) -> SpecialIds:
     """Writes tokenizer.json and tokenizer_config.json (and copies) into out_dir; returns the special ids."""
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
     vocab = tokenizer.vocab_info

@@ -45,10 +45,10 @@ def verify_export(spec: ModelSpec, hf_dir: Path, export_dtype: str) -> str:
     """A one-line report; raises UserError when the logits differ by more than TOLERANCE."""
     import json
 
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
 
     config = json.loads((hf_dir / "config.json").read_text())
-    model = load_model(spec, dtype=torch.float32)
+    model = load_any_model(spec, dtype=torch.float32)
     if export_dtype != "float32":
         rounded = getattr(torch, export_dtype)
         with torch.no_grad():

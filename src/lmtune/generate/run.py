@@ -38,9 +38,9 @@ class Inputs:
 
 def resolve_inputs(o: GenerateOptions) -> Inputs:
     from lmtune.catalog.cards import CardStore
-    from lmtune.catalog.fit import check_vocabulary
+    from lmtune.models.fit import check_vocabulary
     from lmtune.data.encoding import ExampleEncoder
-    from lmtune.catalog.loading import load_tokenizer, model_config
+    from lmtune.models.loading import load_tokenizer, model_config
     from lmtune.data.records import read_records
     from lmtune.score.tasks import check_references
     from lmtune.catalog.specs import resolve_dataset, resolve_model, resolve_tokenizer
@@ -87,7 +87,7 @@ def _device_and_dtype(o: GenerateOptions):  # type: ignore[no-untyped-def]
     import torch
     from fairseq2.device import detect_default_device
 
-    from lmtune.catalog.loading import resolver
+    from lmtune.models.loading import resolver
     from lmtune.dtypes import compute_dtype, torch_dtype
     from lmtune.run_dir import is_main_process
 
@@ -115,10 +115,10 @@ def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], devic
     import torch
 
     from lmtune.generate.generator import Generator, length_batches
-    from lmtune.catalog.loading import load_model
+    from lmtune.adapters.build import load_any_model
 
     g = o.generator_config
-    model = load_model(inputs.model, device=device, dtype=dtype, seed=o.seed)  # type: ignore[arg-type]
+    model = load_any_model(inputs.model, device=device, dtype=dtype, seed=o.seed)  # type: ignore[arg-type]
     generator = Generator(model, inputs.tokenizer, g)
     decode = inputs.tokenizer.create_decoder()  # type: ignore[attr-defined]
     torch.manual_seed(o.seed + int(os.environ.get("RANK", "0")))

@@ -69,7 +69,7 @@ class PretrainOptions:
     """How long ranks wait for each other (start-up and every collective) before failing."""
     activation_checkpointing: bool = False
     release_freed_memory: bool = False
-    """Give freed activations' memory back to the system at once (glibc; lmtune.train.allocator):
+    """Give freed activations' memory back to the system at once (glibc; lmtune.training.allocator):
     a lower peak RSS when training on CPU, for slower steps."""
     compile: bool = False
     tensorboard: bool = True

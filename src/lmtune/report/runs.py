@@ -39,7 +39,7 @@ PLOTS = "plots"
 
 # fairseq2's column names
 STEP, LOSS, LR, TOKENS_PER_SECOND = "Step", "NLL Loss", "Learning Rate", "Elements per Second"
-# Task scores in valid.jsonl (lmtune.train.valid_metrics): these two are the table's; "F1 LABEL" are plotted per run.
+# Task scores in valid.jsonl (lmtune.training.valid_metrics): these two are the table's; "F1 LABEL" are plotted per run.
 HEADLINE_SCORES = {"Accuracy": "accuracy", "Macro F1": "macro F1"}  # column -> name in tables and titles
 UNGROUPED_KEYS = {"seed"}
 

@@ -21,7 +21,7 @@ def is_finished(run_out: Path, o: FinetuneOptions) -> bool:
     """True when rerunning the point would train nothing: it reached max_num_steps, or stopped
     early and neither patience nor max_num_steps was raised since."""
     from lmtune.run_dir import checkpoint_dir, checkpoint_steps, read_early_stop
-    from lmtune.train.validation_plan import continues_after_early_stop
+    from lmtune.training.validation_plan import continues_after_early_stop
 
     checkpoints = checkpoint_dir(run_out)
     steps = checkpoint_steps(checkpoints) if checkpoints.is_dir() else []
@@ -34,7 +34,7 @@ def is_finished(run_out: Path, o: FinetuneOptions) -> bool:
 
 
 def run_point(out: Path, config_file: str | None, config: list[str], point: Point, verbose: bool = False) -> None:
-    from lmtune.train.console import RunConsole
-    from lmtune.train.finetune import run_instruction_finetune
+    from lmtune.training.console import RunConsole
+    from lmtune.runs.finetune import run_instruction_finetune
 
     run_instruction_finetune(run_dir(out, point), point_options(config_file, config, point), RunConsole(verbose=verbose))

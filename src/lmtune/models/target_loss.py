@@ -13,7 +13,7 @@ either way. It is installed where fairseq2 installs its own compiled loss
 (``TransformerLM.compile_loss`` replaces ``compute_fused_loss``), so it runs inside the
 model's forward, under DDP and FSDP alike. A frozen head (LoRA) goes further: its logits are
 dropped chunk by chunk as soon as the loss and its gradient are known
-(``lmtune.train.frozen_head_loss``).
+(``lmtune.models.frozen_head_loss``).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def use_target_only_loss(model: Module) -> None:
         hidden, picked = decoder_output[rows], targets[rows]
         head = model.final_proj
         if label_smoothing == 0.0 and getattr(head, "bias", None) is None and not head.weight.requires_grad and torch.is_grad_enabled():
-            # A frozen head (LoRA): its logits need not outlive the loss (lmtune.train.frozen_head_loss).
-            from lmtune.train.frozen_head_loss import frozen_head_nll
+            # A frozen head (LoRA): its logits need not outlive the loss (lmtune.models.frozen_head_loss).
+            from lmtune.models.frozen_head_loss import frozen_head_nll
 
             ignore = -100 if model.pad_idx is None else model.pad_idx
             loss = frozen_head_nll(hidden, head.weight, picked, ignore)

@@ -40,7 +40,7 @@ from typing import Any, TextIO
 
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.run_dir import is_main_process
-from lmtune.train.validation_plan import ValidationPlan
+from lmtune.training.validation_plan import ValidationPlan
 
 
 def clock(seconds: float) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
-from lmtune.train.valid_metrics import ValidMetric, choose_metric, valid_metrics
+from lmtune.training.valid_metrics import ValidMetric, choose_metric, valid_metrics
 
 
 @dataclass

@@ -24,8 +24,8 @@ from lmtune.run_dir import (
     check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, encoded_cache_root, is_main_process,
     lock_output_dir, read_early_stop, save_config, write_early_stop, write_lora_card, write_tokenizer_card,
 )
-from lmtune.train.console import RunConsole
-from lmtune.train.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
+from lmtune.training.console import RunConsole
+from lmtune.training.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
 
 if TYPE_CHECKING:
@@ -96,8 +96,8 @@ def resolve_inputs(o: FinetuneOptions) -> Inputs:
 def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: object) -> int:
     """Checks the tokenizer (``loaded``: the fairseq2 tokenizer) against the model's vocabulary;
     returns max_seq_len capped at the model's maximum."""
-    from lmtune.catalog.fit import check_vocabulary, fitted_max_seq_len
-    from lmtune.catalog.loading import model_config
+    from lmtune.models.fit import check_vocabulary, fitted_max_seq_len
+    from lmtune.models.loading import model_config
 
     config = model_config(model)
     check_vocabulary(model.name, config, tokenizer, loaded)
@@ -131,20 +131,20 @@ def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: Toke
 
 
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:
-    """``console``: what the run shows (default: the compact console of ``lmtune.train.console``)."""
+    """``console``: what the run shows (default: the compact console of ``lmtune.training.console``)."""
     console = console or RunConsole()
     _check_numbers(o)
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
     inputs = resolve_inputs(o)
     model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
-    from lmtune.train.lora_plan import plan_lora
+    from lmtune.adapters.plan import plan_lora
 
     lora = plan_lora(o, model)
     if lora is not None:  # the effective settings (a continued adapter's own) go into OUT/lmtune.yaml
         s = lora.spec
         o = dataclasses.replace(o, lora=dataclasses.replace(o.lora, rank=s.rank, alpha=s.alpha, targets=s.targets, quantize=s.quantize))
     # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
-    from lmtune.catalog.loading import load_tokenizer
+    from lmtune.models.loading import load_tokenizer
 
     loaded = load_tokenizer(tokenizer)
     o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o, loaded))
@@ -173,15 +173,15 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
             write_lora_card(checkpoint_dir, lora.spec.as_card())
 
     from lmtune.data.parallel_encoding import default_workers
-    from lmtune.train.fairseq2_config import finetune_config, lora_section
+    from lmtune.runs.fairseq2_config import finetune_config, lora_section
 
     encoded = {path: c.directory for path, c in caches.items()}
     workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    # A LoRA run names its frozen base; fairseq2 creates it empty (lmtune.train.lora_base_family),
+    # A LoRA run names its frozen base; fairseq2 creates it empty (lmtune.adapters.base_family),
     # and the recipe's setup_model loads it and adds the adapters.
     config = finetune_config(o, lora.spec.base if lora is not None else model, tokenizer, train_file, valid_file, plan, out_dir, encoded, workers)
     if lora is not None:
-        from lmtune.train.lora_base_family import lora_base_family_key
+        from lmtune.adapters.base_family import lora_base_family_key
 
         config.lora = lora_section(lora)
         config.model.family = lora_base_family_key(config.model.family)
@@ -192,9 +192,9 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
             clear_early_stop(out_dir)
 
     if o.release_freed_memory:
-        from lmtune.train.allocator import return_large_blocks_when_freed
+        from lmtune.training.allocator import return_large_blocks_when_freed
 
-        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
+        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
     from fairseq2.recipe.run import run
 
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
@@ -202,7 +202,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     from fairseq2.task import TaskStopException
     from fairseq2.utils.validation import ValidationError
 
-    from lmtune.train.preemption import PREEMPTED_EXIT_CODE
+    from lmtune.training.preemption import PREEMPTED_EXIT_CODE
 
     console.header(o, out_dir, plan, config.regime.publish_metrics_every_n_steps, validates=config.regime.validate_every_n_steps is not None)
     if main:  # after the header, so the run's first line says what runs; before fairseq2, whose ranks map the caches

@@ -30,7 +30,7 @@ from lmtune.dtypes import compute_dtype, torch_dtype
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
-from lmtune.train.validation_plan import ValidationPlan
+from lmtune.training.validation_plan import ValidationPlan
 
 def training_precision(dtype: str) -> MixedPrecisionConfig:
     """Weights stay float32; on GPU forward/backward run in `dtype` (float32 on CPU, see lmtune.dtypes)."""

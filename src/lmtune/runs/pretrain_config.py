@@ -8,7 +8,7 @@ from fairseq2.recipe.config import RegimeSection
 
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.options.pretrain import PretrainOptions
-from lmtune.train.fairseq2_config import kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
+from lmtune.runs.fairseq2_config import kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
 
 
 def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_files: list[Path], valid_files: list[Path], rows: int):  # type: ignore[no-untyped-def]

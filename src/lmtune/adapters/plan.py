@@ -25,7 +25,7 @@ class LoraPlan:
 
 
 def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
-    from lmtune.train.lora import LORA_FAMILIES, target_names
+    from lmtune.adapters.lora import LORA_FAMILIES, target_names
 
     lo = o.lora
     if lo.rank is not None and lo.rank < 1:
@@ -38,7 +38,7 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         earlier = model.lora
         if lo.rank is not None and lo.rank != earlier.rank:
             raise UserError(f"model={model.name} holds LoRA adapters of rank {earlier.rank}, which this stage continues; leave lora.rank unset or set it to {earlier.rank}.")
-        from lmtune.catalog.loading import check_lora_base
+        from lmtune.adapters.build import check_lora_base
 
         check_lora_base(model)
         spec = LoraSpec(earlier.rank, earlier.alpha, lo.dropout, earlier.targets, earlier.quantize, earlier.base, o.seed)

@@ -9,7 +9,7 @@ out of reach of the optimizer, the state dict and data-parallel broadcasts; it i
 dequantized on the fly in each forward (torchao's ``linear_nf4``).
 
 The model's state dict then holds the adapters only, so fairseq2's checkpoints do too:
-the base weights are reloaded from the base model's own files (``lmtune.catalog.loading``).
+the base weights are reloaded from the base model's own files (``lmtune.models.loading``).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def apply_lora(model: Module, *, rank: int, alpha: float, dropout: float, target
     """Freezes ``model`` and replaces each targeted projection with a LoraLinear; in place.
 
     ``model`` may be on the meta device: the adapters are then made on ``device`` and the
-    frozen weights are read afterwards (``lmtune.train.lora_base.load_base_weights``)."""
+    frozen weights are read afterwards (``lmtune.adapters.base_weights.load_base_weights``)."""
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)  # the same A on every rank and every rebuild
     for layer in range(num_layers(model)):

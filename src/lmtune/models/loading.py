@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lmtune.catalog.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
+from lmtune.models.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
 from lmtune.errors import UserError
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 
@@ -70,7 +70,7 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     from fairseq2.gang import create_fake_gangs
 
     if spec.lora is not None:
-        return _load_lora_model(spec, device=device, dtype=dtype)
+        raise ValueError(f"{spec.name} is a LoRA checkpoint: load it with lmtune.adapters.build.load_any_model")
     family = model_family(spec.family)
     config = model_config(spec)
     gangs = create_fake_gangs(device or CPU)
@@ -100,36 +100,6 @@ def iter_model_tensors(spec: ModelSpec):  # type: ignore[no-untyped-def]
     except (KeyError, RuntimeError, ValueError) as ex:
         reason = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
         raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
-
-
-def check_lora_base(spec: ModelSpec) -> None:
-    """A LoRA checkpoint holds only adapters: its base model's weights must still be where they were."""
-    lora = spec.lora
-    assert lora is not None
-    base = lora.base.checkpoint
-    if base is None or not Path(base).exists():
-        raise UserError(f"model '{spec.name}' ({spec.source}) holds LoRA adapters for base model '{lora.base.name}', whose weights {base} are not there any more; put them back at that path (see {spec.source}/lora.yaml).")
-
-
-def _load_lora_model(spec: ModelSpec, *, device: torch.device | None, dtype: torch.dtype) -> torch.nn.Module:
-    """The base model with the checkpoint's adapters on it (NF4 base for a QLoRA run); the base
-    is built empty and read tensor by tensor, so a QLoRA base is never whole in float32."""
-    from fairseq2.device import CPU
-    from fairseq2.gang import create_fake_gangs
-
-    from lmtune.train.lora import apply_lora, load_adapters
-    from lmtune.train.lora_base import load_base_weights
-
-    lora = spec.lora
-    assert lora is not None
-    check_lora_base(spec)
-    device = device or CPU
-    model = model_family(lora.base.family).create_new_model(model_config(lora.base), create_fake_gangs(device), dtype, meta=True, init_rank0_only=False)
-    apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=0.0, targets=lora.targets, quantize=lora.quantize, seed=lora.seed, device=device)
-    load_base_weights(model, lora.base, iter_model_tensors(lora.base), device=device, dtype=dtype)
-    load_adapters(model, Path(spec.checkpoint))  # type: ignore[arg-type]
-    model.eval()
-    return model
 
 
 def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ it, and that would be its peak memory. Registered under ``<family>+lora_base`` (
 ``register``), this family is the real one in every respect (architectures, FSDP, activation
 checkpointing, compilation, the family name written to ``model.yaml``) except that loading a
 checkpoint returns the model on the meta device, with no weights in it. ``setup_model``
-(``lmtune.train.lora_model``) then reads the base tensor by tensor, quantizing each projection
+(``lmtune.adapters.training_model``) then reads the base tensor by tensor, quantizing each projection
 as it arrives.
 """
 
@@ -111,7 +111,7 @@ class EmptyLoadModelFamily(ModelFamily):
 
 def register_lora_base_families(container: DependencyContainer) -> None:
     """``llama+lora_base`` and ``qwen+lora_base`` beside fairseq2's own families (a recipe's ``register``)."""
-    from lmtune.train.lora import LORA_FAMILIES
+    from lmtune.adapters.lora import LORA_FAMILIES
 
     for family in LORA_FAMILIES:
 

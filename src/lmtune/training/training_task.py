@@ -6,9 +6,9 @@ from __future__ import annotations
 from fairseq2.recipe import RecipeContext
 from fairseq2.trainer import Trainer
 
-from lmtune.train.console import RunConsole
-from lmtune.train.nll_unit import NllTrainUnit
-from lmtune.train.preemption import PreemptibleTrainer, StopFlag
+from lmtune.training.console import RunConsole
+from lmtune.training.nll_unit import NllTrainUnit
+from lmtune.training.preemption import PreemptibleTrainer, StopFlag
 
 
 def training_task(context: RecipeContext, trainer: Trainer, unit: NllTrainUnit, console: RunConsole | None, *, early_stopping: bool = False) -> PreemptibleTrainer:

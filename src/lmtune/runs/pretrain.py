@@ -23,9 +23,9 @@ from lmtune.launch import explain_distributed_failure, prepare_distributed_env
 from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
-from lmtune.train.console import RunConsole
-from lmtune.train.valid_metrics import LOSS, ValidMetric
-from lmtune.train.validation_plan import ValidationPlan
+from lmtune.training.console import RunConsole
+from lmtune.training.valid_metrics import LOSS, ValidMetric
+from lmtune.training.validation_plan import ValidationPlan
 
 # OUT/corpus_check.json: what check_corpus found, with the files' sizes and times, for a rerun.
 # (Beside run_dir's layout, which knows only fine-tuning's files.)
@@ -109,8 +109,8 @@ def resolve_model_and_tokenizer(o: PretrainOptions) -> tuple[ModelSpec, Tokenize
 
 def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: PretrainOptions) -> tuple[int, int]:
     """Checks the tokenizer against the model; returns max_seq_len (capped at the model's) and rows per batch."""
-    from lmtune.catalog.fit import check_vocabulary, fitted_max_seq_len
-    from lmtune.catalog.loading import load_tokenizer, model_config
+    from lmtune.models.fit import check_vocabulary, fitted_max_seq_len
+    from lmtune.models.loading import load_tokenizer, model_config
 
     config = model_config(model)
     loaded = load_tokenizer(tokenizer)
@@ -174,7 +174,7 @@ def _write_check_cache(out_dir: Path, checks: dict[str, tuple[CorpusCheck, dict[
 
 
 def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None = None) -> None:
-    """``console``: what the run shows (default: ``PretrainConsole``, the compact console of ``lmtune.train.console``)."""
+    """``console``: what the run shows (default: ``PretrainConsole``, the compact console of ``lmtune.training.console``)."""
     console = console or PretrainConsole()
     _check_numbers(o)
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
@@ -217,20 +217,20 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
         write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
         _write_check_cache(out_dir, checks)
 
-    from lmtune.train.pretrain_config import pretrain_config
+    from lmtune.runs.pretrain_config import pretrain_config
 
     config = pretrain_config(o, model, tokenizer, _paths(train.files), _paths(valid.files) if valid else [], rows)
 
     if o.release_freed_memory:
-        from lmtune.train.allocator import return_large_blocks_when_freed
+        from lmtune.training.allocator import return_large_blocks_when_freed
 
-        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.train.allocator)
+        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
     from fairseq2.recipe.run import run
     from fairseq2.task import TaskStopException
     from fairseq2.utils.validation import ValidationError
 
     from lmtune.recipes.pretrain import PretrainRecipe
-    from lmtune.train.preemption import PREEMPTED_EXIT_CODE
+    from lmtune.training.preemption import PREEMPTED_EXIT_CODE
 
     validates = config.regime.validate_every_n_steps is not None
     plan = ValidationPlan(metrics=[LOSS, PERPLEXITY])

@@ -1,9 +1,9 @@
 """The model a LoRA run trains, built inside fairseq2's recipe (``setup_model``).
 
 fairseq2 hands the recipe the base model empty, on the meta device
-(``lmtune.train.lora_base_family``), on every rank and whether the run starts or resumes.
+(``lmtune.adapters.base_family``), on every rank and whether the run starts or resumes.
 The adapters are added first, then the frozen base weights are read from the base model's
-own files, NF4-quantized as they arrive for QLoRA (``lmtune.train.lora_base``). A LoRA
+own files, NF4-quantized as they arrive for QLoRA (``lmtune.adapters.base_weights``). A LoRA
 checkpoint holds the adapters alone: on a resumed run fairseq2 then restores them and their
 optimizer state.
 """
@@ -21,10 +21,10 @@ def lora_training_model(model: Module, section: object, lora: object, device: ob
     Changes ``model`` in place and returns it: fairseq2 0.8.1 keeps the module it passed to
     ``setup_model`` (its ``_StandardRecipeModel.module`` is the holder's first model), so a
     new module returned from there would be dropped."""
-    from lmtune.catalog.loading import iter_model_tensors
-    from lmtune.train.lora import apply_lora, load_adapters
-    from lmtune.train.lora_base import load_base_weights
-    from lmtune.train.lora_base_family import base_family_name
+    from lmtune.models.loading import iter_model_tensors
+    from lmtune.adapters.lora import apply_lora, load_adapters
+    from lmtune.adapters.base_weights import load_base_weights
+    from lmtune.adapters.base_family import base_family_name
 
     s = section
     spec = ModelSpec(lora.base_name, base_family_name(s.family), s.arch, dict(s.config_overrides or {}), s.path, "the LoRA run's base")  # type: ignore[attr-defined]

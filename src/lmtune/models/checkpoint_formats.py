@@ -7,7 +7,7 @@ skips these on load; fairseq2 reports them as unexpected keys and refuses the wh
 checkpoint. They are recomputed from the config, so lmtune drops them and converts
 the rest with fairseq2's own Llama converter.
 
-Only in-process loading (``lmtune.catalog.loading.load_model``) goes through here; the
+Only in-process loading (``lmtune.models.loading.load_model``) goes through here; the
 training recipe loads checkpoints with fairseq2's loader.
 """
 

@@ -4,7 +4,7 @@ The model already has its LoRA projections (``apply_lora`` on the meta device); 
 of the base's checkpoint is converted to the training dtype as it is read, and an NF4
 projection is quantized there and then, so a QLoRA run never holds its base in float32.
 The checkpoint is read through fairseq2's own loader (every format and key layout a card
-may point at: ``lmtune.catalog.loading.iter_model_tensors``), memory-mapped; the file
+may point at: ``lmtune.models.loading.iter_model_tensors``), memory-mapped; the file
 pages already read are handed back to the kernel as the load goes, so they do not add the
 checkpoint's size to the process's memory either.
 """
@@ -30,10 +30,10 @@ MADV_DONTNEED = 4
 
 def load_base_weights(model: Module, spec: ModelSpec, tensors: Iterable[tuple[str, Tensor]], *, device: torch.device, dtype: torch.dtype) -> None:
     """Fills every frozen weight of ``model`` from ``tensors``, ``spec``'s checkpoint as
-    ``lmtune.catalog.loading.iter_model_tensors`` reads it; the adapters are left alone."""
+    ``lmtune.models.loading.iter_model_tensors`` reads it; the adapters are left alone."""
     from fairseq2.nn.utils.module import reset_non_persistent_buffers
 
-    from lmtune.train.lora import LoraLinear, is_adapter_key
+    from lmtune.adapters.lora import LoraLinear, is_adapter_key
 
     places: dict[int, list[tuple[Module, str]]] = {}  # each frozen tensor -> where it goes (two places when tied)
     tensor_of: dict[str, int] = {}  # its keys (two when tied) -> the tensor

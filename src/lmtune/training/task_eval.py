@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import Module
 
-from lmtune.train.valid_metrics import task_metric_values
+from lmtune.training.valid_metrics import task_metric_values
 
 
 @dataclass
