@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from math import comb
 
 import numpy as np
 
@@ -26,7 +25,10 @@ def mcnemar_exact_p(a_only: int, b_only: int) -> float:
     n = a_only + b_only
     if n == 0:
         return 1.0
-    tail = sum(comb(n, k) for k in range(min(a_only, b_only) + 1))
+    tail = term = 1  # C(n, 0); each next term from the last: C(n, k + 1) = C(n, k) (n - k) / (k + 1), exactly
+    for k in range(min(a_only, b_only)):
+        term = term * (n - k) // (k + 1)
+        tail += term
     return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
