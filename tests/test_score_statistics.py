@@ -14,7 +14,7 @@ from lmtune.score.bootstrap import bootstrap_intervals, percentile_interval, res
 from lmtune.score.confusion_scores import confusion_scores
 from lmtune.score.example_scores import binary_scores
 from lmtune.score.paired import bootstrap_p, compare_scores, mcnemar_exact_p
-from lmtune.score.tasks import INVALID, example_scores, score
+from lmtune.score.tasks import INVALID, example_scores, format_table, score
 
 LABELS = ["a", "b"]
 # (completion, reference); confusion by hand, rows = truth a, b; columns = a, b, invalid:
@@ -60,6 +60,10 @@ def test_every_score_has_an_interval_around_it() -> None:
         for key in ("precision", "recall", "f1"):
             low, high = intervals["per_class"][label][key]
             assert low <= s["per_class"][label][key] <= high
+    table = format_table(s)  # as generate and score print it
+    assert "accuracy [{:.4f}, {:.4f}]".format(*intervals["accuracy"]) in table
+    assert "weighted F1 [{:.4f}, {:.4f}]".format(*intervals["weighted_f1"]) in table
+    assert "[{:.4f}, {:.4f}]".format(*intervals["per_class"]["b"]["recall"]) in table.splitlines()[-1]
     assert score("classification", PAIRS * 5, LABELS)["confidence_intervals"] == intervals  # seeded
     assert score("classification", PAIRS * 5, LABELS, seed=1)["confidence_intervals"] != intervals
     assert "confidence_intervals" not in score("classification", PAIRS, LABELS, resamples=0)

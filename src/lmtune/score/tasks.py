@@ -258,9 +258,13 @@ def format_table(scores: dict[str, object]) -> str:
         lines.append("  95% CI: " + "   ".join(f"{name} {ci(key)}" for key, name in names if key in intervals))
     per_class: dict[str, dict[str, float]] = scores["per_class"]  # type: ignore[assignment]
     width = max(10, *(len(label) for label in per_class))
-    lines.append(f"  {'label':{width}}  precision  recall      f1  support")
-    for label, c in per_class.items():
-        lines.append(f"  {label:{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
-        if intervals:
-            lines.append(f"  {'':{width}}  {ci('per_class', label, 'precision')} {ci('per_class', label, 'recall')} {ci('per_class', label, 'f1')}  (95% CI: precision, recall, f1)")
+    if not intervals:
+        lines.append(f"  {'label':{width}}  precision  recall      f1  support")
+        for label, c in per_class.items():
+            lines.append(f"  {label:{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    else:
+        lines.append(f"  {'label':{width}}  precision  {'95% CI':16}  recall  {'95% CI':16}      f1  {'95% CI':16}  support")
+        for label, c in per_class.items():
+            p, r, f = (ci("per_class", label, key) for key in ("precision", "recall", "f1"))
+            lines.append(f"  {label:{width}}  {c['precision']:9.4f}  {p:16}  {c['recall']:6.4f}  {r:16}  {c['f1']:6.4f}  {f:16}  {c['support']:7d}")
     return "\n".join(lines)
