@@ -29,6 +29,7 @@ COMMANDS = {
     "demo": "demo",
     "generate": "generate",
     "score": "score",
+    "compare": "compare",
     "write_hf_config": "write_hf_config",
     "audit": "audit",
     "report": "report",
