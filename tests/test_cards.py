@@ -113,6 +113,29 @@ def test_fairseq2_user_dir_variable_replaces_its_default(monkeypatch: pytest.Mon
     assert CardStore().get("in_default") is None  # as in fairseq2: the variable names the directory instead
 
 
+def test_init_random_reads_no_inherited_checkpoint(isolated_user_cards: Path) -> None:
+    """A card that inherits a checkpoint through base: and says init: random starts from random weights;
+    a card that sets its own checkpoint over an inherited init: random reads that checkpoint."""
+    import torch
+
+    from lmtune.models.loading import load_model
+
+    (isolated_user_cards / "small.pt").write_bytes(b"not read")
+    (isolated_user_cards / "m.yaml").write_text(
+        "name: small_trained\nbase: tiny_llama\ncheckpoint: small.pt\nmodel_config:\n  model_dim: 64\n"
+        "---\nname: big_random\nbase: small_trained\ninit: random\nmodel_config:\n  model_dim: 128\n"
+    )
+    store = CardStore()
+    assert resolve_model(store, "small_trained", None).checkpoint == isolated_user_cards / "small.pt"
+    spec = resolve_model(store, "big_random", None)
+    assert spec.checkpoint is None
+    # The same weights as the shipped random card of that architecture, for the same seed.
+    expected = load_model(resolve_model(store, "tiny_llama", None), seed=3).state_dict()
+    got = load_model(spec, seed=3).state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 def test_yaml_syntax_error_names_file_and_line(isolated_user_cards: Path) -> None:
     bad = isolated_user_cards / "bad.yaml"
     bad.write_text("name: ok\nmodel_family: llama\n---\nname: broken\n  model_arch: [x\n")

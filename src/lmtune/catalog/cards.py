@@ -9,7 +9,8 @@ default ``$XDG_CONFIG_HOME/lmtune/assets`` or ``~/.config/lmtune/assets``).
 A user card named ``name@user`` overrides the keys of card ``name``; unlike
 fairseq2 alone, a ``name@user`` card with no ``name`` to override registers
 ``name`` as a brand-new card. ``base:`` inherits every key the card does not set
-(``model_config``/``tokenizer_config`` are merged key by key). Relative paths in
+(``model_config``/``tokenizer_config`` are merged key by key), except that
+``init: random`` and ``checkpoint:`` exclude each other: the nearer card's wins. Relative paths in
 ``checkpoint``, ``tokenizer`` and ``data`` are relative to the card's file.
 """
 
@@ -188,6 +189,11 @@ class CardStore:
                     merged[key] = {**parent[key], **value}  # type: ignore[dict-item]
                 else:
                     merged[key] = value
+            # Of init: random and checkpoint:, the one the nearer card sets wins.
+            if "checkpoint" in fields and "init" not in fields:
+                merged.pop("init", None)
+            elif fields.get("init") == "random" and "checkpoint" not in fields:
+                merged.pop("checkpoint", None)
             merged.pop("base", None)
             merged["base"] = base
             fields = merged

@@ -191,11 +191,11 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
 
 
 def _card_checkpoint(card: Card) -> Path | None:
+    if card.get("init") == "random":
+        return None  # no checkpoint is read, not even one the card inherits through base:
     checkpoint = card.get("checkpoint")
     if checkpoint is None:
-        if card.get("init") != "random":
-            raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
-        return None
+        raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
     if not isinstance(checkpoint, str) or "://" in checkpoint:
         raise UserError(f"card '{card.name}' has checkpoint {checkpoint}, a hub address; lmtune downloads nothing at run time, so point 'checkpoint:' at local files.")
     path = Path(checkpoint)
