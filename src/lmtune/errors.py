@@ -26,14 +26,15 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], see: str = "lmtune assets list") -> str:
+    """The closest choices, or all of them when few, or their number and ``see``: the command that lists them."""
     choices = sorted(set(choices))
     near = closest(word, choices)
     if near:
         return "did you mean " + " or ".join(repr(c) for c in near) + "?"
     if len(choices) <= 12:
         return "valid: " + ", ".join(choices) + "."
-    return f"{len(choices)} are known (see `lmtune assets list`)."
+    return f"{len(choices)} are known (see `{see}`)."
 
 
 def explain_checkpoint_mismatch(ex: BaseException) -> str | None:
