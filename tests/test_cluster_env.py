@@ -121,6 +121,8 @@ def _closed_port() -> str:
         # srun: the first host of the nodelist is MASTER_ADDR
         ("nohost.invalid,localhost", "0", "the name nohost.invalid does not resolve (check MASTER_ADDR, or the first host of SLURM_JOB_NODELIST)."),
         ("127.0.0.1,localhost", "1", "127.0.0.1 resolves but nothing answered on port {port} (rank 0 has not started there, or a firewall blocks the port)."),
+        # 192.0.2.1 is reserved for documentation (RFC 5737): it resolves, and no host answers there.
+        ("192.0.2.1,localhost", "0", "192.0.2.1 resolves but nothing answered on port {port} (MASTER_ADDR is not the host rank 0 runs on)."),
     ],
 )
 def test_unreachable_rendezvous_is_named(monkeypatch: pytest.MonkeyPatch, nodelist: str, rank: str, reason: str) -> None:

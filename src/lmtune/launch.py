@@ -126,7 +126,9 @@ def _rendezvous_unreached(rank: str, addr: str, port: str, seconds: float) -> st
     except (OSError, UnicodeError):
         why = f"the name {addr} does not resolve (check MASTER_ADDR, or the first host of SLURM_JOB_NODELIST)"
     else:
-        why = f"{addr} resolves but nothing answered on port {port} (rank 0 has not started there, or a firewall blocks the port)"
+        # Rank 0 listens on its own host: when it cannot reach MASTER_ADDR itself, that names another host.
+        hint = "MASTER_ADDR is not the host rank 0 runs on" if rank == "0" else "rank 0 has not started there, or a firewall blocks the port"
+        why = f"{addr} resolves but nothing answered on port {port} ({hint})"
     return f"rank {rank} could not reach the rendezvous at MASTER_ADDR:MASTER_PORT = {addr}:{port} within {seconds:g} s: {why}."
 
 
