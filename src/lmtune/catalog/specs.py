@@ -169,7 +169,21 @@ def resolve_model(store: CardStore, ref: str, checkpoint_dir: Path | None, key: 
         if checkpoint_dir is None:
             raise UserError(f"model={ref} names a training checkpoint; also set {key}=OUT/checkpoints of the run it comes from.")
         return model_from_checkpoint_dir(checkpoint_dir, "best" if ref == "best_checkpoint" else None if m.group(2) is None else int(m.group(2)), key)
+    if store.get(ref) is None and checkpoint_dir is not None and is_checkpoint_dir(checkpoint_dir):
+        # e.g. model=checkpoint_$(basename "$CKPT_DIR") from fairseq2's tutorial: name what the directory does hold.
+        held = checkpoint_names(checkpoint_dir)
+        holds = f"holds {', '.join(held)}" if held else "holds no complete checkpoint yet"
+        raise UserError(f"unknown model '{ref}': it is no model card, and {key}={checkpoint_dir} {holds}.")
     return model_from_card(store, store.require(ref, "model"))
+
+
+def checkpoint_names(checkpoint_dir: Path) -> list[str]:
+    """What model= may name in a training run's checkpoint directory."""
+    steps = checkpoint_steps(checkpoint_dir)
+    if not steps:
+        return []
+    best = ["best_checkpoint"] if best_step(checkpoint_dir) is not None else []
+    return ["last_checkpoint", *best, *(f"checkpoint_step_{s}" for s in steps)]
 
 
 def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None, *, need_weights: bool = True) -> ModelSpec:
@@ -191,11 +205,11 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
 
 
 def _card_checkpoint(card: Card) -> Path | None:
+    if card.get("init") == "random":
+        return None  # no checkpoint is read, not even one the card inherits through base:
     checkpoint = card.get("checkpoint")
     if checkpoint is None:
-        if card.get("init") != "random":
-            raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
-        return None
+        raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
     if not isinstance(checkpoint, str) or "://" in checkpoint:
         raise UserError(f"card '{card.name}' has checkpoint {checkpoint}, a hub address; lmtune downloads nothing at run time, so point 'checkpoint:' at local files.")
     path = Path(checkpoint)
@@ -219,8 +233,7 @@ def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] 
     elif step is None:
         step = steps[-1]
     if step not in steps:
-        names = ", ".join(f"checkpoint_step_{s}" for s in steps)
-        raise UserError(f"{checkpoint_dir} has no checkpoint_step_{step}; it has: last_checkpoint, {names}.")
+        raise UserError(f"{checkpoint_dir} has no checkpoint_step_{step}; it has: {', '.join(checkpoint_names(checkpoint_dir))}.")
     assert isinstance(step, int)
     meta, t = read_cards(checkpoint_dir)
     tokenizer = None

@@ -19,6 +19,10 @@ from lmtune.errors import UserError, did_you_mean
 T = TypeVar("T")
 
 
+# The verb whose --help lists each options class's keys (`lmtune sweep` takes instruction_finetune's).
+KEYS_HELP = {"FinetuneOptions": "instruction_finetune", "PretrainOptions": "pretrain", "GenerateOptions": "generate"}
+
+
 def load_config(kls: type[T], config_file: Path | None, overrides: list[str]) -> T:
     values: dict[str, Any] = {}
     if config_file is not None:
@@ -80,20 +84,21 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
 
 
 def _merge(dst: dict[str, Any], src: dict[str, Any], kls: type, source: str) -> None:
-    _check_keys(src if src else dst, kls, "", source)
+    verb = KEYS_HELP.get(kls.__name__)
+    _check_keys(src if src else dst, kls, "", source, f"lmtune {verb} --help" if verb else "--help")
     _deep_update(dst, src)
 
 
-def _check_keys(values: dict[str, Any], kls: type, prefix: str, source: str) -> None:
+def _check_keys(values: dict[str, Any], kls: type, prefix: str, source: str, keys_help: str) -> None:
     hints = get_type_hints(kls)
     for key, value in values.items():
         if key not in hints:
-            raise UserError(f"{source}: unknown config key '{prefix}{key}'; {did_you_mean(prefix + key, [prefix + h for h in hints])}")
+            raise UserError(f"{source}: unknown config key '{prefix}{key}'; {did_you_mean(prefix + key, [prefix + h for h in hints], see=keys_help)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise UserError(f"{source}: '{prefix}{key}' is a section; set its keys, e.g. {prefix}{key}.{next(iter(get_type_hints(tp)))}=...")
-            _check_keys(value, tp, f"{prefix}{key}.", source)
+            _check_keys(value, tp, f"{prefix}{key}.", source, keys_help)
 
 
 def build(kls: type[T], values: dict[str, Any], prefix: str, source: str) -> T:
