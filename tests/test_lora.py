@@ -31,7 +31,7 @@ def _base_spec(cards: Path):  # type: ignore[no-untyped-def]
     from lmtune.catalog.specs import ModelSpec
 
     card = yaml.safe_load((cards / "lora_base.yaml").read_text())
-    return ModelSpec("lora_base", "llama", "llama3_2_1b", BASE_CONFIG, Path(card["checkpoint"]), "test")
+    return ModelSpec(name="lora_base", family="llama", arch="llama3_2_1b", config=BASE_CONFIG, checkpoint=Path(card["checkpoint"]), source="test")
 
 
 def _tensors(step_dir: Path) -> dict[str, torch.Tensor]:
@@ -45,12 +45,13 @@ def test_adapters_start_as_the_base_model_and_only_they_train(cards: Path) -> No
 
     from lmtune.adapters.build import load_any_model
     from lmtune.adapters.lora import apply_lora, target_names
+    from lmtune.options.lora import LoraSettings
 
     base = load_any_model(_base_spec(cards))
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = base(ids, BatchLayout.of(ids))
-    model = apply_lora(base, rank=4, alpha=8, dropout=0.0, targets=target_names("all_linear", "lora_base"))
+    model = apply_lora(base, LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=target_names("all_linear", "lora_base")))
     got = model(ids, BatchLayout.of(ids))
     assert torch.equal(got, expected)  # B = 0: exactly the base model
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
