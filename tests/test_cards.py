@@ -36,11 +36,11 @@ def test_shipped_archs_exist_in_fairseq2() -> None:
     store = CardStore()
     for name in SHIPPED_MODELS:
         card = store.get(name)
-        spec = ModelSpec(name, card.get("model_family"), card.get("model_arch"), dict(card.get("model_config") or {}), None, "")
+        spec = ModelSpec(name=name, family=card.get("model_family"), arch=card.get("model_arch"), config=dict(card.get("model_config") or {}), checkpoint=None, source="")
         config = model_config(spec)
         assert config.vocab_size > 30000
     # Qwen2.5-0.5B has no fairseq2 arch of its own: its card overrides the sizes.
-    spec = ModelSpec("q", "qwen", "qwen25_1_5b", dict(store.get("qwen25_0.5b").get("model_config")), None, "")
+    spec = ModelSpec(name="q", family="qwen", arch="qwen25_1_5b", config=dict(store.get("qwen25_0.5b").get("model_config")), checkpoint=None, source="")
     config = model_config(spec)
     assert (config.model_dim, config.num_layers, config.tied_embeddings) == (896, 24, True)
 

@@ -141,8 +141,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
 
     lora = plan_lora(o, model)
     if lora is not None:  # the effective settings (a continued adapter's own) go into OUT/lmtune.yaml
-        s = lora.spec
-        o = dataclasses.replace(o, lora=dataclasses.replace(o.lora, rank=s.rank, alpha=s.alpha, targets=s.targets, quantize=s.quantize))
+        o = dataclasses.replace(o, lora=dataclasses.replace(lora.spec.settings))
     # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
     from lmtune.models.loading import load_tokenizer
 
