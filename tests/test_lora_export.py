@@ -191,6 +191,8 @@ def test_qwen_adapters_export_to_peft_and_merged(base_card: str, arch: str, over
         export_hf(spec, tokenizer, tmp_path / "merged", log=lambda m: None)
         merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)(input_ids=ids).logits
         base_only = load_any_model(base)(ids, BatchLayout.of(ids))
-    assert (got - expected).abs().max().item() < LOGIT_TOLERANCE
+    # Float32 rounding grows with the logits' size (23.7 here for Qwen2.5: 1.3e-5 apart, ~7 ulps on this AMD CPU):
+    # the bound is 1e-6 of the largest logit, at least LOGIT_TOLERANCE.
+    assert (got - expected).abs().max().item() < max(LOGIT_TOLERANCE, 1e-6 * expected.abs().max().item())
     assert (merged - expected).abs().max().item() < 1e-4  # merging rounds W + BA once more
     assert (base_only - expected).abs().max().item() > 100 * LOGIT_TOLERANCE
