@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from lmtune.errors import UserError
-from lmtune.preference.losses import SequenceLogps, check_criterion, cpo_loss, dpo_loss, orpo_loss, simpo_loss
+from lmtune.preference.losses import (
+    SequenceLogps,
+    check_criterion,
+    cpo_loss,
+    dpo_loss,
+    orpo_loss,
+    simpo_loss,
+)
 
 N = 6
 

@@ -53,7 +53,11 @@ def test_batches_hold_whole_pairs_within_max_num_tokens() -> None:
 
 
 def _tiny_model(sdpa: str) -> torch.nn.Module:
-    from fairseq2.models.transformer import TorchSDPA, get_default_sdpa_factory, set_default_sdpa_factory
+    from fairseq2.models.transformer import (
+        TorchSDPA,
+        get_default_sdpa_factory,
+        set_default_sdpa_factory,
+    )
 
     from lmtune.adapters.build import load_any_model
     from lmtune.catalog.cards import CardStore

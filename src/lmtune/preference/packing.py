@@ -40,7 +40,7 @@ class PreferenceBatch:
     def num_pairs(self) -> int:
         return len(self.pair_ids)
 
-    def to(self, device, *, non_blocking: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def to(self, device, *, non_blocking: bool = False) -> None:
         """What fairseq2's trainer calls on every batch (``SupportsDeviceTransfer``)."""
         self.batch.to(device, non_blocking=non_blocking)  # type: ignore[attr-defined]
         if self.reference is not None:
@@ -66,7 +66,7 @@ def collate_pairs(pairs: EncodedPairs, pair_ids: Sequence[int], reference: np.nd
     return PreferenceBatch(batch=collate_packed(items), pair_ids=ids, reference=ref)
 
 
-def sequence_logps(model: Module, batch) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+def sequence_logps(model: Module, batch) -> tuple[Tensor, Tensor]:
     """Per sequence of a packed SequenceBatch: the summed log-prob of its loss tokens (float32)
     and their number (int64). The full logits are made once (the model's forward, so DDP and
     FSDP see a normal call); the softmax runs on the loss positions alone."""
@@ -102,7 +102,7 @@ def pair_pipeline(
     dp_size: int,
     shuffle_seed: int | None,
     reference: np.ndarray | None = None,
-):  # type: ignore[no-untyped-def]
+):
     """A fairseq2 DataPipeline of PreferenceBatches; batches fixed up front (deterministic for
     the seed), so the pipeline's saved position is all a resume needs, as SFT's packing."""
     from fairseq2.data.data_pipeline import read_sequence

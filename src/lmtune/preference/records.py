@@ -86,14 +86,14 @@ def parse_pair(path: Path, line_nr: int, line: str) -> PreferencePair:
         raise UserError(f"{where}: not valid JSON ({ex.msg} at column {ex.colno}); each line must be one JSON object.") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object with {FORMS}, got {type(obj).__name__}.")
-    scores = _reference_scores(where, obj)
+    ref_chosen, ref_rejected = _reference_scores(where, obj)
     if "src" in obj:
         for key in ("src", "tgt_chosen", "tgt_rejected"):
             if key not in obj:
                 raise UserError(f"{where}: record has 'src' but no {key!r}; a preference pair needs 'src', 'tgt_chosen' and 'tgt_rejected'.")
             if not isinstance(obj[key], str) or not obj[key]:
                 raise UserError(f"{where}: {key!r} must be a non-empty string.")
-        return PreferencePair(file=path, line=line_nr, src=obj["src"], tgt_chosen=obj["tgt_chosen"], tgt_rejected=obj["tgt_rejected"], **scores)
+        return PreferencePair(file=path, line=line_nr, src=obj["src"], tgt_chosen=obj["tgt_chosen"], tgt_rejected=obj["tgt_rejected"], reference_score_chosen=ref_chosen, reference_score_rejected=ref_rejected)
     if "prompt" in obj or "chosen" in obj or "rejected" in obj:
         for key in ("prompt", "chosen", "rejected"):
             if key not in obj:
@@ -108,20 +108,20 @@ def parse_pair(path: Path, line_nr: int, line: str) -> PreferencePair:
         for key, messages in zip(("chosen", "rejected"), responses):
             if messages[-1]["role"] != "assistant":
                 raise UserError(f"{where}: {key!r} must end with an assistant message, the response trained on.")
-        return PreferencePair(file=path, line=line_nr, prompt=prompt, chosen=responses[0], rejected=responses[1], **scores)
+        return PreferencePair(file=path, line=line_nr, prompt=prompt, chosen=responses[0], rejected=responses[1], reference_score_chosen=ref_chosen, reference_score_rejected=ref_rejected)
     raise UserError(f"{where}: record is neither of the preference forms, {FORMS} (keys: {', '.join(sorted(obj)) or 'none'}).")
 
 
-def _reference_scores(where: str, obj: dict[str, object]) -> dict[str, float | None]:
+def _reference_scores(where: str, obj: dict[str, object]) -> tuple[float | None, float | None]:
     keys = ("reference_score_chosen", "reference_score_rejected")
     present = [k for k in keys if k in obj]
     if len(present) == 1:
         missing = next(k for k in keys if k not in obj)
         raise UserError(f"{where}: record has {present[0]!r} but no {missing!r}; give both reference scores or neither.")
-    out: dict[str, float | None] = {}
-    for key in present:
+    if not present:
+        return None, None
+    for key in keys:
         value = obj[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value > 0:
             raise UserError(f"{where}: {key!r} must be a log-probability, a finite number <= 0, not {value!r}.")
-        out[key] = float(value)
-    return out
+    return float(obj[keys[0]]), float(obj[keys[1]])  # type: ignore[arg-type]
