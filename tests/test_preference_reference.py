@@ -171,3 +171,26 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path: Path) -> N
         off = compute_reference_logps(lora, pairs, range(3), max_num_tokens=256)
     np.testing.assert_allclose(off, base, atol=1e-5)
     np.testing.assert_array_equal(compute_reference_logps(lora, pairs, range(3), max_num_tokens=256), adapted)
+
+
+def test_a_reference_with_another_tokenizer_is_one_sentence(tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from lmtune.errors import UserError
+    from lmtune.preference.reference import check_same_tokenizer
+
+    spec, _, _ = _tiny()
+    policy = spec.tokenizer
+    assert policy.hf_dir is not None
+    copy_dir = shutil.copytree(policy.hf_dir, tmp_path / "same")
+    same = dataclasses.replace(policy, name="copy", path=copy_dir / policy.path.relative_to(policy.hf_dir) if policy.path != policy.hf_dir else copy_dir)
+    check_same_tokenizer(policy, same)  # the same files elsewhere: the same ids
+
+    tok = json.loads((copy_dir / "tokenizer.json").read_text())
+    tok["added_tokens"].append({**tok["added_tokens"][-1], "id": tok["added_tokens"][-1]["id"] + 1, "content": "<|extra|>"})
+    (copy_dir / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(UserError, match=r"^reference_model: the reference model's tokenizer 'copy' is not the policy's '.+' \(its tokenizer files differ\); the reference scores the policy's token ids"):
+        check_same_tokenizer(policy, same)
+    with pytest.raises(UserError, match=r"\(a qwen tokenizer, the policy's is llama\)"):
+        check_same_tokenizer(policy, dataclasses.replace(policy, family="qwen"))

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 from torch.nn import Module
 
+from lmtune.catalog.specs import TokenizerSpec
+from lmtune.data.encoded_cache import tokenizer_fingerprint
+from lmtune.errors import UserError
 from lmtune.files import atomic_write, atomic_write_text
 from lmtune.preference.packing import collate_pairs, pack_pairs, pair_logps
 from lmtune.preference.pairs import EncodedPairs
@@ -52,6 +55,20 @@ def model_fingerprint(*, name: str, checkpoint: Path | None, model: Module, dtyp
         "dtype": str(dtype).removeprefix("torch."),
         "lora": "the base model, adapters off" if lora_base else None,
     }
+
+
+def check_same_tokenizer(policy: TokenizerSpec, reference: TokenizerSpec, key: str = "reference_model") -> None:
+    """The reference must score the policy's token ids: its tokenizer must give the same ids."""
+    mine, theirs = tokenizer_fingerprint(policy), tokenizer_fingerprint(reference)
+    if mine == theirs:
+        return
+    if mine["family"] != theirs["family"]:
+        what = f"a {theirs['family']} tokenizer, the policy's is {mine['family']}"
+    elif mine["config"] != theirs["config"]:
+        what = "its tokenizer settings differ"
+    else:
+        what = "its tokenizer files differ"
+    raise UserError(f"{key}: the reference model's tokenizer {reference.name!r} is not the policy's {policy.name!r} ({what}); the reference scores the policy's token ids, so give a reference model with the policy's tokenizer.")
 
 
 def reference_fingerprint(data: dict[str, object], model: dict[str, object]) -> dict[str, object]:
