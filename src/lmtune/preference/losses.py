@@ -123,3 +123,22 @@ def cpo_loss(policy: SequenceLogps, *, beta: float = 0.1, nll_scale: float = 1.0
     """``-logsigmoid(beta * (chosen - rejected)) + nll_scale * NLL_chosen`` on summed log-probs."""
     per_pair = -logsigmoid(beta * (policy.chosen - policy.rejected)) + nll_scale * _chosen_nll(policy)
     return _result(per_pair, beta * policy.chosen, beta * policy.rejected)
+
+
+def needs_reference(name: str) -> bool:
+    """Only DPO compares with a reference model; SimPO, ORPO and CPO are reference-free."""
+    return name == "dpo"
+
+
+def criterion_loss(name: str, policy: SequenceLogps, reference: SequenceLogps | None, **params: object) -> PreferenceLoss:
+    """``criterion.name`` with its ``criterion.config`` keys as ``params``."""
+    check_criterion(name)
+    if name == "dpo":
+        if reference is None:
+            raise ValueError("dpo needs the reference log-probs")
+        return dpo_loss(policy, reference, **params)  # type: ignore[arg-type]
+    if name == "simpo":
+        return simpo_loss(policy, **params)  # type: ignore[arg-type]
+    if name == "orpo":
+        return orpo_loss(policy, **params)  # type: ignore[arg-type]
+    return cpo_loss(policy, **params)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from fairseq2.device import Device, SupportsDeviceTransfer
 from torch import Tensor
 from torch.nn import Module
 
@@ -28,7 +29,7 @@ from lmtune.preference.pairs import EncodedPairs
 
 
 @dataclass(kw_only=True)
-class PreferenceBatch:
+class PreferenceBatch(SupportsDeviceTransfer):
     batch: object
     """fairseq2 packed SequenceBatch: chosen, rejected, chosen, rejected, ..."""
     pair_ids: Tensor
@@ -40,7 +41,7 @@ class PreferenceBatch:
     def num_pairs(self) -> int:
         return len(self.pair_ids)
 
-    def to(self, device, *, non_blocking: bool = False) -> None:
+    def to(self, device: Device, *, non_blocking: bool = False) -> None:
         """What fairseq2's trainer calls on every batch (``SupportsDeviceTransfer``)."""
         self.batch.to(device, non_blocking=non_blocking)  # type: ignore[attr-defined]
         if self.reference is not None:
