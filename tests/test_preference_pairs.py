@@ -126,3 +126,28 @@ def test_a_prompt_longer_than_max_seq_len_is_named_and_long_responses_are_droppe
         pairs.trainable(30)
     assert pairs.trainable(prompt_3 + 5).tolist() == [0, 2]
     assert pairs.trainable(1000).tolist() == [0, 1, 2]
+
+
+def test_encoded_pairs_go_through_the_encoded_cache_and_come_back_equal(tmp_path: Path) -> None:
+    from lmtune.data.encoded_cache import build_cache, plan_cache
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.preference.pairs import EncodedPairs, encode_pair_file
+
+    spec, tokenizer = _tiny_tokenizer()
+    data = _write(tmp_path, [
+        {"src": "a b", "tgt_chosen": " c", "tgt_rejected": " d e", "reference_score_chosen": -1, "reference_score_rejected": -2},
+        {"src": "x", "tgt_chosen": " y", "tgt_rejected": " y"},
+        {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "8"}], "rejected": [{"role": "assistant", "content": "Nine."}]},
+    ])
+    encoder = ExampleEncoder(tokenizer, spec.hf_dir)
+    plan = plan_cache(tmp_path / "cache", data, spec)
+    said: list[str] = []
+    build_cache(plan, lambda d: encode_pair_file(encoder, data, d), said.append)
+    assert said[-1].startswith("lmtune: encoded pairs.jsonl: 2 examples")  # the two pairs kept
+    assert plan_cache(tmp_path / "cache", data, spec).stale is None
+    loaded = EncodedPairs.load(plan.directory, data)
+    direct = encode_pair_file(encoder, data)
+    assert loaded.identical == direct.identical == 1 and loaded.lines.tolist() == [1, 3]
+    np.testing.assert_array_equal(loaded.reference_scores, direct.reference_scores)
+    for name in ("tokens", "target_mask", "offsets", "num_targets"):
+        np.testing.assert_array_equal(getattr(loaded.examples, name), getattr(direct.examples, name))

@@ -19,9 +19,9 @@ import numpy as np
 from lmtune.data.encoded_examples import FILES, EncodedExamples
 from lmtune.data.encoding import Example, ExampleEncoder
 from lmtune.errors import UserError
-from lmtune.preference.records import PreferencePair
+from lmtune.preference.records import PreferencePair, read_preference_pairs
 
-PAIR_FILES = ("lines", "reference_scores")
+PAIR_FILES = ("lines", "reference_scores", "identical")
 
 
 @dataclass(kw_only=True)
@@ -33,9 +33,15 @@ class EncodedPairs:
     """int64 (N,): each pair's line in ``file``."""
     reference_scores: np.ndarray
     """float64 (N, 2): the data's reference_score_chosen/rejected, NaN where absent."""
+    identical: int = 0
+    """Records skipped because their chosen response equals the rejected one."""
 
     def __len__(self) -> int:
         return len(self.lines)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.examples.num_tokens
 
     def where(self, pair: int) -> str:
         return f"{self.file}:{int(self.lines[pair])}"
@@ -45,11 +51,12 @@ class EncodedPairs:
             np.save(directory / f"{name}.npy", getattr(self.examples, name))
         np.save(directory / "lines.npy", self.lines)
         np.save(directory / "reference_scores.npy", self.reference_scores)
+        np.save(directory / "identical.npy", np.array(self.identical, dtype=np.int64))
 
     @classmethod
     def load(cls, directory: Path, file: Path) -> EncodedPairs:
         extra = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in PAIR_FILES}
-        return cls(file=file, examples=EncodedExamples.load(directory), lines=extra["lines"], reference_scores=extra["reference_scores"])
+        return cls(file=file, examples=EncodedExamples.load(directory), lines=extra["lines"], reference_scores=extra["reference_scores"], identical=int(extra["identical"]))
 
     def prompt_lengths(self) -> np.ndarray:
         """The tokens before each sequence's first loss token (int64, 2 N)."""
@@ -74,7 +81,17 @@ def encode_pair(encoder: ExampleEncoder, pair: PreferencePair) -> tuple[Example,
     return encoder.encode(chosen, last_turn_only=True), encoder.encode(rejected, last_turn_only=True)
 
 
-def encode_pairs(encoder: ExampleEncoder, pairs: list[PreferencePair], file: Path) -> EncodedPairs:
+def encode_pair_file(encoder: ExampleEncoder, file: Path, directory: Path | None = None) -> EncodedPairs:
+    """Reads, encodes and (into ``directory``, when given) saves every pair of ``file``: the
+    ``encode`` that ``lmtune.data.encoded_cache.build_cache`` calls for a preference file."""
+    read = read_preference_pairs(file)
+    pairs = encode_pairs(encoder, read.pairs, file, identical=read.identical)
+    if directory is not None:
+        pairs.save(directory)
+    return pairs
+
+
+def encode_pairs(encoder: ExampleEncoder, pairs: list[PreferencePair], file: Path, *, identical: int = 0) -> EncodedPairs:
     """Both halves of every pair; prompt/response pairs in one batched tokenizer call
     (``ExampleEncoder.encode_all``), conversations one by one."""
     halves = [r for p in pairs if p.prompt is None for r in p.halves()]
@@ -89,4 +106,5 @@ def encode_pairs(encoder: ExampleEncoder, pairs: list[PreferencePair], file: Pat
         examples=EncodedExamples.from_examples(examples),
         lines=np.array([p.line for p in pairs], dtype=np.int64),
         reference_scores=np.array(scores, dtype=np.float64).reshape(len(pairs), 2),
+        identical=identical,
     )
