@@ -31,7 +31,9 @@ def test_batches_hold_whole_pairs_within_max_num_tokens() -> None:
     from lmtune.preference.packing import collate_pairs, pack_pairs
 
     rng = random.Random(0)
-    pairs = _pairs(rng, [(rng.randint(2, 20), rng.randint(1, 20), rng.randint(1, 20)) for _ in range(40)])
+    shapes = [(rng.randint(2, 20), rng.randint(1, 20), rng.randint(1, 20)) for _ in range(40)]
+    pairs = _pairs(rng, shapes)
+    assert pairs.prompt_lengths().tolist() == [p for p, _, _ in shapes for _ in (0, 1)]
     lengths = pairs.examples.lengths
     ids = [i for i in range(40) if i % 7]  # a subset, as after dropping too-long pairs
     batches = pack_pairs(pairs, ids, 100, seed=3)

@@ -60,8 +60,13 @@ class EncodedPairs:
 
     def prompt_lengths(self) -> np.ndarray:
         """The tokens before each sequence's first loss token (int64, 2 N)."""
-        offsets, mask = self.examples.offsets, self.examples.target_mask
-        return np.array([int(np.argmax(mask[offsets[i] : offsets[i + 1]])) for i in range(len(offsets) - 1)], dtype=np.int64)
+        offsets = np.asarray(self.examples.offsets)
+        targets = np.flatnonzero(self.examples.target_mask)
+        sequence = np.searchsorted(offsets, targets, side="right") - 1
+        first = np.asarray(self.examples.lengths, dtype=np.int64).copy()  # no loss token: all prompt
+        seqs, at = np.unique(sequence, return_index=True)  # each sequence's first loss token
+        first[seqs] = targets[at] - offsets[seqs]
+        return first
 
     def trainable(self, max_seq_len: int) -> np.ndarray:
         """Indices of the pairs whose two sequences both fit ``max_seq_len`` tokens; a pair whose
