@@ -121,3 +121,18 @@ def test_packed_log_probs_and_gradients_equal_each_sequence_alone(sdpa: str) -> 
     torch.testing.assert_close(packed.rejected, alone[1::2].detach(), rtol=1e-5, atol=1e-5)
     for g_packed, g_alone in zip(packed_grads, alone_grads):
         torch.testing.assert_close(g_packed, g_alone, rtol=1e-4, atol=1e-5)
+
+
+def test_the_pipeline_gives_the_packed_batches_split_over_ranks() -> None:
+    from lmtune.preference.packing import pack_pairs, pair_pipeline
+
+    rng = random.Random(1)
+    pairs = _pairs(rng, [(rng.randint(2, 9), rng.randint(1, 9), rng.randint(1, 9)) for _ in range(30)])
+    reference = np.arange(60, dtype=np.float64).reshape(30, 2)
+    expected = pack_pairs(pairs, range(30), 60, seed=0)
+    alone = [b.pair_ids.tolist() for b in pair_pipeline(pairs, range(30), max_num_tokens=60, dp_rank=0, dp_size=1, shuffle_seed=None, reference=reference)]
+    assert alone == expected
+    ranks = [[b.pair_ids.tolist() for b in pair_pipeline(pairs, range(30), max_num_tokens=60, dp_rank=r, dp_size=2, shuffle_seed=None)] for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == sorted(expected) and not set(map(tuple, ranks[0])) & set(map(tuple, ranks[1]))
+    shuffled = [b.pair_ids.tolist() for b in pair_pipeline(pairs, range(30), max_num_tokens=60, dp_rank=0, dp_size=1, shuffle_seed=7)]
+    assert sorted(p for b in shuffled for p in b) == list(range(30))
