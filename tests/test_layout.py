@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"adapters"},
     {"data"},
+    {"preference"},
     {"generate"},
     {"training"},
     {"recipes"},

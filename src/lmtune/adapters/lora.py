@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,7 @@ class LoraLinear(Module):
         bias = base.bias
         self.bias = None if bias is None else Parameter(bias.detach(), requires_grad=False)
         self.dropout = Dropout(dropout) if dropout > 0 else None
+        self.adapter_off = False  # True: the base projection alone (a preference run's reference model)
         self.lora_a = Parameter(torch.empty(rank, self.input_dim, device=device, dtype=torch.float32))
         self.lora_b = Parameter(torch.zeros(self.output_dim, rank, device=device, dtype=torch.float32))
         # As torch.nn.Linear initialises its weight; with B = 0 the update starts at exactly 0.
@@ -120,6 +122,8 @@ class LoraLinear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = linear(x, self.frozen_weight(), self.bias)
+        if self.adapter_off:
+            return y
         h = self.dropout(x) if self.dropout is not None else x
         low = linear(h.to(self.lora_a.dtype), self.lora_a) * self.scale  # (..., rank): scaled while small
         if low.dtype != y.dtype:
@@ -188,6 +192,19 @@ def lora_modules(model: Module) -> Iterator[tuple[str, LoraLinear]]:
     for name, m in model.named_modules():
         if isinstance(m, LoraLinear):
             yield name, m
+
+
+@contextmanager
+def adapters_off(model: Module) -> Iterator[None]:
+    """``model`` computes as its base model inside the block: every LoRA update left out."""
+    modules = [m for _, m in lora_modules(model)]
+    for m in modules:
+        m.adapter_off = True
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.adapter_off = False
 
 
 def merged_tensors(model: Module, *, merge: bool = True) -> Iterable[tuple[str, Tensor]]:

@@ -60,11 +60,16 @@ def fingerprint(data_file: Path, tokenizer: TokenizerSpec) -> dict[str, object]:
         "lmtune": lmtune.__version__,
         "fairseq2": version("fairseq2"),
         "data": {"path": str(data_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-        "tokenizer": {
-            "family": tokenizer.family,
-            "config": json.loads(json.dumps(tokenizer.config, sort_keys=True, default=str)),
-            "files": {p.name: _sha256(p) for p in tokenizer_files(tokenizer)},
-        },
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+
+
+def tokenizer_fingerprint(tokenizer: TokenizerSpec) -> dict[str, object]:
+    """What decides the ids a tokenizer gives: its family, settings and files' hashes (not its path)."""
+    return {
+        "family": tokenizer.family,
+        "config": json.loads(json.dumps(tokenizer.config, sort_keys=True, default=str)),
+        "files": {p.name: _sha256(p) for p in tokenizer_files(tokenizer)},
     }
 
 

@@ -45,7 +45,9 @@ class ExampleEncoder:
         hf = self._chat_tokenizer(record)
         return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
-    def encode(self, record: Record) -> Example:
+    def encode(self, record: Record, *, last_turn_only: bool = False) -> Example:
+        """``last_turn_only``: loss on the final assistant turn alone (a preference pair's
+        response), not on the earlier assistant turns of its prompt."""
         if record.messages is None:
             prompt = self._prompt_encoder(record.src).tolist()
             response = self._response_encoder(record.tgt).tolist()
@@ -62,6 +64,8 @@ class ExampleEncoder:
             if not (through.startswith(before) and full.startswith(through)):
                 raise UserError(f"{record.where}: the chat template does not render this conversation's turns as a stable prefix, so assistant turns cannot be located.")
             spans.append((len(before), len(through)))
+        if last_turn_only:
+            spans = spans[-1:]
         enc = self._chat_tokenizer(record)(full, add_special_tokens=False, return_offsets_mapping=True)
         mask = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
         return Example(list(enc["input_ids"]), mask)

@@ -67,7 +67,7 @@ def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record
         raise UserError(f"{where}: expected a JSON object with 'src'/'tgt' or 'messages', got {type(obj).__name__}.")
     answers = answer_list(obj["answers"], where) if "answers" in obj else None
     if "messages" in obj:
-        return Record(path, line_nr, messages=_check_messages(where, obj["messages"], need_target), answers=answers)
+        return Record(path, line_nr, messages=check_messages(where, obj["messages"], need_target), answers=answers)
     if "src" not in obj:
         raise UserError(f"{where}: record has neither 'src' nor 'messages' (keys: {', '.join(sorted(obj)) or 'none'}).")
     src, tgt = obj["src"], obj.get("tgt")
@@ -80,7 +80,7 @@ def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record
     return Record(path, line_nr, src=src, tgt=tgt, answers=answers)
 
 
-def _check_messages(where: str, messages: object, need_target: bool) -> list[dict[str, str]]:
+def check_messages(where: str, messages: object, need_target: bool) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects.")
     for i, m in enumerate(messages):
