@@ -156,12 +156,14 @@ def test_rank_shares_cover_the_pairs_in_order() -> None:
 
 def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path: Path) -> None:
     from lmtune.adapters.lora import adapters_off, apply_lora, lora_modules
+    from lmtune.options.lora import LoraSettings
     from lmtune.preference.reference import compute_reference_logps
 
     spec, model, tokenizer = _tiny()
     pairs = _encode(spec, tokenizer, _data(tmp_path / "pairs.jsonl", n=3))
     base = compute_reference_logps(model, pairs, range(3), max_num_tokens=256)
-    lora = apply_lora(copy.deepcopy(model), rank=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
+    settings = LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
+    lora = apply_lora(copy.deepcopy(model), settings)
     with torch.no_grad():
         for _, m in lora_modules(lora):
             m.lora_b.normal_()  # trained adapters: the model is no longer the base
