@@ -71,9 +71,10 @@ def gradient_stats(named_params: Iterable[tuple[str, Parameter]], sharded_gang: 
     if not grads:
         return {}
     device = grads[0].device
-    norms = torch.stack([torch.linalg.vector_norm(g).float() for g in grads]).double()
+    # At least float32 (half-precision gradients would lose digits), as torch's clip_grad_norm_ computes them.
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32)).double() for g in grads])
     squares = torch.zeros(len(groups), dtype=torch.float64, device=device).index_add_(0, torch.tensor(index, device=device), norms.square())
-    entries = torch.stack([g.sum().double() for g in grads]).sum()
+    entries = torch.stack([g.sum(dtype=torch.promote_types(g.dtype, torch.float32)).double() for g in grads]).sum()
     count = torch.tensor(float(sum(g.numel() for g in grads)), dtype=torch.float64, device=device)
     sums = torch.cat([squares, entries.view(1), count.view(1)])
     low = torch.stack([g.min().double() for g in grads]).min().view(1)
