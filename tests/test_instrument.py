@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +170,72 @@ def test_bad_instrument_keys_are_one_sentence(tmp_path: Path, verb: str, args: l
     r = run_lmtune(verb, str(out), "--config", "model=tiny_llama", "dataset=tiny_gsm8k", *args)
     assert_user_error(r, fragment)
     assert not (out / "checkpoints").exists()
+
+
+def test_switching_instruments_on_when_resuming_keeps_the_run(runs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Nothing of theirs is in the checkpoints: a run started without them continues with them.
+    out = tmp_path / "out"
+    shutil.copytree(runs["plain"][0], out)
+    r = run_lmtune("instruction_finetune", str(out), *RUN, *PLAIN, f"max_num_steps={STEPS + 2}", "grad_stats=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from step {STEPS}" in r.stderr
+    rows = {row["Step"]: row for row in _rows(out)}
+    assert sorted(rows) == list(range(1, STEPS + 3))
+    assert all(("grad_norm/total" in rows[s]) == (s > STEPS) for s in rows)
+    assert rows[STEPS + 2]["grad_norm/total"] == pytest.approx(rows[STEPS + 2]["Gradient Norm"], rel=1e-6)
+
+
+def test_pretrain_takes_the_same_keys(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    words = "the cat dog sat on a mat and ran to big red blue house tree sun moon".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + "\n\n" for _ in range(60)))
+    out = tmp_path / "out"
+    steps, lr = 6, 3e-3
+    r = run_lmtune(
+        "pretrain", str(out), "--config", "model=tiny_llama", "init=random", f"dataset={corpus}", "max_seq_len=64", "batch_size=4",
+        f"max_num_steps={steps}", f"learning_rate={lr}", "publish_metrics_every_n_steps=1", f"checkpoint_every_n_steps={steps}",
+        "tensorboard=false", "warmup_ratio=0.5", "grad_stats=true",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _rows(out)
+    # pretrain's default lr_scheduler.num_warmup_steps (100) gives way to warmup_ratio: ceil(0.5 * 6) = 3 steps.
+    assert [row["Learning Rate"] for row in rows[:4]] == pytest.approx([0.0, lr / 3, 2 * lr / 3, lr], rel=1e-12, abs=1e-15)
+    for row in rows:
+        assert row["grad_norm/total"] == pytest.approx(row["Gradient Norm"], rel=1e-6)
+        groups = [v for k, v in row.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
+        assert math.sqrt(sum(v * v for v in groups)) == pytest.approx(row["grad_norm/total"], rel=1e-12)
+        assert row["memory/peak_rss_bytes"] > 0
+
+
+def test_under_fsdp_the_statistics_cover_the_whole_model(tmp_path: Path) -> None:
+    # Each rank holds a shard of every gradient: lmtune reduces its sums over the ranks, as
+    # fairseq2 does for its own grad norm.
+    out = tmp_path / "out"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    cmd = [
+        str(torchrun), "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-m", "lmtune",
+        "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=3", "publish_metrics_every_n_steps=1",
+        "lr_scheduler.num_warmup_steps=1", "tensorboard=false", "data_parallelism=fsdp", "grad_stats=true",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _rows(out)
+    assert [row["Step"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["grad_norm/total"] == pytest.approx(row["Gradient Norm"], rel=1e-6)
+        groups = [v for k, v in row.items() if k.startswith("grad_norm/") and k != "grad_norm/total"]
+        assert len(groups) == 6 and math.sqrt(sum(v * v for v in groups)) == pytest.approx(row["grad_norm/total"], rel=1e-12)
+
+
+def test_report_draws_the_norm_and_the_memory(runs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from lmtune.report.plots import panel_pixels
+
+    r = run_lmtune("report", str(runs["instrumented"][0]), str(runs["plain"][0]), "--output", str(tmp_path / "report"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    plots = tmp_path / "report/plots"
+    assert Image.open(plots / "grad_norm.png").size == panel_pixels(1)
+    assert Image.open(plots / "memory.png").size == panel_pixels(1)  # peak RSS only: no GPU here

@@ -63,22 +63,26 @@ def gradient_stats(named_params: Iterable[tuple[str, Parameter]], sharded_gang: 
         if p.grad is None:
             continue
         sharded = sharded or hasattr(p.grad, "to_local")
-        g = _local(p.grad)
-        if g.numel() == 0:
-            continue
+        # Every rank lists every group, even where its shard of a gradient is empty, so the
+        # reduced vectors line up across ranks.
         index.append(groups.setdefault(parameter_group(name), len(groups)))
-        grads.append(g)
+        grads.append(_local(p.grad))
     if not grads:
         return {}
     device = grads[0].device
-    # At least float32 (half-precision gradients would lose digits), as torch's clip_grad_norm_ computes them.
-    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32)).double() for g in grads])
+    kept = [g for g in grads if g.numel() > 0]
+
+    def wide(g: Tensor) -> torch.dtype:  # at least float32, as torch's clip_grad_norm_ computes norms
+        return torch.promote_types(g.dtype, torch.float32)
+
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=wide(g)).double() if g.numel() else zero for g in grads])
     squares = torch.zeros(len(groups), dtype=torch.float64, device=device).index_add_(0, torch.tensor(index, device=device), norms.square())
-    entries = torch.stack([g.sum(dtype=torch.promote_types(g.dtype, torch.float32)).double() for g in grads]).sum()
-    count = torch.tensor(float(sum(g.numel() for g in grads)), dtype=torch.float64, device=device)
+    entries = torch.stack([g.sum(dtype=wide(g)).double() for g in kept]).sum() if kept else zero
+    count = torch.tensor(float(sum(g.numel() for g in kept)), dtype=torch.float64, device=device)
     sums = torch.cat([squares, entries.view(1), count.view(1)])
-    low = torch.stack([g.min().double() for g in grads]).min().view(1)
-    high = torch.stack([g.max().double() for g in grads]).max().view(1)
+    low = torch.stack([g.min().double() for g in kept]).min().view(1) if kept else torch.full((1,), math.inf, dtype=torch.float64, device=device)
+    high = torch.stack([g.max().double() for g in kept]).max().view(1) if kept else torch.full((1,), -math.inf, dtype=torch.float64, device=device)
     if sharded and sharded_gang is not None and getattr(sharded_gang, "size", 1) > 1:
         from fairseq2.gang import ReduceOperation
 
