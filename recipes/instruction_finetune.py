@@ -61,6 +61,8 @@ from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_n
 from lmtune.adapters.base_family import register_lora_base_families
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.target_loss import use_target_only_loss
+from lmtune.training.instruments import InstrumentSection
+from lmtune.training.profiling import register_profiler
 from lmtune.training.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
@@ -130,6 +132,8 @@ class FinetuneConfig:
     lr_scheduler: LRSchedulerSection = field(default_factory=LRSchedulerSection)
     regime: RegimeSection = field(default_factory=RegimeSection)
     common: CommonSection = field(default_factory=CommonSection)
+    instrument: InstrumentSection = field(default_factory=InstrumentSection)
+    """grad_stats and the profiler (lmtune.training.instruments)."""
     eval: TaskEvalSection = field(default_factory=TaskEvalSection)
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -161,6 +165,7 @@ class InstructionFinetuneRecipe(Recipe):
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display_name, 210, format_as_int))
         if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)
+        register_profiler(container, FinetuneConfig, self._console)  # profiler.enabled (lmtune.training.profiling)
         register_lora_base_families(container)
 
     @override
@@ -253,7 +258,7 @@ class InstructionFinetuneRecipe(Recipe):
                 stopper.restore(resumed or 0, forgive=stopping.forgive_at_resume)
             # fairseq2 0.8.1's trainer takes an early stopper, but its recipe factory passes none.
             trainer._early_stopper = stopper  # noqa: SLF001
-        return training_task(context, trainer, unit, self._console, early_stopping=stopper is not None)
+        return training_task(context, trainer, unit, self._console, early_stopping=stopper is not None, instruments=config.instrument, regime=config.regime)
 
     @property
     @override

@@ -51,6 +51,8 @@ from lmtune.training.console import RunConsole
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
 from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.training.instruments import InstrumentSection
+from lmtune.training.profiling import register_profiler
 from lmtune.training.training_task import training_task
 
 
@@ -78,6 +80,8 @@ class PretrainConfig:
     lr_scheduler: LRSchedulerSection = field(default_factory=LRSchedulerSection)
     regime: RegimeSection = field(default_factory=RegimeSection)
     common: CommonSection = field(default_factory=CommonSection)
+    instrument: InstrumentSection = field(default_factory=InstrumentSection)
+    """grad_stats and the profiler (lmtune.training.instruments)."""
 
 
 @final
@@ -90,6 +94,7 @@ class PretrainRecipe(Recipe):
         container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
         if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)
+        register_profiler(container, PretrainConfig, self._console)  # profiler.enabled (lmtune.training.profiling)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
@@ -131,7 +136,7 @@ class PretrainRecipe(Recipe):
             valid_readers.append(reader(data.valid_files, valid=True))
         unit = NllTrainUnit(model)
         trainer = context.create_trainer(unit, reader(data.train_files, valid=False), valid_units, valid_readers)
-        return training_task(context, trainer, unit, self._console)
+        return training_task(context, trainer, unit, self._console, instruments=config.instrument, regime=config.regime)
 
     @property
     @override

@@ -32,6 +32,7 @@ SCORES = "scores"  # written by fairseq2
 EARLY_STOP_HISTORY = "early_stopping.jsonl"
 EARLY_STOP_FILE = "early_stop.json"
 ENCODED_CACHE = "cache/encoded"
+PROFILE = "profile"  # the profiler's traces (lmtune.training.profiling)
 
 # Keys a rerun may change and still resume the same run.
 RESUMABLE_CHANGES = {
@@ -39,6 +40,7 @@ RESUMABLE_CHANGES = {
     "keep_last_n_models", "validate_every_n_steps", "publish_metrics_every_n_steps", "tensorboard",
     "wandb", "compile", "activation_checkpointing", "data_parallelism", "distributed_timeout_minutes", "export_hf",
     "early_stopping", "keep_best_n_checkpoints", "data_cache", "release_freed_memory",
+    "grad_stats", "profiler",
 }
 
 _held: list[Any] = []  # keeps the lock file open until the process exits

@@ -11,6 +11,7 @@ from typing import Literal
 
 from lmtune.dtypes import DtypeName
 from lmtune.options.lora import LoraSettings
+from lmtune.options.instrument import ProfilerOptions
 
 
 @dataclass
@@ -76,6 +77,8 @@ class FinetuneOptions:
     max_num_steps: int | None = 1000
     max_num_data_epochs: int | None = None
     learning_rate: float = 5.5e-6
+    warmup_ratio: float | None = None
+    """Warm up over ceil(warmup_ratio * max_num_steps) steps, instead of lr_scheduler.num_warmup_steps (set one of them); in [0, 1)."""
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
     checkpoint_every_n_steps: int = 1000
@@ -104,6 +107,8 @@ class FinetuneOptions:
     """Give freed activations' memory back to the system at once (glibc; lmtune.training.allocator):
     a lower peak RSS when training on CPU, for slower steps."""
     compile: bool = False
+    grad_stats: bool = False
+    """At each publish interval, the gradients' total norm, norms per parameter group (embeddings, each layer's attention and FFN, final norm, head) and their entries' mean, std, min and max (metrics grad_norm/* and grad/*)."""
     tensorboard: bool = True
     # [hf export, issue 4: lmtune/export/hf_dir.py]
     export_hf: Literal["none", "last", "all"] = "none"
@@ -114,3 +119,4 @@ class FinetuneOptions:
     wandb: WandbOptions = field(default_factory=WandbOptions)
     early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    profiler: ProfilerOptions = field(default_factory=ProfilerOptions)

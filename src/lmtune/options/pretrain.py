@@ -12,6 +12,7 @@ from typing import Literal
 
 from lmtune.dtypes import DtypeName
 from lmtune.options.finetune import LRSchedulerOptions, OptimizerOptions, WandbOptions
+from lmtune.options.instrument import ProfilerOptions
 
 
 @dataclass
@@ -47,6 +48,8 @@ class PretrainOptions:
     max_num_steps: int | None = 1000
     max_num_data_epochs: int | None = None
     learning_rate: float = 6e-4
+    warmup_ratio: float | None = None
+    """Warm up over ceil(warmup_ratio * max_num_steps) steps, instead of lr_scheduler.num_warmup_steps (set one of them); in [0, 1)."""
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
     checkpoint_every_n_steps: int = 1000
@@ -72,9 +75,12 @@ class PretrainOptions:
     """Give freed activations' memory back to the system at once (glibc; lmtune.training.allocator):
     a lower peak RSS when training on CPU, for slower steps."""
     compile: bool = False
+    grad_stats: bool = False
+    """At each publish interval, the gradients' total norm, norms per parameter group (embeddings, each layer's attention and FFN, final norm, head) and their entries' mean, std, min and max (metrics grad_norm/* and grad/*)."""
     tensorboard: bool = True
     export_hf: Literal["none", "last", "all"] = "none"
     """After training, write checkpoints as Hugging Face directories (step_N/hf): none, the last, or every kept one."""
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
     lr_scheduler: PretrainLRSchedulerOptions = field(default_factory=PretrainLRSchedulerOptions)
     wandb: WandbOptions = field(default_factory=WandbOptions)
+    profiler: ProfilerOptions = field(default_factory=ProfilerOptions)

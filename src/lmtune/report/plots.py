@@ -5,6 +5,8 @@ Per run, written into OUT/plots/ when training ends (``write_run_plots``):
     lr.png                 the learning rate
     tokens_per_second.png  fairseq2's Elements per Second of each published window
     valid_metrics.png      the task scores at each validation (only when the validation scores a task)
+    grad_norm.png          grad_stats=true: the total gradient norm and each parameter group's (log scale)
+    memory.png             peak RSS, and on GPU the max allocated/reserved memory, in GiB
 For a report (``write_report_plots``) the same files, one line per group: a group of one run is
 its line, a group of several runs (seeds) is their mean with a band from their minimum to
 their maximum, both taken at each step over the runs that reached it.
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmtune.report.runs import HEADLINE_SCORES, LOSS, LR, PLOTS, TOKENS_PER_SECOND, Group, RunMetrics, read_run_metrics
+from lmtune.report.runs import GRAD_NORM, HEADLINE_SCORES, LOSS, LR, MEMORY, PLOTS, TOKENS_PER_SECOND, Group, RunMetrics, read_run_metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
 
 DPI = 100
 HEIGHT = 4.5  # inches
-PLOT_FILES = ("loss.png", "lr.png", "tokens_per_second.png", "valid_metrics.png")
+PLOT_FILES = ("loss.png", "lr.png", "tokens_per_second.png", "valid_metrics.png", "grad_norm.png", "memory.png")
+GIB = 2**30
 Series = tuple[list[int], list[float]]
 
 
@@ -96,6 +99,22 @@ def write_run_plots(out_dir: Path) -> list[Path]:
                 fig, (ax,) = _figure([f"{out_dir.name}: {title}"], [title])
                 ax.plot(steps, values, marker=".")
                 written.append(_save(fig, plots / file))
+    if metrics.series("train", GRAD_NORM)[0]:
+        fig, (ax,) = _figure([f"{out_dir.name}: gradient norms (before clipping)"], ["L2 norm"])
+        drawn: list[float] = []
+        for column in [GRAD_NORM] + metrics.grad_groups():
+            steps, values = metrics.series("train", column)
+            ax.plot(steps, values, label=column.removeprefix("grad_norm/"), linewidth=2.5 if column == GRAD_NORM else 1.0)
+            drawn += values
+        _log_if_positive(ax, drawn)
+        written.append(_save(fig, plots / "grad_norm.png"))
+    memory = [(column, label) for column, label in MEMORY.items() if metrics.series("train", column)[0]]
+    if memory:
+        fig, (ax,) = _figure([f"{out_dir.name}: memory"], ["GiB"])
+        for column, label in memory:
+            steps, values = metrics.series("train", column)
+            ax.plot(steps, [v / GIB for v in values], marker=".", label=label)
+        written.append(_save(fig, plots / "memory.png"))
     scores = metrics.task_scores()
     if scores:
         fig, (ax,) = _figure([f"{out_dir.name}: validation task scores"], ["score"])
@@ -137,11 +156,12 @@ def band(series: Sequence[Series]) -> tuple[list[int], list[float], list[float],
     return steps, [statistics.fmean(at[s]) for s in steps], [min(at[s]) for s in steps], [max(at[s]) for s in steps]
 
 
-def _draw_groups(ax: Axes, groups: Sequence[Group], split: str, column: str, marker: str | None = None) -> list[float]:
-    """One line per group (a band over its runs when it has several); returns every value drawn."""
+def _draw_groups(ax: Axes, groups: Sequence[Group], split: str, column: str, marker: str | None = None, scale: float = 1.0) -> list[float]:
+    """One line per group (a band over its runs when it has several), values divided by ``scale``; returns every value drawn."""
     drawn: list[float] = []
     for i, group in enumerate(groups):
         series = [r.metrics.series(split, column) for r in group.runs]
+        series = [(steps, [v / scale for v in values]) for steps, values in series]
         series = [s for s in series if s[0]]
         if not series:
             continue
@@ -157,7 +177,7 @@ def _draw_groups(ax: Axes, groups: Sequence[Group], split: str, column: str, mar
 
 
 def write_report_plots(groups: Sequence[Group], plots: Path) -> list[Path]:
-    """Draws the groups' metrics into plots/ (loss.png, lr.png, tokens_per_second.png, valid_metrics.png)."""
+    """Draws the groups' metrics into plots/ (loss.png, lr.png, tokens_per_second.png, valid_metrics.png, grad_norm.png, memory.png)."""
     runs = [r for g in groups for r in g.runs]
     has_valid = any(r.metrics.series("valid", LOSS)[0] for r in runs)
     written = []
@@ -172,6 +192,17 @@ def write_report_plots(groups: Sequence[Group], plots: Path) -> list[Path]:
             fig, (ax,) = _figure([title], [title])
             _draw_groups(ax, groups, "train", column)
             written.append(_save(fig, plots / file))
+
+    if any(r.metrics.series("train", GRAD_NORM)[0] for r in runs):
+        fig, (ax,) = _figure(["total gradient norm (before clipping)"], ["L2 norm"])
+        _log_if_positive(ax, _draw_groups(ax, groups, "train", GRAD_NORM))
+        written.append(_save(fig, plots / "grad_norm.png"))
+    memory = [(c, label) for c, label in MEMORY.items() if any(r.metrics.series("train", c)[0] for r in runs)]
+    if memory:
+        fig, axes = _figure([f"{label} (GiB)" for _, label in memory], ["GiB"] * len(memory))
+        for ax, (column, _) in zip(axes, memory):
+            _draw_groups(ax, groups, "train", column, scale=GIB)
+        written.append(_save(fig, plots / "memory.png"))
 
     scores = [s for s in HEADLINE_SCORES if any(r.metrics.series("valid", s)[0] for r in runs)]
     if scores:

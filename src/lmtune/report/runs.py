@@ -41,6 +41,9 @@ PLOTS = "plots"
 
 # fairseq2's column names
 STEP, LOSS, LR, TOKENS_PER_SECOND = "Step", "NLL Loss", "Learning Rate", "Elements per Second"
+# lmtune's instruments (lmtune.training.grad_stats, lmtune.training.memory_stats)
+GRAD_NORM, GRAD_GROUP = "grad_norm/total", "grad_norm/"
+MEMORY = {"memory/peak_rss_bytes": "peak RSS", "memory/gpu_max_allocated_bytes": "GPU max allocated", "memory/gpu_max_reserved_bytes": "GPU max reserved"}
 # Task scores in valid.jsonl (lmtune.training.valid_metrics): these two are the table's; "F1 LABEL" are plotted per run.
 HEADLINE_SCORES = {"Accuracy": "accuracy", "Macro F1": "macro F1"}  # column -> name in tables and titles
 UNGROUPED_KEYS = {"seed"}
@@ -88,6 +91,10 @@ class RunMetrics:
     def series(self, split: str, column: str) -> tuple[list[int], list[float]]:
         rows = [r for r in (self.train if split == "train" else self.valid) if isinstance(r.get(column), (int, float))]
         return [r[STEP] for r in rows], [float(r[column]) for r in rows]
+
+    def grad_groups(self) -> list[str]:
+        """The parameter groups' norm columns (grad_stats=true), in the order the run published them."""
+        return list(dict.fromkeys(k for r in self.train for k in r if k.startswith(GRAD_GROUP) and k != GRAD_NORM))
 
     def task_scores(self) -> list[str]:
         """The task scores the validations produced, headline scores first."""

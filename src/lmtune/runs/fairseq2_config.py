@@ -22,6 +22,7 @@ from fairseq2.recipe.config import (
     OptimizerSection,
     RegimeSection,
     TensorBoardConfig,
+    TorchProfilerConfig,
     TokenizerSection,
     TrainerSection,
     WandbConfig,
@@ -29,8 +30,10 @@ from fairseq2.recipe.config import (
 
 from lmtune.dtypes import compute_dtype, torch_dtype
 from lmtune.options.finetune import FinetuneOptions
+from lmtune.options.instrument import warmup_steps as instrument_warmup_steps
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+from lmtune.training.instruments import InstrumentSection
 from lmtune.training.validation_plan import ValidationPlan
 
 if TYPE_CHECKING:
@@ -46,9 +49,9 @@ def training_precision(dtype: str) -> MixedPrecisionConfig:
     return MixedPrecisionConfig(mode="static", dtype=torch_dtype(dtype))
 
 
-def warmup_steps(o: FinetuneOptions) -> int:
+def warmup_steps(o: FinetuneOptions | PretrainOptions) -> int:
     """The warmup, shortened to leave one cosine step when max_num_steps is smaller (a quick smoke run of a preset)."""
-    warmup = o.lr_scheduler.num_warmup_steps
+    warmup = instrument_warmup_steps(o)  # lr_scheduler.num_warmup_steps, or from warmup_ratio
     if o.max_num_steps is not None and warmup >= o.max_num_steps:
         return o.max_num_steps - 1
     return warmup
@@ -121,6 +124,16 @@ def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]
     }
 
 
+def instrument_section(o: FinetuneOptions | PretrainOptions) -> InstrumentSection:
+    """grad_stats and profiler.* (lmtune.training.instruments); the profiler is lmtune's, not fairseq2's common.profilers."""
+    p = o.profiler
+    profiler = TorchProfilerConfig(
+        enabled=p.enabled, skip_n_steps=p.skip_n_steps, wait_n_steps=p.wait_n_steps,
+        num_warmup_steps=p.num_warmup_steps, num_active_steps=p.num_active_steps, repeat=p.repeat,
+    )  # fmt: skip
+    return InstrumentSection(grad_stats=o.grad_stats, profiler=profiler)
+
+
 def lora_section(plan: LoraPlan) -> LoraSection:
     from lmtune.recipes.instruction_finetune import LoraSection
 
@@ -171,5 +184,6 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
         ),
         eval=TaskEvalSection(task=plan.task, labels=plan.labels, max_examples=o.max_eval_examples, max_gen_len=o.eval_max_gen_len),
         early_stopping=stopping,
+        instrument=instrument_section(o),
         **training_sections(o),  # type: ignore[arg-type]
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from lmtune.catalog.cards import CardStore
 from lmtune.launch import explain_distributed_failure, prepare_distributed_env
 from lmtune.options.load import dump_yaml, to_dict
+from lmtune.options.instrument import check_instrument_options
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.data.records import check_records
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 
 def _check_numbers(o: FinetuneOptions) -> None:
+    check_instrument_options(o)  # warmup_ratio, profiler.* (lmtune.options.instrument)
     positive = {
         "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
         "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,

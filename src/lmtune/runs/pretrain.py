@@ -21,6 +21,7 @@ from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.launch import explain_distributed_failure, prepare_distributed_env
 from lmtune.options.load import dump_yaml, to_dict
+from lmtune.options.instrument import check_instrument_options
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import check_resume_checkpoint, check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
 from lmtune.training.console import RunConsole
@@ -57,6 +58,7 @@ def _names(refs: str | list[str] | None) -> str:
 
 
 def _check_numbers(o: PretrainOptions) -> None:
+    check_instrument_options(o)  # warmup_ratio, profiler.* (lmtune.options.instrument)
     positive = {
         "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
         "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,

@@ -8,7 +8,7 @@ from fairseq2.recipe.config import RegimeSection
 
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.options.pretrain import PretrainOptions
-from lmtune.runs.fairseq2_config import kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
+from lmtune.runs.fairseq2_config import instrument_section, kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
 
 
 def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_files: list[Path], valid_files: list[Path], rows: int):  # type: ignore[no-untyped-def]
@@ -38,5 +38,6 @@ def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSp
             validate_every_n_steps=o.validate_every_n_steps if validates else None,
             publish_metrics_every_n_steps=publish_interval(o, validates),  # type: ignore[arg-type]
         ),
+        instrument=instrument_section(o),
         **training_sections(o),  # type: ignore[arg-type]
     )

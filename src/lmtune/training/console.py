@@ -68,7 +68,27 @@ def step_stats(values: Mapping[str, object]) -> str:
         parts.append(f"lr {_number(lr[0] if isinstance(lr, (list, tuple)) else lr):.1e}")
     if "elements_per_second" in values:
         parts.append(f"tok/s {_number(values['elements_per_second']):,.0f}")
+    if "grad_norm/total" in values:  # grad_stats=true (lmtune.training.grad_stats)
+        parts.append(f"gnorm {_number(values['grad_norm/total']):.3g}")
+        if "memory/peak_rss_bytes" in values:
+            parts.append(f"rss {gib(values['memory/peak_rss_bytes'])}")
+        if "memory/gpu_max_allocated_bytes" in values:
+            parts.append(f"gpu {gib(values['memory/gpu_max_allocated_bytes'])}")
     return "  ".join(parts)
+
+
+def gib(value: object) -> str:
+    return f"{_number(value) / 2**30:.2f} GiB"
+
+
+def peak_memory(values: Mapping[str, object]) -> str:
+    """The run's peak memory from its last train metrics (lmtune.training.memory_stats), or ''."""
+    parts = []
+    if "memory/peak_rss_bytes" in values:
+        parts.append(f"peak RSS {gib(values['memory/peak_rss_bytes'])}")
+    if "memory/gpu_max_allocated_bytes" in values:
+        parts.append(f"GPU max allocated {gib(values['memory/gpu_max_allocated_bytes'])} (last interval)")
+    return ", ".join(parts)
 
 
 def _number(value: object) -> float:
@@ -96,6 +116,7 @@ class RunConsole:
         self._first_step: tuple[int, float] | None = None  # (step, when it started) of this session's first step
         self._last_step = 0
         self._losses: list[tuple[int, float]] = []
+        self._memory = ""  # the last published peak memory, for the summary
         self._after_step: list[str] = []
         self._saved_handlers: list[logging.Handler] = []
         self._handler: logging.Handler | None = None
@@ -137,6 +158,7 @@ class RunConsole:
         if category == "train" and step_nr is not None:
             if "nll_loss" in values:
                 self._losses.append((step_nr, _number(values["nll_loss"])))
+            self._memory = peak_memory(values) or self._memory
             if self._bar is not None:
                 self._bar.update(self._bar_task, stats=step_stats(values))
             elif not self.verbose and step_nr % self._every == 0:
@@ -181,7 +203,8 @@ class RunConsole:
         first, last = self._first_step[0], self._last_step
         trained = steps(last) if first == 1 else f"steps {first}-{last}"
         loss = f", loss {self._losses[0][1]:.3f} -> {self._losses[-1][1]:.3f}" if self._losses else ""
-        self.write(f"lmtune: trained {trained} in {took(time.monotonic() - self._start)}{loss}; {where}")
+        memory = f"; {self._memory}" if self._memory else ""
+        self.write(f"lmtune: trained {trained} in {took(time.monotonic() - self._start)}{loss}; {where}{memory}")
 
     def write(self, line: str) -> None:
         if not self.main:

@@ -7,7 +7,7 @@ element count), so one loss serves both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import final
 
 from fairseq2.datasets import SequenceBatch
@@ -42,6 +42,8 @@ class NllTrainUnit(TrainUnit[SequenceBatch]):
     def __init__(self, model: Module) -> None:
         self._model = model
         self.on_step: Callable[[], None] | None = None
+        self.publishers: list[Callable[[MutableMapping[str, object]], None]] = []
+        """Add their figures to the train metrics fairseq2 publishes (rank 0; lmtune.training.instruments)."""
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
@@ -59,3 +61,8 @@ class NllTrainUnit(TrainUnit[SequenceBatch]):
         # The trainer divides gradients by the target count summed over ranks and
         # accumulated batches, so every target token weighs the same.
         return loss, targets.num_target_elements
+
+    @override
+    def process_metric_values(self, values: MutableMapping[str, object]) -> None:
+        for publish in self.publishers:
+            publish(values)
