@@ -67,6 +67,18 @@ class LoraOptions:
     """nf4: keep the frozen base weights in 4-bit NormalFloat (QLoRA); the adapters stay float32."""
 
 
+@dataclass(kw_only=True)
+class RepresentationsOptions:
+    """Hidden states saved during training to measure representation drift (`lmtune drift OUT`); off by default."""
+
+    every_n_steps: int | None = None
+    """Save them before training (step 0) and every N steps into OUT/representations/step_N.npy; null: never."""
+    num_examples: int = 1000
+    """The first K validation examples (those training keeps); a split with fewer uses all it has, with one line saying so."""
+    layers: list[int] | None = None
+    """Layer indices: 0 is the embedding output, i the output of decoder layer i (1..num_layers); null: all."""
+
+
 @dataclass
 class FinetuneOptions:
     model: str | None = None
@@ -129,3 +141,4 @@ class FinetuneOptions:
     wandb: WandbOptions = field(default_factory=WandbOptions)
     early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
+    representations: RepresentationsOptions = field(default_factory=RepresentationsOptions)

@@ -7,7 +7,7 @@ element count), so one loss serves both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import final
 
 from fairseq2.datasets import SequenceBatch
@@ -42,6 +42,8 @@ class NllTrainUnit(TrainUnit[SequenceBatch]):
     def __init__(self, model: Module) -> None:
         self._model = model
         self.on_step: Callable[[], None] | None = None
+        self.on_publish: Callable[[], None] | None = None
+        """Called on rank 0 when fairseq2 publishes the training metrics, outside the timed step."""
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
@@ -51,6 +53,11 @@ class NllTrainUnit(TrainUnit[SequenceBatch]):
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
         prepare_nll_metrics(metric_bag)
+
+    @override
+    def process_metric_values(self, values: MutableMapping[str, object]) -> None:
+        if self.on_publish is not None:
+            self.on_publish()
 
     @override
     def process_batch(self, batch: SequenceBatch, metric_bag: MetricBag) -> tuple[Tensor, int]:
