@@ -72,7 +72,7 @@ class RepresentationsOptions:
     """Hidden states saved during training to measure representation drift (`lmtune drift OUT`); off by default."""
 
     every_n_steps: int | None = None
-    """Save them before training (step 0) and every N steps into OUT/representations/step_N.npy; null: never."""
+    """Save the chosen layers' hidden states, averaged over each example's tokens, before training (step 0) and every N steps into OUT/representations/step_N.npy (float16; read by `lmtune drift OUT`); null: off. Needs a validation split and data_parallelism=ddp."""
     num_examples: int = 1000
     """The first K validation examples (those training keeps); a split with fewer uses all it has, with one line saying so."""
     layers: list[int] | None = None
