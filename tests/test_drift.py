@@ -187,3 +187,24 @@ def test_more_examples_than_the_split_has_uses_all_with_one_line(capsys: pytest.
     assert capsys.readouterr().err == ""
     assert choose_examples(examples, 8, 5, "valid.jsonl").tolist() == [0, 2]
     assert capsys.readouterr().err.splitlines() == ["lmtune: representations.num_examples=5, but valid.jsonl has 2 usable examples; saving representations of all 2."]
+
+
+def test_two_ranks_under_ddp_save_what_one_rank_computes(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Rank 0 runs the examples alone while rank 1 waits: step 0 equals the one-process run's, and step 3
+    the two-process run's own checkpoint of step 3."""
+    import os
+    import subprocess
+    import sys
+
+    from lora_runs import RUN_ARGS
+
+    cards, single, _ = runs
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", LMTUNE_USER_ASSET_DIR=str(cards))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node=2", "--no-python", str(Path(sys.executable).with_name("lmtune")), "instruction_finetune", str(out), *RUN_ARGS, *REPS]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "representations/step_0.npy").read_bytes() == (single / "representations/step_0.npy").read_bytes()
+    _assert_float16_of(np.load(out / "representations/step_3.npy"), _fairseq2_pooled(out / "checkpoints", 3, _first_examples(out, K)))
