@@ -122,6 +122,16 @@ class LoraSection:
 
 
 @dataclass(kw_only=True)
+class RepresentationsSection:
+    """Hidden states of the first validation examples saved at step 0 and every N steps (lmtune.training.representations)."""
+
+    every_n_steps: int | None = None
+    num_examples: int = 1000
+    layers: list[int] | None = None
+    out_dir: Path | None = None
+
+
+@dataclass(kw_only=True)
 class FinetuneConfig:
     model: ModelSection
     tokenizer: TokenizerSection
@@ -137,6 +147,7 @@ class FinetuneConfig:
     eval: TaskEvalSection = field(default_factory=TaskEvalSection)
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    representations: RepresentationsSection = field(default_factory=RepresentationsSection)
 
 
 def prepare_examples(path: Path, encoded: Path | None, encoder: ExampleEncoder, workers: int) -> EncodedExamples:
@@ -249,6 +260,19 @@ class InstructionFinetuneRecipe(Recipe):
 
         unit = NllTrainUnit(model)
         trainer = context.create_trainer(unit, train_reader, valid_units, valid_readers)
+        reps = config.representations
+        if reps.every_n_steps is not None and reps.out_dir is not None and data.valid_file is not None and gangs.root.rank == 0:
+            from lmtune.training.representations import RepresentationProbe, choose_examples
+
+            examples = prepare_examples(data.valid_file, data.valid_encoded, encoder, data.encode_workers)
+            indices = choose_examples(examples, data.max_seq_len, reps.num_examples, str(data.valid_file))
+            probe = RepresentationProbe(
+                context.get_model(), examples, indices, reps.layers, reps.out_dir, data.valid_file, reps.every_n_steps, data.max_num_tokens, gangs.root.device,
+            )  # fmt: skip
+            if not context.get_checkpoint_manager().has_checkpoint(exclude_model_only=True):
+                probe.take(0)  # the model before training; a resumed run keeps the step 0 it saved
+            # Rank 0 at each published step (fairseq2 publishes on every multiple of every_n_steps).
+            unit.on_publish = lambda: probe.maybe_take(trainer.step_nr)
         stopping = config.early_stopping
         stopper = None
         if stopping.patience is not None and stopping.history_file is not None and stopping.stop_file is not None:

@@ -33,6 +33,7 @@ COMMANDS = {
     "write_hf_config": "write_hf_config",
     "audit": "audit",
     "report": "report",
+    "drift": "drift",
     "assets": "assets",
 }
 

@@ -11,6 +11,8 @@
     OUT/checkpoints/early_stopping.jsonl  every scheduled validation's score, replayed on resume
     OUT/early_stop.json              why the run stopped early, when it did
     OUT/cache/encoded/NAME-HASH/     a data file encoded into arrays (lmtune.data.encoded_cache); delete it to re-encode
+    OUT/representations/step_N.npy   hidden states of fixed validation examples at step N (lmtune.training.representation_store)
+    OUT/representations/index.json   which layers, examples and steps they hold
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ EARLY_STOP_HISTORY = "early_stopping.jsonl"
 EARLY_STOP_FILE = "early_stop.json"
 ENCODED_CACHE = "cache/encoded"
 PROFILE = "profile"  # the profiler's traces (lmtune.training.profiling)
+REPRESENTATIONS = "representations"
 
 # Keys a rerun may change and still resume the same run.
 RESUMABLE_CHANGES = {
@@ -96,6 +99,10 @@ def save_config(out_dir: Path, text: str) -> None:
 
 def encoded_cache_root(out_dir: Path) -> Path:
     return out_dir / ENCODED_CACHE
+
+
+def representations_dir(out_dir: Path) -> Path:
+    return out_dir / REPRESENTATIONS
 
 
 # ---------------------------------------------------------------- checkpoints

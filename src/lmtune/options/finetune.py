@@ -53,6 +53,18 @@ class EarlyStoppingOptions:
     """How much better than the best so far a value must be to count as an improvement."""
 
 
+@dataclass(kw_only=True)
+class RepresentationsOptions:
+    """Hidden states saved during training to measure representation drift (`lmtune drift OUT`); off by default."""
+
+    every_n_steps: int | None = None
+    """Save the chosen layers' hidden states, averaged over each example's tokens, before training (step 0) and every N steps into OUT/representations/step_N.npy (float16; read by `lmtune drift OUT`); null: off. Needs a validation split and data_parallelism=ddp."""
+    num_examples: int = 1000
+    """The first K validation examples (those training keeps); a split with fewer uses all it has, with one line saying so."""
+    layers: list[int] | None = None
+    """Layer indices: 0 is the embedding output, i the output of decoder layer i (1..num_layers); null: all."""
+
+
 @dataclass
 class FinetuneOptions:
     model: str | None = None
@@ -120,3 +132,4 @@ class FinetuneOptions:
     early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)
     lora: LoraSettings = field(default_factory=LoraSettings)
     profiler: ProfilerOptions = field(default_factory=ProfilerOptions)
+    representations: RepresentationsOptions = field(default_factory=RepresentationsOptions)

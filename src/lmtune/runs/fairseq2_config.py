@@ -77,11 +77,14 @@ def publish_interval(o: FinetuneOptions, validates: bool) -> int:
     """fairseq2 checkpoints and validates only on metric-publishing steps: make them line up."""
     every = o.publish_metrics_every_n_steps
     intervals = [o.checkpoint_every_n_steps] + ([o.validate_every_n_steps] if validates and o.validate_every_n_steps else [])
+    reps = getattr(o, "representations", None)  # representations are taken at publishing steps (lmtune.training.representations)
+    if reps is not None and reps.every_n_steps and validates:
+        intervals.append(reps.every_n_steps)
     fitted = every
     for n in intervals:
         fitted = math.gcd(fitted, n)
     if fitted != every:
-        print(f"lmtune: publishing metrics every {fitted} steps instead of {every}, so that checkpoints and validation fall on publishing steps.", file=sys.stderr)
+        print(f"lmtune: publishing metrics every {fitted} steps instead of {every}, so that checkpoints, validation and saved representations fall on publishing steps.", file=sys.stderr)
     return fitted
 
 
@@ -143,7 +146,7 @@ def lora_section(plan: LoraPlan) -> LoraSection:
 
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):  # type: ignore[no-untyped-def]
     """``encoded``: data file -> its cache directory (OUT/cache/encoded/...), when data_cache is on."""
-    from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, SftDataSection, TaskEvalSection
+    from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, RepresentationsSection, SftDataSection, TaskEvalSection
     from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
 
     plan = plan or ValidationPlan()
@@ -185,5 +188,9 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
         eval=TaskEvalSection(task=plan.task, labels=plan.labels, max_examples=o.max_eval_examples, max_gen_len=o.eval_max_gen_len),
         early_stopping=stopping,
         instrument=instrument_section(o),
+        representations=RepresentationsSection(
+            every_n_steps=o.representations.every_n_steps if valid_file is not None else None, num_examples=o.representations.num_examples,
+            layers=o.representations.layers, out_dir=out_dir,
+        ),  # fmt: skip
         **training_sections(o),  # type: ignore[arg-type]
     )

@@ -150,6 +150,12 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     loaded = load_tokenizer(tokenizer)
     o = dataclasses.replace(o, max_seq_len=check_model_fit(model, tokenizer, o, loaded))
     plan = plan_validation(o, valid_file, inputs.task, inputs.labels, loaded, tokenizer.hf_dir)
+    if o.representations.every_n_steps is not None:
+        from lmtune.models.loading import model_config
+        from lmtune.training.representations import check_representations
+
+        r = o.representations
+        check_representations(r.every_n_steps, r.num_examples, r.layers, valid_file is not None, model_config(model).num_layers, o.data_parallelism)  # type: ignore[attr-defined]
     main = is_main_process()
     caches = _cache_plans(out_dir, o, tokenizer, [p for p in (train_file, valid_file) if p is not None])
     for path in dict.fromkeys(p for p in (train_file, valid_file) if p is not None):

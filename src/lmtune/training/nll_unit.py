@@ -44,6 +44,8 @@ class NllTrainUnit(TrainUnit[SequenceBatch]):
         self.on_step: Callable[[], None] | None = None
         self.publishers: list[Callable[[MutableMapping[str, object]], None]] = []
         """Add their figures to the train metrics fairseq2 publishes (rank 0; lmtune.training.instruments)."""
+        self.on_publish: Callable[[], None] | None = None
+        """Called on rank 0 when fairseq2 publishes the training metrics, outside the timed step."""
 
     @override
     def set_step_nr(self, step_nr: int) -> None:
@@ -66,3 +68,5 @@ class NllTrainUnit(TrainUnit[SequenceBatch]):
     def process_metric_values(self, values: MutableMapping[str, object]) -> None:
         for publish in self.publishers:
             publish(values)
+        if self.on_publish is not None:
+            self.on_publish()
