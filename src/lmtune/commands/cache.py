@@ -56,7 +56,8 @@ def list_cache(root: Path) -> str:
 
 
 def clear_cache(root: Path, entry: str | None, older_than: float | None) -> str:
-    from lmtune.data.cache_entries import clear_entry, leftover_names, list_entries, older_than as unused_for
+    from lmtune.data.cache_entries import clear_entry, leftover_names, list_entries
+    from lmtune.data.cache_entries import older_than as unused_for
 
     entries = list_entries(root)
     chosen = entries
