@@ -36,10 +36,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.errors import UserError
 from lmtune.files import replace_dir
+
+if TYPE_CHECKING:
+    from lmtune.data.encoded_examples import EncodedExamples
 
 CACHE_FORMAT = 2  # 2: per-user entries keyed by data file and tokenizer, file sizes recorded
 FINGERPRINT = "fingerprint.json"
@@ -293,7 +297,7 @@ def reuse_message(plan: CachePlan) -> str:
     return f"lmtune: reusing the encoded {plan.data_file.name} in {plan.directory} (`lmtune cache clear` to re-encode)"
 
 
-def load_encoded(directory: Path):  # type: ignore[no-untyped-def]
+def load_encoded(directory: Path) -> EncodedExamples:
     """Every rank, inside fairseq2: the entry's arrays, memory-mapped, once their sizes are checked."""
     from lmtune.data.encoded_examples import EncodedExamples
 
