@@ -2,7 +2,7 @@
 
 The path of data, top to bottom: JSONL records -> token ids with a loss mask
 (``lmtune.data.encoding``), held as flat arrays (``lmtune.data.encoded_examples``) that
-rank 0 has encoded into OUT/cache/encoded before fairseq2 started (``lmtune.data.encoded_cache``;
+rank 0 has encoded into the user's shared cache before fairseq2 started (``lmtune.data.encoded_cache``;
 with data_cache=false every rank encodes in memory) -> batches on a fairseq2 DataPipeline
 (``lmtune.data.batching``)
 -> ``NllTrainUnit.process_batch`` (summed NLL over response tokens) -> fairseq2's
@@ -81,7 +81,7 @@ class SftDataSection:
     packing: bool = True
     shuffle: bool = True
     train_encoded: Path | None = None
-    """OUT/cache/encoded/...: the training data's arrays, written before the run; None: encode in memory."""
+    """The training data's cache entry (lmtune.data.encoded_cache), written before the run; None: encode in memory."""
     valid_encoded: Path | None = None
     encode_workers: int = 1
     """Worker processes per rank when encoding in memory."""
@@ -153,7 +153,9 @@ class FinetuneConfig:
 def prepare_examples(path: Path, encoded: Path | None, encoder: ExampleEncoder, workers: int) -> EncodedExamples:
     """The cache's arrays, memory-mapped; or, without a cache, ``path`` encoded in memory."""
     if encoded is not None:
-        return EncodedExamples.load(encoded)
+        from lmtune.data.encoded_cache import load_encoded
+
+        return load_encoded(encoded)
     from lmtune.data.parallel_encoding import encode_jsonl
 
     return encode_jsonl(path, encoder, workers=workers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ def isolated_user_cards(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config_home")))
     monkeypatch.setenv("LMTUNE_USER_ASSET_DIR", str(user_dir))
     monkeypatch.delenv("FAIRSEQ2_USER_ASSET_DIR", raising=False)
+    monkeypatch.setenv("LMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("lmtune_cache")))  # never the user's ~/.cache
     return user_dir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def isolated_module_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For module-scoped fixtures, which run before the per-test one above."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("lmtune_cache_module")))
+        yield
 
 

@@ -54,7 +54,7 @@ def test_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path: Pat
     assert no_generic.returncode != 0
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["instruction_finetune", "--help"], ["generate", "--help"], ["write_hf_config", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["instruction_finetune", "--help"], ["generate", "--help"], ["write_hf_config", "--help"], ["cache", "list"]])
 def test_help_does_not_import_torch_or_fairseq2(argv: list[str]) -> None:
     code = (
         "import sys\nfrom lmtune.cli import main\n"

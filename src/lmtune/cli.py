@@ -19,6 +19,7 @@ DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
   lmtune demo OUT                                 tiny default: fine-tune, generate, export (CPU, minutes)
   lmtune instruction_finetune OUT --config model=NAME dataset=PATH ...
   lmtune assets list | lmtune assets show NAME
+  lmtune cache list | lmtune cache clear          the encoded data runs share
 """
 
 # verb -> module in lmtune.commands, in the order --help lists them
@@ -35,6 +36,7 @@ COMMANDS = {
     "report": "report",
     "drift": "drift",
     "assets": "assets",
+    "cache": "cache",
 }
 
 

@@ -10,9 +10,12 @@
     OUT/checkpoints/scores/step_N.txt   fairseq2's score of checkpoint N (early_stopping.metric, higher is better)
     OUT/checkpoints/early_stopping.jsonl  every scheduled validation's score, replayed on resume
     OUT/early_stop.json              why the run stopped early, when it did
-    OUT/cache/encoded/NAME-HASH/     a data file encoded into arrays (lmtune.data.encoded_cache); delete it to re-encode
     OUT/representations/step_N.npy   hidden states of fixed validation examples at step N (lmtune.training.representation_store)
     OUT/representations/index.json   which layers, examples and steps they hold
+
+Outside OUT, shared by every run of the user (``encoded_cache_root``):
+
+    $LMTUNE_CACHE_DIR/encoded/NAME-HASH/   a data file encoded into arrays (lmtune.data.encoded_cache); `lmtune cache`
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ HF_EXPORT = "hf"
 SCORES = "scores"  # written by fairseq2
 EARLY_STOP_HISTORY = "early_stopping.jsonl"
 EARLY_STOP_FILE = "early_stop.json"
-ENCODED_CACHE = "cache/encoded"
+ENCODED_CACHE = "encoded"
 PROFILE = "profile"  # the profiler's traces (lmtune.training.profiling)
 REPRESENTATIONS = "representations"
 
@@ -97,8 +100,17 @@ def save_config(out_dir: Path, text: str) -> None:
     tmp.replace(out_dir / CONFIG_FILE)
 
 
-def encoded_cache_root(out_dir: Path) -> Path:
-    return out_dir / ENCODED_CACHE
+def cache_home() -> Path:
+    """The user's lmtune cache: $LMTUNE_CACHE_DIR, else $XDG_CACHE_HOME/lmtune, else ~/.cache/lmtune."""
+    if os.environ.get("LMTUNE_CACHE_DIR"):
+        return Path(os.environ["LMTUNE_CACHE_DIR"]).expanduser().absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser().absolute() if xdg else Path.home() / ".cache") / "lmtune"
+
+
+def encoded_cache_root() -> Path:
+    """Where the encoded data lives, shared by every run, sweep point and stage of this user."""
+    return cache_home() / ENCODED_CACHE
 
 
 def representations_dir(out_dir: Path) -> Path:

@@ -85,7 +85,7 @@ class FinetuneOptions:
     packing: bool = True
     """Pack examples into batches of max_num_tokens, each attending only to itself; false: length batching."""
     data_cache: bool = True
-    """Encode the data once into OUT/cache/encoded (memory-mapped by every rank, reused by reruns); false: every rank encodes in memory."""
+    """Encode the data once into the user's shared cache (memory-mapped by every rank, reused by every run on the same data); false: every rank encodes in memory."""
     max_num_steps: int | None = 1000
     max_num_data_epochs: int | None = None
     learning_rate: float = 5.5e-6

@@ -145,7 +145,7 @@ def lora_section(plan: LoraPlan) -> LoraSection:
 
 
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):  # type: ignore[no-untyped-def]
-    """``encoded``: data file -> its cache directory (OUT/cache/encoded/...), when data_cache is on."""
+    """``encoded``: data file -> its cache entry (lmtune.data.encoded_cache), when data_cache is on."""
     from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, RepresentationsSection, SftDataSection, TaskEvalSection
     from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
 

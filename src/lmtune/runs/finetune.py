@@ -115,21 +115,18 @@ def _cache_plans(out_dir: Path, o: FinetuneOptions, tokenizer: TokenizerSpec, fi
         return {}
     from lmtune.data.encoded_cache import plan_cache
 
-    return {path: plan_cache(encoded_cache_root(out_dir), path, tokenizer) for path in dict.fromkeys(files)}
+    return {path: plan_cache(encoded_cache_root(), path, tokenizer) for path in dict.fromkeys(files)}
 
 
 def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: TokenizerSpec) -> None:
     """Rank 0, before fairseq2 starts: the other ranks map the caches once they have all joined."""
-    from lmtune.data.encoded_cache import build_cache, reuse_message
+    from lmtune.data.encoded_cache import ensure_cache
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.parallel_encoding import default_workers, encode_jsonl
 
     encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
-    for plan in caches.values():
-        if plan.stale is None:
-            print(reuse_message(plan), file=sys.stderr)
-            continue
-        build_cache(plan, lambda tmp, p=plan: encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp))
+    for plan in caches.values():  # reused, or built once while concurrent runs on the same data wait
+        ensure_cache(plan, lambda tmp, p=plan: encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp))
 
 
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:
