@@ -52,6 +52,7 @@ from lmtune.models.document_attention import DocumentSDPA
 from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.training.training_task import training_task
+from lmtune.safe_load import use_safe_tensor_loader
 
 
 @dataclass(kw_only=True)
@@ -87,6 +88,7 @@ class PretrainRecipe(Recipe):
 
     @override
     def register(self, container: DependencyContainer) -> None:
+        use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
         container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
         if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)

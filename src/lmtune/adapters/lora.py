@@ -24,6 +24,7 @@ from torch.nn import Dropout, Module, Parameter
 from torch.nn.functional import linear
 
 from lmtune.errors import UserError
+from lmtune.safe_load import load_torch_file
 
 # Hugging Face projection name -> fairseq2 module inside decoder.layers.N (Llama and Qwen alike).
 TARGET_MODULES: dict[str, str] = {
@@ -205,7 +206,7 @@ def read_checkpoint_tensors(model_dir: Path) -> dict[str, Tensor]:
         raise UserError(f"{model_dir} holds no checkpoint file.")
     shards = []
     for file in files:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = load_torch_file(file)
         shards.append(state["model"] if isinstance(state.get("model"), dict) else state)
     if len(shards) == 1:
         return shards[0]  # type: ignore[no-any-return]

@@ -22,6 +22,7 @@ from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.launch import explain_distributed_failure, prepare_distributed_env
 from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.pretrain import PretrainOptions
+from lmtune.safe_load import check_resume_checkpoint
 from lmtune.run_dir import check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
 from lmtune.training.console import RunConsole
 from lmtune.training.valid_metrics import LOSS, ValidMetric
@@ -207,6 +208,7 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
 
     checkpoint_dir = run_checkpoint_dir(out_dir)
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
+    check_resume_checkpoint(checkpoint_dir)  # a planted file is refused before OUT is touched (lmtune.safe_load)
     if main:
         lock_output_dir(out_dir)
         flat = {k: v for k, v in to_dict(o).items() if k not in RESUMABLE_HERE}
