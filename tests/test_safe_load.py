@@ -69,6 +69,25 @@ def out(trained: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_every_file_of_a_run_reads_as_the_unrestricted_unpickler_reads_it(trained: Path) -> None:
+    from lmtune.safe_load import load_torch_file
+
+    files = sorted((trained / "checkpoints").rglob("*.pt"))
+    assert {f.parent.name for f in files} >= {"tp_00", "trainer", "data_reader"} and len(files) == 5  # model x2, optimizer, trainer, reader
+    for file in files:
+        assert _same(load_torch_file(file), torch.load(file, map_location="cpu", weights_only=False)), file
+
+
 def test_the_planted_object_runs_its_command_under_plain_unpickling(out: Path, tmp_path: Path) -> None:
     """What the other tests guard against: the same file, loaded as fairseq2 0.8.1 loads trainer state."""
     marker = tmp_path / "ran"
@@ -86,6 +105,23 @@ def test_resume_refuses_a_planted_checkpoint_file_and_leaves_out_as_it_was(out: 
     before = _snapshot(out)
     line = assert_user_error(run_lmtune("instruction_finetune", str(out), *RESUME), str(file), REFUSED)
     assert "posix.system" in line
+    assert not marker.exists()
+    assert _snapshot(out) == before
+
+
+def test_a_pretraining_resume_refuses_a_planted_reader_state(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Document {i}: the fox jumps over {i} lazy dogs, and the dogs sleep.\n\n" for i in range(200)))
+    args = ["--config", "model=tiny_llama", "init=random", f"dataset={corpus}", "max_seq_len=64", "batch_size=4",
+            "max_num_steps=2", "checkpoint_every_n_steps=2", "tensorboard=false"]  # fmt: skip
+    out = tmp_path / "out"
+    r = run_lmtune("pretrain", str(out), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    marker = tmp_path / "ran"
+    file = out / "checkpoints/step_2/data_reader/dp_00.pt"
+    _plant(file, marker)
+    before = _snapshot(out)
+    assert_user_error(run_lmtune("pretrain", str(out), *args, "max_num_steps=4"), str(file), REFUSED)
     assert not marker.exists()
     assert _snapshot(out) == before
 
