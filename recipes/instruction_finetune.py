@@ -67,6 +67,7 @@ from lmtune.training.training_task import training_task
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
 from lmtune.options.lora import LoraSettings
+from lmtune.safe_load import use_safe_tensor_loader
 
 
 @dataclass(kw_only=True)
@@ -169,6 +170,7 @@ class InstructionFinetuneRecipe(Recipe):
 
     @override
     def register(self, container: DependencyContainer) -> None:
+        use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
         # fairseq2 knows nll_loss and accuracy; macro F1, per-label F1 and the counts are lmtune's.
         # A metric registered here replaces fairseq2's of the same name (early_stopping.mode).
         for m in self._metrics:

@@ -54,6 +54,7 @@ from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.training.instruments import InstrumentSection
 from lmtune.training.profiling import register_profiler
 from lmtune.training.training_task import training_task
+from lmtune.safe_load import use_safe_tensor_loader
 
 
 @dataclass(kw_only=True)
@@ -91,6 +92,7 @@ class PretrainRecipe(Recipe):
 
     @override
     def register(self, container: DependencyContainer) -> None:
+        use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
         container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
         if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)

@@ -250,7 +250,15 @@ def read_early_stop(out_dir: Path) -> dict[str, Any] | None:
     import json
 
     path = out_dir / EARLY_STOP_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_bytes())  # plain JSON, never unpickled
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not an early-stop record (a JSON object); delete it to let the run go on.")
+    return record
 
 
 def write_early_stop(out_dir: Path, record: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from torch.nn.functional import linear
 from lmtune.errors import UserError
 from lmtune.models.hf_keys import HF_FAMILIES, projection_modules
 from lmtune.options.lora import LoraSettings
+from lmtune.safe_load import load_torch_file
 
 if TYPE_CHECKING:
     from fairseq2.nn import Linear
@@ -235,7 +236,7 @@ def read_checkpoint_tensors(model_dir: Path) -> dict[str, Tensor]:
         raise UserError(f"{model_dir} holds no checkpoint file.")
     shards: list[dict[str, Tensor]] = []
     for file in files:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = load_torch_file(file)
         shards.append(state["model"] if isinstance(state.get("model"), dict) else state)
     if len(shards) == 1:
         return shards[0]

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
 from lmtune.options.lora import LoraSettings
+from lmtune.safe_load import check_hf_dir
 from lmtune.run_dir import best_step, checkpoint_steps, is_checkpoint_dir, read_cards, read_lora_card, step_model_dir
 
 # What a user may write for model= to mean a checkpoint of a training run.
@@ -123,7 +124,10 @@ def tokenizer_from_card(card: Card) -> TokenizerSpec:
         path, config["impl"] = _llama_tokenizer_impl(card, path, config.get("impl"))
     elif path.is_dir() and not (path / "tokenizer.json").is_file():
         raise UserError(f"card '{card.name}': tokenizer directory {path} has no tokenizer.json.")
-    return TokenizerSpec(name=card.name, family=family, path=path, config=config)
+    spec = TokenizerSpec(name=card.name, family=family, path=path, config=config)
+    if spec.hf_dir is not None:
+        check_hf_dir(spec.hf_dir, card=card.name, trusted=card.get("trust_remote_code"))
+    return spec
 
 
 def _llama_tokenizer_impl(card: Card, path: Path, impl: object) -> tuple[Path, str]:
@@ -216,6 +220,8 @@ def _card_checkpoint(card: Card) -> Path | None:
     path = Path(checkpoint)
     if not path.exists():
         raise UserError(f"card '{card.name}' ({card.where}): checkpoint {path} does not exist.")
+    if path.is_dir():
+        check_hf_dir(path, card=card.name, trusted=card.get("trust_remote_code"))
     return path
 
 

@@ -18,6 +18,7 @@ import torch
 
 from lmtune.data.encoding import Example
 from lmtune.errors import UserError
+from lmtune.safe_load import UnsafeCheckpointFile
 
 FILES = ("tokens", "target_mask", "offsets", "num_targets")
 DTYPES = {"tokens": np.int32, "target_mask": np.uint8, "offsets": np.int64, "num_targets": np.int32}
@@ -43,7 +44,15 @@ class EncodedExamples:
     @classmethod
     def load(cls, directory: Path) -> EncodedExamples:
         """Memory-maps the arrays written by ``lmtune.data.parallel_encoding``."""
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in FILES}
+        arrays = {}
+        for name in FILES:
+            file = directory / f"{name}.npy"
+            try:
+                arrays[name] = np.load(file, mmap_mode="r")  # allow_pickle=False: an object array is refused, never unpickled
+            except ValueError as ex:
+                if "Python objects" in str(ex) or "Object arrays" in str(ex):
+                    raise UnsafeCheckpointFile(file, "an array of Python objects") from None
+                raise
         return cls(arrays["tokens"], arrays["target_mask"], arrays["offsets"], arrays["num_targets"])
 
     def __len__(self) -> int:

@@ -36,7 +36,9 @@ class ExampleEncoder:
                 raise UserError(f"{record.where}: chat records need a Hugging Face tokenizer (tokenizer.json with a chat template); this tokenizer has none, use 'src'/'tgt' records instead.")
             from transformers import AutoTokenizer
 
-            self._hf = AutoTokenizer.from_pretrained(str(self._chat_dir))
+            from lmtune.safe_load import hf_trust_remote_code
+
+            self._hf = AutoTokenizer.from_pretrained(str(self._chat_dir), trust_remote_code=hf_trust_remote_code(self._chat_dir))
             if not self._hf.chat_template:
                 raise UserError(f"{self._chat_dir}: the tokenizer has no chat template, so chat records in {record.file} cannot be encoded; add 'chat_template' to tokenizer_config.json or use 'src'/'tgt' records.")
         return self._hf

@@ -171,8 +171,10 @@ def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from lmtune.safe_load import hf_trust_remote_code
+
     hf_logging.set_verbosity_error()  # the probes may be longer than a tiny model's model_max_length
-    hf = AutoTokenizer.from_pretrained(str(out_dir))
+    hf = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)  # lmtune's own export
     raw = tokenizer.create_raw_encoder()  # type: ignore[attr-defined]
     prompt = tokenizer.create_encoder(mode="prompt")  # type: ignore[attr-defined]
     for text in PROBE_TEXTS:
@@ -183,7 +185,7 @@ def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -
             if lmtune_ids != hf_ids:
                 raise UserError(f"the exported tokenizer encodes {text!r} {how} as {hf_ids[:12]}... but lmtune's tokenizer as {lmtune_ids[:12]}...; the export was not written.")
     if source_dir is not None and hf.chat_template:
-        source = AutoTokenizer.from_pretrained(str(source_dir))
+        source = AutoTokenizer.from_pretrained(str(source_dir), trust_remote_code=hf_trust_remote_code(source_dir))
         want = source.apply_chat_template(PROBE_CHAT, add_generation_prompt=True, tokenize=False)
         got = hf.apply_chat_template(PROBE_CHAT, add_generation_prompt=True, tokenize=False)
         if want != got or source(want, add_special_tokens=False)["input_ids"] != hf(got, add_special_tokens=False)["input_ids"]:

@@ -35,7 +35,7 @@ def lmtune_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def hf_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False)
     model.eval()
     with torch.inference_mode():
         return model(input_ids=ids).logits.float()  # type: ignore[no-any-return]

@@ -17,14 +17,15 @@ from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 
 
 def resolver():  # type: ignore[no-untyped-def]
-    import fairseq2
+    """fairseq2's dependency resolver (initialising fairseq2 when nothing has), reading tensor
+    files with lmtune.safe_load's loader: checkpoint files never run code."""
     from fairseq2.runtime.dependency import get_dependency_resolver
 
-    try:
-        return get_dependency_resolver()
-    except Exception:
-        fairseq2.init_fairseq2()
-        return get_dependency_resolver()
+    from lmtune.safe_load import use_safe_tensor_loader
+
+    found = get_dependency_resolver()
+    use_safe_tensor_loader(found)
+    return found
 
 
 def model_family(name: str):  # type: ignore[no-untyped-def]

@@ -21,6 +21,7 @@ from lmtune.options.instrument import check_instrument_options
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.data.records import check_records
+from lmtune.safe_load import check_checkpoint_objects
 from lmtune.run_dir import (
     check_resume_checkpoint, check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, encoded_cache_root, is_main_process,
     lock_output_dir, read_early_stop, save_config, write_early_stop, write_lora_card, write_tokenizer_card,
@@ -161,6 +162,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     checkpoint_dir = run_checkpoint_dir(out_dir)
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
     check_resume_checkpoint(checkpoint_dir)  # a damaged checkpoint is named before OUT is touched
+    check_checkpoint_objects(checkpoint_dir)  # a planted file is refused before OUT is touched (lmtune.safe_load)
     earlier_stop = read_early_stop(out_dir) if has_checkpoint else None
     if earlier_stop is not None and not continues_after_early_stop(earlier_stop, o, checkpoint_steps(checkpoint_dir)[-1]):
         if main:

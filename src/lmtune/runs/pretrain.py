@@ -24,6 +24,7 @@ from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.instrument import check_instrument_options
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import check_resume_checkpoint, check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
+from lmtune.safe_load import check_checkpoint_objects
 from lmtune.training.console import RunConsole
 from lmtune.training.valid_metrics import LOSS, ValidMetric
 from lmtune.training.validation_plan import ValidationPlan
@@ -210,6 +211,7 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
     checkpoint_dir = run_checkpoint_dir(out_dir)
     has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
     check_resume_checkpoint(checkpoint_dir)  # a damaged checkpoint is named before OUT is touched
+    check_checkpoint_objects(checkpoint_dir)  # a planted file is refused before OUT is touched (lmtune.safe_load)
     if main:
         lock_output_dir(out_dir)
         flat = {k: v for k, v in to_dict(o).items() if k not in RESUMABLE_HERE}

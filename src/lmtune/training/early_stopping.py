@@ -18,9 +18,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fairseq2.early_stopper import EarlyStopper
 from typing_extensions import override
+
+from lmtune.errors import UserError
 
 
 @dataclass
@@ -32,6 +35,21 @@ class StopState:
     best: float | None = None
     best_step: int = 0
     """The best score and its step as fairseq2 ranks checkpoints: the highest, the later on a tie."""
+
+
+def _read_history(file: Path) -> list[dict[str, Any]]:
+    """The records of ``file``, plain JSON (never unpickled); anything else is one sentence."""
+    entries = []
+    for n, line in enumerate(file.read_bytes().splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            valid = isinstance(entry, dict) and isinstance(entry.get("step"), int) and isinstance(entry.get("metric"), str) and isinstance(entry.get("score"), (int, float))
+        except ValueError:
+            valid = False
+        if not valid:
+            raise UserError(f"{file}:{n} is not an early-stopping record (a JSON object with step, metric and score); delete the file to forget the recorded scores.")
+        entries.append(entry)
+    return entries
 
 
 class PatienceStopper(EarlyStopper):
@@ -48,8 +66,7 @@ class PatienceStopper(EarlyStopper):
         (the user raised max_num_steps after an early stop)."""
         kept = []
         if self._history_file.is_file():
-            for line in self._history_file.read_text().splitlines():
-                entry = json.loads(line)
+            for entry in _read_history(self._history_file):
                 if entry["step"] <= resumed_step and entry["metric"] == self._metric:
                     kept.append(entry)
                     self._update(entry["step"], entry["score"])
