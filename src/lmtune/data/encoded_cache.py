@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.errors import UserError
+from lmtune.files import replace_dir
 
 CACHE_FORMAT = 1
 FINGERPRINT = "fingerprint.json"
@@ -125,13 +126,7 @@ def build_cache(plan: CachePlan, encode: Callable[[Path], object], say: Callable
         examples = encode(tmp)
         record = {"fingerprint": plan.fingerprint, "examples": len(examples), "tokens": examples.num_tokens}  # type: ignore[attr-defined]
         (tmp / FINGERPRINT).write_text(json.dumps(record, indent=2) + "\n")
-        if final.exists():
-            old = root / f".{final.name}.old-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        replace_dir(tmp, final)
     except OSError as ex:
         shutil.rmtree(tmp, ignore_errors=True)
         if ex.errno in NO_ROOM:

@@ -168,9 +168,7 @@ def _write_check_cache(out_dir: Path, checks: dict[str, tuple[CorpusCheck, dict[
         result = {"files": [str(f.path.resolve()) for f in check.files], "documents": check.documents, "num_bytes": check.num_bytes,
                   "skipped_lines": check.skipped_lines, "skipped_files": check.skipped_files, "first_skipped": check.first_skipped}  # fmt: skip
         data[key] = {"fingerprint": fingerprint, "result": result}
-    tmp = out_dir / f"{CHECK_CACHE}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(out_dir / CHECK_CACHE)
+    atomic_write_text(out_dir / CHECK_CACHE, json.dumps(data, indent=1) + "\n")
 
 
 def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None = None) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lmtune.errors import UserError
+from lmtune.files import atomic_write_text
 
 
 def read_predictions(path: Path) -> list[tuple[str, str, str | None]]:
@@ -44,8 +45,6 @@ def save_scores(path: Path, scores: dict[str, object]) -> None:
         cm: dict[str, list] = scores["confusion_matrix"]  # type: ignore[assignment]
         png = write_confusion_png(path.with_name(path.stem + "_confusion_matrix.png"), cm["rows"], cm["columns"], cm["counts"])
         scores["confusion_matrix_png"] = png.name
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(scores, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(scores, indent=2) + "\n")
     print(format_table(scores))
     print(f"scores: {path}")
