@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from lmtune.errors import UserError, did_you_mean
 from lmtune.files import deep_merge
+from lmtune.options.training import key_fields
 
 T = TypeVar("T")
 
@@ -178,7 +179,7 @@ def _bad(key: str, value: Any, tp: Any) -> UserError:
 
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in key_fields(obj)}
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, tuple):
