@@ -8,6 +8,9 @@ The order, for every recipe (``runs/finetune.py`` and ``runs/pretrain.py`` add o
    message, the effective config (OUT/lmtune.yaml) and the tokenizer card beside the checkpoints.
 4. ``run_training``: fairseq2's run with its errors turned into sentences, a stop request turned
    into the preemption exit, then the console's summary, OUT/plots and the export.
+
+A new recipe is what is new: its key table on ``lmtune.options.training.TrainingOptions``, its
+fairseq2 recipe in ``recipes/``, and a module here that checks its inputs and calls these steps.
 """
 
 from __future__ import annotations
