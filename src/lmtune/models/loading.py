@@ -7,7 +7,6 @@ else that needs a model in hand: generation, export, tests.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
