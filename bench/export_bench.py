@@ -38,7 +38,7 @@ def build_checkpoint(out: Path, dtype_name: str) -> int:
     from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
 
     dtype = getattr(torch, dtype_name)
-    spec = ModelSpec("llama3_2_1b", "llama", "llama3_2_1b", {}, None, "bench")
+    spec = ModelSpec(name="llama3_2_1b", family="llama", arch="llama3_2_1b", config={}, checkpoint=None, source="bench")
     config = model_config(spec)
     # Materialise on CPU from the meta device and fill with noise: much faster than fairseq2's
     # truncated-normal initialisation, and the export only streams bytes.

@@ -125,7 +125,7 @@ def build_run(out: Path, scale: str) -> None:
     from lmtune.models.loading import model_config, model_family, resolver
     from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
 
-    spec = ModelSpec("llama3_2_1b", "llama", "llama3_2_1b", SMOKE if scale == "smoke" else {}, None, "bench")
+    spec = ModelSpec(name="llama3_2_1b", family="llama", arch="llama3_2_1b", config=SMOKE if scale == "smoke" else {}, checkpoint=None, source="bench")
     config = model_config(spec)
     model = model_family("llama").create_new_model(config, create_fake_gangs(CPU), torch.bfloat16, True, False).to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)

@@ -65,6 +65,7 @@ from lmtune.training.training_task import training_task
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
+from lmtune.options.lora import LoraSettings
 
 
 @dataclass(kw_only=True)
@@ -108,14 +109,12 @@ class EarlyStoppingSection:
 
 @dataclass(kw_only=True)
 class LoraSection:
-    """Adapters added to the loaded model in ``setup_model`` (lmtune.adapters.lora); rank None: none."""
+    """Adapters added to the loaded model in ``setup_model`` (lmtune.adapters.build); settings.rank None: none."""
 
-    rank: int | None = None
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: list[str] = field(default_factory=list)
-    quantize: str = "none"
+    settings: LoraSettings = field(default_factory=LoraSettings)
+    """As planned (lmtune.adapters.plan): a rank and the projections' names."""
     seed: int = 0
+    """The seed of the adapters' initial A."""
     base_name: str = ""
     adapter_init: Path | None = None
     """An earlier LoRA run's step_N/model: start from its adapters (a new stage)."""
@@ -171,12 +170,16 @@ class InstructionFinetuneRecipe(Recipe):
         config = context.get_config_as(FinetuneConfig)
         use_target_only_loss(model)  # the LM head on response tokens only (lmtune.models.target_loss)
         use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.models.swiglu)
-        if config.lora.rank is None:
+        lora = config.lora
+        if lora.settings.rank is None:
             return model
-        from lmtune.adapters.training_model import lora_training_model
+        from lmtune.adapters.build import lora_training_model
 
         resuming = context.get_checkpoint_manager().has_checkpoint(exclude_model_only=True)
-        return lora_training_model(model, config.model, config.lora, context.gangs.root.device, resuming=resuming)
+        return lora_training_model(
+            model, config.model, lora.settings, seed=lora.seed, base_name=lora.base_name, adapter_init=lora.adapter_init,
+            device=context.gangs.root.device, resuming=resuming,
+        )  # fmt: skip
 
     @override
     def create_task(self, context: RecipeContext) -> Task:

@@ -10,6 +10,9 @@ import pytest
 @pytest.fixture(autouse=True)
 def isolated_user_cards(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     user_dir = tmp_path_factory.mktemp("user_cards")
+    # fairseq2's default card directory is $XDG_CONFIG_HOME/fairseq2/assets, else ~/.config/fairseq2/assets: an empty
+    # config home keeps the real ~/.config out of every test (HOME stays, so caches under ~/.cache are still shared).
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config_home")))
     monkeypatch.setenv("LMTUNE_USER_ASSET_DIR", str(user_dir))
     monkeypatch.delenv("FAIRSEQ2_USER_ASSET_DIR", raising=False)
     return user_dir

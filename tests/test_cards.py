@@ -36,11 +36,11 @@ def test_shipped_archs_exist_in_fairseq2() -> None:
     store = CardStore()
     for name in SHIPPED_MODELS:
         card = store.get(name)
-        spec = ModelSpec(name, card.get("model_family"), card.get("model_arch"), dict(card.get("model_config") or {}), None, "")
+        spec = ModelSpec(name=name, family=card.get("model_family"), arch=card.get("model_arch"), config=dict(card.get("model_config") or {}), checkpoint=None, source="")
         config = model_config(spec)
         assert config.vocab_size > 30000
     # Qwen2.5-0.5B has no fairseq2 arch of its own: its card overrides the sizes.
-    spec = ModelSpec("q", "qwen", "qwen25_1_5b", dict(store.get("qwen25_0.5b").get("model_config")), None, "")
+    spec = ModelSpec(name="q", family="qwen", arch="qwen25_1_5b", config=dict(store.get("qwen25_0.5b").get("model_config")), checkpoint=None, source="")
     config = model_config(spec)
     assert (config.model_dim, config.num_layers, config.tied_embeddings) == (896, 24, True)
 
@@ -80,6 +80,60 @@ def test_fairseq2_user_dir_keeps_working(monkeypatch: pytest.MonkeyPatch, tmp_pa
     (fs2 / "c.yaml").write_text("name: from_fairseq2_dir\nbase: llama3_2_1b\ninit: random\n")
     monkeypatch.setenv("FAIRSEQ2_USER_ASSET_DIR", str(fs2))
     assert CardStore().get("from_fairseq2_dir") is not None
+
+
+@pytest.mark.parametrize("where", ["xdg_config_home", "home"])
+def test_fairseq2_default_user_dir_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str) -> None:
+    """fairseq2's tutorial puts its card in ~/.config/fairseq2/assets ($XDG_CONFIG_HOME/fairseq2/assets when set)."""
+    if where == "home":
+        monkeypatch.delenv("XDG_CONFIG_HOME")
+        monkeypatch.setenv("HOME", str(tmp_path))
+        cards = tmp_path / ".config" / "fairseq2" / "assets"
+    else:
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+        cards = tmp_path / "xdg" / "fairseq2" / "assets"
+    cards.mkdir(parents=True)
+    (cards / "w.pt").write_bytes(b"x")
+    (cards / "tutorial.yaml").write_text(
+        "name: tutorial_model@user\nbase: llama3_2_1b\ncheckpoint: w.pt\n---\nname: tiny_llama@user\nmodel_config:\n  num_layers: 1\n"
+    )
+    store = CardStore()
+    spec = resolve_model(store, "tutorial_model", None)  # a brand-new name@user card
+    assert spec.arch == "llama3_2_1b" and spec.checkpoint == cards / "w.pt"
+    assert store.get("tiny_llama").get("model_config")["num_layers"] == 1  # an override of a shipped card
+    assert store.get("tiny_llama").override_files == [cards / "tutorial.yaml"]
+
+
+def test_fairseq2_user_dir_variable_replaces_its_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    default = tmp_path / "xdg" / "fairseq2" / "assets"
+    default.mkdir(parents=True)
+    (default / "c.yaml").write_text("name: in_default\nbase: llama3_2_1b\ninit: random\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("FAIRSEQ2_USER_ASSET_DIR", str(tmp_path / "elsewhere"))
+    assert CardStore().get("in_default") is None  # as in fairseq2: the variable names the directory instead
+
+
+def test_init_random_reads_no_inherited_checkpoint(isolated_user_cards: Path) -> None:
+    """A card that inherits a checkpoint through base: and says init: random starts from random weights;
+    a card that sets its own checkpoint over an inherited init: random reads that checkpoint."""
+    import torch
+
+    from lmtune.models.loading import load_model
+
+    (isolated_user_cards / "small.pt").write_bytes(b"not read")
+    (isolated_user_cards / "m.yaml").write_text(
+        "name: small_trained\nbase: tiny_llama\ncheckpoint: small.pt\nmodel_config:\n  model_dim: 64\n"
+        "---\nname: big_random\nbase: small_trained\ninit: random\nmodel_config:\n  model_dim: 128\n"
+    )
+    store = CardStore()
+    assert resolve_model(store, "small_trained", None).checkpoint == isolated_user_cards / "small.pt"
+    spec = resolve_model(store, "big_random", None)
+    assert spec.checkpoint is None
+    # The same weights as the shipped random card of that architecture, for the same seed.
+    expected = load_model(resolve_model(store, "tiny_llama", None), seed=3).state_dict()
+    got = load_model(spec, seed=3).state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 def test_yaml_syntax_error_names_file_and_line(isolated_user_cards: Path) -> None:

@@ -145,3 +145,22 @@ def test_added_tokens_beyond_the_model_vocabulary(out: Path, tmp_path: Path, iso
     r = run_lmtune("instruction_finetune", str(out), *TINY, "model=vocab_476")
     assert_user_error(r, "477 tokens", "vocab_size=476")
     _untouched(out)
+
+
+@pytest.mark.parametrize("verb", ["instruction_finetune", "pretrain", "generate", "sweep", "demo"])
+def test_no_sweep_dir_is_accepted_and_changes_nothing(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fairseq2's tutorial passes --no-sweep-dir; lmtune writes into OUT itself."""
+    from lmtune.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([verb, "--help"])
+    assert exit.value.code == 0
+    assert "--no-sweep-dir" in capsys.readouterr().out
+    if verb == "demo":  # no --dump-config
+        return
+    args = [str(tmp_path / "out"), "--dump-config", *(["--grid", "seed=1,2"] if verb == "sweep" else [])]
+    assert main([verb, *args]) == 0
+    plain = capsys.readouterr().out
+    assert main([verb, "--no-sweep-dir", *args]) == 0
+    assert capsys.readouterr().out == plain != ""
+    assert not (tmp_path / "out").exists()

@@ -105,3 +105,56 @@ def test_missing_variables_are_named() -> None:
 def test_no_launcher() -> None:
     env: dict[str, str] = {}
     assert prepare_distributed_env(env) == "none" and env == {}
+
+
+def _closed_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "nodelist, rank, reason",
+    [
+        # srun: the first host of the nodelist is MASTER_ADDR
+        ("nohost.invalid,localhost", "0", "the name nohost.invalid does not resolve (check MASTER_ADDR, or the first host of SLURM_JOB_NODELIST)."),
+        ("127.0.0.1,localhost", "1", "127.0.0.1 resolves but nothing answered on port {port} (rank 0 has not started there, or a firewall blocks the port)."),
+        # (Rank 0 failing to reach a host that resolves would need an address off this machine: tests send no
+        # traffic beyond loopback, so that branch is checked on the explanation alone below.)
+    ],
+)
+def test_unreachable_rendezvous_is_named(monkeypatch: pytest.MonkeyPatch, nodelist: str, rank: str, reason: str) -> None:
+    """The real error fairseq2 raises when MASTER_ADDR:MASTER_PORT does not answer, explained in one sentence."""
+    from datetime import timedelta
+
+    from fairseq2.device import CPU
+    from fairseq2.gang import ProcessGroupGang
+
+    from lmtune.launch import explain_distributed_failure
+
+    port = _closed_port()
+    slurm = {
+        "SLURM_PROCID": rank, "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_NODEID": rank,
+        "SLURM_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_NODELIST": nodelist, "MASTER_PORT": port,
+    }
+    env = torch_env_from_slurm(slurm)
+    assert env is not None and env["MASTER_ADDR"] == nodelist.split(",")[0]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(Exception) as failure:
+        ProcessGroupGang.create_default_process_group(CPU, timeout=timedelta(seconds=2))
+    message = explain_distributed_failure(failure.value, env)
+    addr = env["MASTER_ADDR"]
+    expected = f"rank {rank} could not reach the rendezvous at MASTER_ADDR:MASTER_PORT = {addr}:{port} within 2 s: {reason.format(port=port)}"
+    assert message == expected
+
+
+def test_rank0_that_cannot_reach_a_resolving_master_addr_is_told_it_is_not_its_host() -> None:
+    from lmtune.launch import explain_distributed_failure
+
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": _closed_port()}
+    failure = RuntimeError("The client socket has timed out after 60000ms while trying to connect to (localhost, 29500).")
+    message = explain_distributed_failure(failure, env)
+    assert message is not None and message.endswith("(MASTER_ADDR is not the host rank 0 runs on)."), message

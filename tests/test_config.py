@@ -33,6 +33,21 @@ def test_unknown_key_suggests_the_closest() -> None:
         load_config(FinetuneOptions, None, ["optimizer.weight_decy=1"])
 
 
+@pytest.mark.parametrize("verb", ["instruction_finetune", "pretrain", "sweep"])
+def test_unknown_key_with_no_close_name_points_at_the_verbs_help(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lmtune assets list` lists cards, not keys; the verb's --help lists its keys (sweep's are instruction_finetune's)."""
+    from lmtune.cli import main
+
+    grid = ["--grid", "seed=1,2"] if verb == "sweep" else []
+    assert main([verb, str(tmp_path / "out"), *grid, "--config", "zzzz_qqqq=1"]) == 2
+    lists_keys = "instruction_finetune" if verb == "sweep" else verb
+    err = capsys.readouterr().err
+    assert "unknown config key 'zzzz_qqqq'; " in err and f"are known (see `lmtune {lists_keys} --help`)." in err, err
+    with pytest.raises(SystemExit):
+        main([lists_keys, "--help"])
+    assert "config keys (defaults):" in capsys.readouterr().out
+
+
 def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("max_sequence_len: 10\n")

@@ -98,3 +98,21 @@ def test_score_command_refuses_mismatched_and_malformed_predictions(tmp_path: Pa
     assert_user_error(run_lmtune("score", str(preds), "--task", "exact_match"), f"{preds}:1", "'completion'")
     assert_user_error(run_lmtune("score", str(tmp_path / "missing.jsonl"), "--task", "exact_match"), "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generations.jsonl"]
+
+
+def test_unknown_model_with_checkpoint_dir_names_its_checkpoints(tmp_path: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """fairseq2's tutorial computes model=checkpoint_$(basename "$CKPT_DIR"), i.e. checkpoint_checkpoints."""
+    from lmtune.cli import main
+    from lmtune.run_dir import SCORES
+
+    ckpt = _fake_run(tmp_path, [200, 400])
+    args = ["generate", str(out), "--config", f"checkpoint_dir={ckpt}", "model=checkpoint_checkpoints", "dataset=tiny_gsm8k"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmtune: error: unknown model 'checkpoint_checkpoints'") and err.count("\n") == 1, err
+    assert f"checkpoint_dir={ckpt} holds last_checkpoint, checkpoint_step_200, checkpoint_step_400." in err, err
+    (ckpt / SCORES).mkdir()
+    (ckpt / SCORES / "step_200.txt").write_text("0.5\n")  # a scored run also has a best checkpoint
+    assert main(args) == 2
+    assert "holds last_checkpoint, best_checkpoint, checkpoint_step_200, checkpoint_step_400." in capsys.readouterr().err
+    assert not out.exists()

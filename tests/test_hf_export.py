@@ -47,11 +47,11 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TokenizerS
     root = tmp_path_factory.mktemp("tokenizers")
     llama3_ranks, qwen_ranks = bpe_ranks(), bpe_ranks(QWEN2_SPLIT)
     return {
-        "llama3_hf": TokenizerSpec("llama3_hf", "llama", write_hf_llama3_tokenizer(root / "llama3_hf", llama3_ranks, instruct=True), {"impl": "hg", "use_eot": True}),
-        "tiktoken": TokenizerSpec("tiktoken", "llama", write_tiktoken_model(root / "tt" / "tokenizer.model", llama3_ranks), {"impl": "tiktoken", "use_eot": True}),
-        "sentencepiece": TokenizerSpec("sp", "llama", train_sentencepiece_model(root / "sp" / "tokenizer.model"), {"impl": "sp"}),
-        "sentencepiece_default": TokenizerSpec("sp_default", "llama", train_sentencepiece_model(root / "sp_default" / "tokenizer.model", default_normalizer=True), {"impl": "sp"}),
-        "qwen_hf": TokenizerSpec("qwen_hf", "qwen", write_hf_qwen_tokenizer(root / "qwen_hf", qwen_ranks), {"use_im_end": True}),
+        "llama3_hf": TokenizerSpec(name="llama3_hf", family="llama", path=write_hf_llama3_tokenizer(root / "llama3_hf", llama3_ranks, instruct=True), config={"impl": "hg", "use_eot": True}),
+        "tiktoken": TokenizerSpec(name="tiktoken", family="llama", path=write_tiktoken_model(root / "tt" / "tokenizer.model", llama3_ranks), config={"impl": "tiktoken", "use_eot": True}),
+        "sentencepiece": TokenizerSpec(name="sp", family="llama", path=train_sentencepiece_model(root / "sp" / "tokenizer.model"), config={"impl": "sp"}),
+        "sentencepiece_default": TokenizerSpec(name="sp_default", family="llama", path=train_sentencepiece_model(root / "sp_default" / "tokenizer.model", default_normalizer=True), config={"impl": "sp"}),
+        "qwen_hf": TokenizerSpec(name="qwen_hf", family="qwen", path=write_hf_qwen_tokenizer(root / "qwen_hf", qwen_ranks), config={"use_im_end": True}),
     }
 
 

@@ -31,7 +31,7 @@ def _base_spec(cards: Path):  # type: ignore[no-untyped-def]
     from lmtune.catalog.specs import ModelSpec
 
     card = yaml.safe_load((cards / "lora_base.yaml").read_text())
-    return ModelSpec("lora_base", "llama", "llama3_2_1b", BASE_CONFIG, Path(card["checkpoint"]), "test")
+    return ModelSpec(name="lora_base", family="llama", arch="llama3_2_1b", config=BASE_CONFIG, checkpoint=Path(card["checkpoint"]), source="test")
 
 
 def _tensors(step_dir: Path) -> dict[str, torch.Tensor]:
@@ -45,12 +45,13 @@ def test_adapters_start_as_the_base_model_and_only_they_train(cards: Path) -> No
 
     from lmtune.adapters.build import load_any_model
     from lmtune.adapters.lora import apply_lora, target_names
+    from lmtune.options.lora import LoraSettings
 
     base = load_any_model(_base_spec(cards))
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = base(ids, BatchLayout.of(ids))
-    model = apply_lora(base, rank=4, alpha=8, dropout=0.0, targets=target_names("all_linear", "lora_base"))
+    model = apply_lora(base, LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=target_names("all_linear", "lora_base")))
     got = model(ids, BatchLayout.of(ids))
     assert torch.equal(got, expected)  # B = 0: exactly the base model
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
@@ -73,6 +74,25 @@ def test_lora_run_trains_and_checkpoints_only_adapters(lora_run: Path) -> None:
     assert any(k.endswith("lora_b") and v.abs().max() > 0 for k, v in state.items())  # B has moved
     card = yaml.safe_load((lora_run / "checkpoints/lora.yaml").read_text())
     assert (card["rank"], card["alpha"], card["base"]["name"]) == (4, 8.0, "lora_base")
+
+
+def test_lora_card_and_effective_config_keep_their_format(lora_run: Path, tmp_path: Path) -> None:
+    """lora.yaml as lmtune has written it since LoRA came (flat settings, seed, base) loads and is
+    written back key for key; OUT/lmtune.yaml's lora section holds the user's keys, resolved."""
+    from lmtune.catalog.specs import LoraSpec
+
+    earlier = {
+        "rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": ["q_proj", "v_proj"], "quantize": "nf4", "seed": 7,
+        "base": {"name": "lora_base", "model_family": "llama", "model_arch": "llama3_2_1b", "model_config": {"num_layers": 2}, "checkpoint": str(tmp_path / "hf")},
+    }  # fmt: skip
+    spec = LoraSpec.from_card(earlier, "test")
+    assert (spec.settings.rank, spec.settings.targets, spec.settings.quantize, spec.seed, spec.base.checkpoint) == (4, ["q_proj", "v_proj"], "nf4", 7, tmp_path / "hf")
+    assert spec.as_card() == earlier
+    assert LoraSpec.from_card({k: v for k, v in earlier.items() if k != "seed"}, "test").seed == 0  # cards from before the seed was kept
+    written = yaml.safe_load((lora_run / "checkpoints/lora.yaml").read_text())
+    assert list(written) == list(earlier) and list(written["base"]) == list(earlier["base"])
+    effective = yaml.safe_load((lora_run / "lmtune.yaml").read_text())["lora"]
+    assert effective == {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "quantize": "none"}
 
 
 def test_lora_checkpoint_is_at_most_5_percent_of_a_full_one(lora_run: Path, cards: Path, tmp_path: Path) -> None:

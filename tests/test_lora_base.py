@@ -15,18 +15,23 @@ from lmtune.adapters.build import load_any_model
 from lmtune.models.loading import iter_model_tensors, model_config, model_family
 from lmtune.catalog.specs import ModelSpec
 from lmtune.errors import UserError
+from lmtune.options.lora import LoraSettings
 from lmtune.adapters.lora import TARGET_MODULES, LoraLinear, apply_lora
 from lmtune.adapters.base_weights import drop_file_pages, load_base_weights, mapped_files
 from tiny_builders import TinyModel, tiny_llama, tiny_qwen25, write_hf_dir, write_meta_reference
 
-SETTINGS = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": list(TARGET_MODULES), "seed": 3}
+SEED = 3
+
+
+def settings(quantize: str) -> LoraSettings:
+    return LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=list(TARGET_MODULES), quantize=quantize)  # type: ignore[arg-type]
 
 
 def spec_of(tiny: TinyModel, checkpoint: Path, **config: object) -> ModelSpec:
     from lmtune.catalog.cards import CardStore
 
     arch = str(CardStore().get(tiny.base_card).get("model_arch"))  # type: ignore[union-attr]
-    return ModelSpec("tiny", tiny.family, arch, {**tiny.overrides, **config}, checkpoint, "test")
+    return ModelSpec(name="tiny", family=tiny.family, arch=arch, config={**tiny.overrides, **config}, checkpoint=checkpoint, source="test")
 
 
 def streamed(spec: ModelSpec, quantize: str) -> torch.nn.Module:
@@ -34,14 +39,14 @@ def streamed(spec: ModelSpec, quantize: str) -> torch.nn.Module:
     from fairseq2.gang import create_fake_gangs
 
     model = model_family(spec.family).create_new_model(model_config(spec), create_fake_gangs(CPU), torch.float32, meta=True, init_rank0_only=False)
-    apply_lora(model, **SETTINGS, quantize=quantize, device=CPU)  # type: ignore[arg-type]
+    apply_lora(model, settings(quantize), seed=SEED, device=CPU)
     load_base_weights(model, spec, iter_model_tensors(spec), device=CPU, dtype=torch.float32)
     return model.eval()
 
 
 def loaded_whole(spec: ModelSpec, quantize: str) -> torch.nn.Module:
     model = load_any_model(spec)
-    apply_lora(model, **SETTINGS, quantize=quantize)  # type: ignore[arg-type]
+    apply_lora(model, settings(quantize), seed=SEED)
     return model.eval()
 
 

@@ -57,7 +57,7 @@ def _lmtune_model_and_prompts(exported: dict[str, object]):  # type: ignore[no-u
     from lmtune.data.records import read_records
 
     spec = model_from_checkpoint_dir(exported["out"] / "checkpoints", None, "test")  # type: ignore[operator]
-    assert spec.lora is not None and spec.lora.quantize == ("nf4" if exported["kind"] == "qlora" else "none")
+    assert spec.lora is not None and spec.lora.settings.quantize == ("nf4" if exported["kind"] == "qlora" else "none")
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]
     records = read_records(REPO / "assets/tiny/gsm8k/test/test.jsonl", need_target=False)[:3]
     prompts = [encoder.encode_prompt(r) for r in records]
@@ -162,24 +162,25 @@ def test_qwen_adapters_export_to_peft_and_merged(base_card: str, arch: str, over
 
     from lmtune.adapters.build import load_any_model
     from lmtune.catalog.specs import LoraSpec, ModelSpec, TokenizerSpec
+    from lmtune.options.lora import LoraSettings
     from lmtune.export.hf_dir import export_hf
     from lmtune.export.peft_adapter import export_peft_adapter
     from lmtune.adapters.lora import apply_lora, lora_modules, target_names
     from tiny_builders import QWEN2_SPLIT, bpe_ranks, build_tiny_model, write_hf_dir, write_hf_qwen_tokenizer
 
     tiny = build_tiny_model("qwen", base_card, overrides, seed=5)
-    base = ModelSpec(base_card, "qwen", arch, overrides, write_hf_dir(tiny, tmp_path / "base"), "test")
-    tokenizer = TokenizerSpec("qwen_hf", "qwen", write_hf_qwen_tokenizer(tmp_path / "tok", bpe_ranks(QWEN2_SPLIT)), {"use_im_end": True})
-    targets = target_names("all_linear", base_card)
-    model = apply_lora(load_any_model(base), rank=4, alpha=8, dropout=0.0, targets=targets, seed=1)
+    base = ModelSpec(name=base_card, family="qwen", arch=arch, config=overrides, checkpoint=write_hf_dir(tiny, tmp_path / "base"), source="test")
+    tokenizer = TokenizerSpec(name="qwen_hf", family="qwen", path=write_hf_qwen_tokenizer(tmp_path / "tok", bpe_ranks(QWEN2_SPLIT)), config={"use_im_end": True})
+    settings = LoraSettings(rank=4, alpha=8.0, dropout=0.0, targets=target_names("all_linear", base_card))
+    model = apply_lora(load_any_model(base), settings, seed=1)
     generator = torch.Generator().manual_seed(2)
     for _, m in lora_modules(model):
         m.lora_b.data.copy_(0.05 * torch.randn(m.lora_b.shape, generator=generator))
     shard = tmp_path / "run/step_1/model/pp_00/tp_00"
     shard.mkdir(parents=True)
     torch.save(model.state_dict(), shard / "sdp_00.pt")  # the adapters alone, as in a checkpoint
-    spec = ModelSpec("checkpoint", "qwen", arch, overrides, tmp_path / "run/step_1/model", "test", tokenizer,
-                     lora=LoraSpec(4, 8.0, 0.0, targets, "none", base, seed=1))
+    spec = ModelSpec(name="checkpoint", family="qwen", arch=arch, config=overrides, checkpoint=tmp_path / "run/step_1/model", source="test",
+                     tokenizer=tokenizer, lora=LoraSpec(settings=settings, base=base, seed=1))
 
     ids = torch.randint(0, 416, (2, 24), generator=generator)
     with torch.no_grad():

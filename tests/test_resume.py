@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,3 +152,49 @@ def test_killed_run_resumes_identically_across_data_epochs(tmp_path: Path) -> No
     epochs = {json.loads(line)["Data Epoch"] for line in (reference / "metrics/train.jsonl").read_text().splitlines()}
     assert len(epochs) >= 5, epochs
     _kill_resume_and_compare(tmp_path / "killed", reference, args)
+
+
+SHORT = ["--config-file", "tiny_gsm8k", "--config", "checkpoint_every_n_steps=2", "publish_metrics_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def finished_4_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run with checkpoints at steps 2 (the model only) and 4 (everything)."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    result = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _complete_steps(out) == [2, 4] and not (out / "checkpoints/step_2/trainer").exists()
+    return out
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_cut_short_is_named_and_nothing_is_touched(tmp_path: Path, finished_4_steps: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(finished_4_steps, out)
+    damaged = out / "checkpoints/step_4/model/pp_00/tp_00/sdp_00.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    before = _files(out)
+    r = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=6")  # extended: it would resume from step 4
+    assert_user_error(r, f"{damaged} is damaged", "cannot resume from step 4", "step_2, holds only the model", "model=checkpoint_step_2")
+    assert _files(out) == before
+    # With trainer state in step 2 too, deleting step 4 resumes from step 2.
+    shutil.copytree(out / "checkpoints/step_4/trainer", out / "checkpoints/step_2/trainer")
+    r = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
+    assert_user_error(r, "the whole checkpoint before it is step_2", f"delete {out / 'checkpoints/step_4'} to resume")
+
+
+def test_unreadable_checkpoint_that_is_whole_is_one_sentence(tmp_path: Path, finished_4_steps: Path) -> None:
+    """Damage the archive check cannot see reaches fairseq2, whose CheckpointError becomes one sentence."""
+    import zipfile
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_4_steps, out)
+    damaged = out / "checkpoints/step_4/model/pp_00/tp_00/sdp_00.pt"
+    with zipfile.ZipFile(damaged, "w") as archive:
+        archive.writestr("not_torch/data.pkl", b"garbage")
+    r = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
+    assert_user_error(r, f"{damaged} of step 4 is not a valid checkpoint file", "cannot resume from step 4")
+    assert _complete_steps(out) == [2, 4]

@@ -73,7 +73,7 @@ def build_tiny_model(family: str, base_card: str, overrides: dict[str, object], 
     from lmtune.catalog.specs import ModelSpec
 
     arch = CardStore().get(base_card).get("model_arch")  # type: ignore[union-attr]
-    spec = ModelSpec(base_card, family, str(arch), dict(overrides), None, "tiny_builders")
+    spec = ModelSpec(name=base_card, family=family, arch=str(arch), config=dict(overrides), checkpoint=None, source="tiny_builders")
     model = load_any_model(spec)
     return TinyModel(family, base_card, dict(overrides), model_config(spec), _random_state_dict(model, seed))
 

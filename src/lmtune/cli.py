@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from lmtune.errors import RunFailed, Stopped, UserError, explain_checkpoint_mismatch
+from lmtune.errors import RunFailed, Stopped, UserError, explain_checkpoint_error, explain_checkpoint_mismatch
 
 DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 
@@ -29,6 +29,7 @@ COMMANDS = {
     "demo": "demo",
     "generate": "generate",
     "score": "score",
+    "compare": "compare",
     "write_hf_config": "write_hf_config",
     "audit": "audit",
     "report": "report",
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lmtune: interrupted", file=sys.stderr)
         return 130
     except Exception as ex:
-        message = explain_checkpoint_mismatch(ex)
+        message = explain_checkpoint_mismatch(ex) or explain_checkpoint_error(ex)
         if message is None:
             raise
         print(f"lmtune: error: {message}", file=sys.stderr)

@@ -26,14 +26,15 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], see: str = "lmtune assets list") -> str:
+    """The closest choices, or all of them when few, or their number and ``see``: the command that lists them."""
     choices = sorted(set(choices))
     near = closest(word, choices)
     if near:
         return "did you mean " + " or ".join(repr(c) for c in near) + "?"
     if len(choices) <= 12:
         return "valid: " + ", ".join(choices) + "."
-    return f"{len(choices)} are known (see `lmtune assets list`)."
+    return f"{len(choices)} are known (see `{see}`)."
 
 
 def explain_checkpoint_mismatch(ex: BaseException) -> str | None:
@@ -51,3 +52,18 @@ def explain_checkpoint_mismatch(ex: BaseException) -> str | None:
     where = f" at {path}" if path else ""
     detail = f" ({first.rstrip('.')}{f', and {more} more' if more else ''})" if first else ""
     return f"the checkpoint{where} does not fit the model's architecture{detail}; check the card's model_arch / model_config, or point its checkpoint: at weights of that architecture."
+
+
+def explain_checkpoint_error(ex: BaseException) -> str | None:
+    """One sentence for fairseq2's CheckpointError (a training checkpoint that cannot be read on resume), else None.
+
+    lmtune.run_dir.check_resume_checkpoint catches a file cut short before fairseq2 starts; this is for
+    damage it cannot see (a whole archive with wrong contents)."""
+    if type(ex).__name__ != "CheckpointError":
+        return None
+    root = ex
+    while root.__cause__ is not None:  # the innermost error says what is wrong with the file
+        root = root.__cause__
+    cause = f" ({str(root).strip().splitlines()[0]})" if root is not ex and str(root).strip() else ""
+    step = getattr(ex, "step_nr", None)
+    return f"{str(ex).rstrip('.')}{cause}, so the run cannot resume from step {step}; delete that step's directory to resume from the checkpoint before it, or start afresh in a new OUT."

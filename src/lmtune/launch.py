@@ -10,6 +10,7 @@ not to detect the cluster again. torchrun's variables win when both are present
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from lmtune.errors import UserError
@@ -112,6 +113,25 @@ def prepare_distributed_env(environ: dict[str, str]) -> str:
     return "none"
 
 
+# torch's TCPStore client (c10d), as rank 0 and the others raise it when MASTER_ADDR:MASTER_PORT does not answer.
+RENDEZVOUS_UNREACHED = re.compile(r"timed out after (\d+)ms while trying to connect to \((.+?), (\d+)\)")
+
+
+def _rendezvous_unreached(rank: str, addr: str, port: str, seconds: float) -> str:
+    """Says whether the rendezvous host's name did not resolve or nothing answered there."""
+    import socket
+
+    try:
+        socket.getaddrinfo(addr, int(port), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        why = f"the name {addr} does not resolve (check MASTER_ADDR, or the first host of SLURM_JOB_NODELIST)"
+    else:
+        # Rank 0 listens on its own host: when it cannot reach MASTER_ADDR itself, that names another host.
+        hint = "MASTER_ADDR is not the host rank 0 runs on" if rank == "0" else "rank 0 has not started there, or a firewall blocks the port"
+        why = f"{addr} resolves but nothing answered on port {port} ({hint})"
+    return f"rank {rank} could not reach the rendezvous at MASTER_ADDR:MASTER_PORT = {addr}:{port} within {seconds:g} s: {why}."
+
+
 PEER_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "DistBackendError", "timed out", "Timed out", "clients joined")
 
 
@@ -128,6 +148,9 @@ def explain_distributed_failure(ex: BaseException, environ: Mapping[str, str]) -
     if not any(marker in text for marker in PEER_FAILURE_MARKERS):
         return None
     rank = environ.get("RANK", "?")
+    unreached = RENDEZVOUS_UNREACHED.search(text)
+    if unreached is not None:
+        return _rendezvous_unreached(rank, unreached.group(2), unreached.group(3), int(unreached.group(1)) / 1000)
     first = text.strip().splitlines()[0][:200]
     if "clients joined" in text or "waiting for clients" in text:
         return f"rank {rank} waited for the other ranks to join at {environ.get('MASTER_ADDR')}:{environ.get('MASTER_PORT')} and not all {world} did ({first}); check that every rank was started and can reach that address."

@@ -139,6 +139,41 @@ def checkpoint_steps(checkpoints: Path) -> list[int]:
     return sorted(steps)
 
 
+def damaged_file(step: Path) -> Path | None:
+    """The first file of checkpoint ``step`` that is not a whole torch.save archive (a zip whose
+    directory sits at its end, so a file cut short has none); reads only the directories."""
+    import zipfile
+
+    for path in sorted(p for p in step.rglob("*.pt") if HF_EXPORT not in p.relative_to(step).parts):
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return path
+    return None
+
+
+def check_resume_checkpoint(checkpoints: Path) -> None:
+    """Before a run resumes: the checkpoint fairseq2 resumes from (the last one with trainer state)
+    is whole, else one sentence naming the damaged file and the whole checkpoint before it."""
+    resumable = [s for s in checkpoint_steps(checkpoints) if (step_dir(checkpoints, s) / "trainer").is_dir()]
+    if not resumable:
+        return
+    damaged = damaged_file(step_dir(checkpoints, resumable[-1]))
+    if damaged is None:
+        return
+    last = resumable[-1]
+    whole = [s for s in checkpoint_steps(checkpoints) if s < last and damaged_file(step_dir(checkpoints, s)) is None]
+    if not whole:
+        what = "no whole checkpoint precedes it, so start the run afresh in a new OUT"
+    elif (step_dir(checkpoints, whole[-1]) / "trainer").is_dir():
+        what = f"the whole checkpoint before it is step_{whole[-1]}: delete {step_dir(checkpoints, last)} to resume from there"
+    else:
+        what = (f"the whole checkpoint before it, step_{whole[-1]}, holds only the model: start a new OUT from it "
+                f"with model=checkpoint_step_{whole[-1]} resume_checkpoint_dir={checkpoints}")
+    raise UserError(f"{damaged} is damaged (cut short: not a whole torch.save archive), so the run cannot resume from step {last}; {what}.")
+
+
 def write_tokenizer_card(checkpoints: Path, card: dict[str, object]) -> None:
     import yaml
 

@@ -6,7 +6,7 @@ it, and that would be its peak memory. Registered under ``<family>+lora_base`` (
 ``register``), this family is the real one in every respect (architectures, FSDP, activation
 checkpointing, compilation, the family name written to ``model.yaml``) except that loading a
 checkpoint returns the model on the meta device, with no weights in it. ``setup_model``
-(``lmtune.adapters.training_model``) then reads the base tensor by tensor, quantizing each projection
+(``lmtune.adapters.build.lora_training_model``) then reads the base tensor by tensor, quantizing each projection
 as it arrives.
 """
 

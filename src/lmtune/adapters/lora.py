@@ -17,27 +17,28 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.nn import Dropout, Module, Parameter
+from torch.nn import Dropout, Module, ModuleList, Parameter
 from torch.nn.functional import linear
 
 from lmtune.errors import UserError
+from lmtune.models.hf_keys import HF_FAMILIES, projection_modules
+from lmtune.options.lora import LoraSettings
 
-# Hugging Face projection name -> fairseq2 module inside decoder.layers.N (Llama and Qwen alike).
-TARGET_MODULES: dict[str, str] = {
-    "q_proj":    "self_attn.q_proj",
-    "k_proj":    "self_attn.k_proj",
-    "v_proj":    "self_attn.v_proj",
-    "o_proj":    "self_attn.output_proj",
-    "gate_proj": "ffn.gate_proj",
-    "up_proj":   "ffn.inner_proj",
-    "down_proj": "ffn.output_proj",
-}  # fmt: skip
+if TYPE_CHECKING:
+    from fairseq2.nn import Linear
+    from torch.nn.modules.module import _IncompatibleKeys
+    from torchao.dtypes.nf4tensor import NF4Tensor
+
+# Hugging Face projection name -> fairseq2 module inside decoder.layers.N (Llama and Qwen alike),
+# from the one fairseq2 <-> Hugging Face key table.
+TARGET_MODULES: dict[str, str] = projection_modules()
 
 ALL_LINEAR = "all_linear"
-LORA_FAMILIES = ("llama", "qwen")
+LORA_FAMILIES = HF_FAMILIES
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 
 # NF4 blocks: 64 weights share a scale; scales are quantized in groups of up to 256.
@@ -62,7 +63,7 @@ def check_nf4_shape(weight: Tensor, name: str) -> None:
         raise UserError(f"lora.quantize=nf4: weight '{name}' has {weight.numel()} elements, not a multiple of the NF4 block size {NF4_BLOCK_SIZE}; train without lora.quantize.")
 
 
-def to_nf4(weight: Tensor) -> Tensor:
+def to_nf4(weight: Tensor) -> NF4Tensor:
     from torchao.dtypes.nf4tensor import to_nf4 as torchao_to_nf4
 
     blocks = weight.numel() // NF4_BLOCK_SIZE
@@ -72,20 +73,20 @@ def to_nf4(weight: Tensor) -> Tensor:
 class LoraLinear(Module):
     """A frozen projection (weight, optional bias) plus a trainable low-rank update."""
 
-    def __init__(self, base: Module, rank: int, alpha: float, dropout: float, *, quantize: str = "none", generator: torch.Generator | None = None, device: torch.device | None = None) -> None:
+    def __init__(self, base: Linear, rank: int, alpha: float, dropout: float, *, quantize: str = "none", generator: torch.Generator | None = None, device: torch.device | None = None) -> None:
         """``base`` may be on the meta device (its weights read later: ``set_base_weight``);
         the adapters are made on ``device`` (default: the base weight's)."""
         super().__init__()
-        weight: Tensor = base.weight  # type: ignore[assignment]
+        weight: Tensor = base.weight
         device = weight.device if device is None else device
         self.input_dim, self.output_dim = weight.shape[1], weight.shape[0]
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
         self.quantized = quantize == "nf4"
         self.weight: Parameter | None = Parameter(weight.detach(), requires_grad=False)
-        self.nf4_weight: Tensor | None = None  # a plain attribute: never a parameter, never in the state dict
+        self.nf4_weight: NF4Tensor | None = None  # a plain attribute: never a parameter, never in the state dict
         if not weight.is_meta:
             self.set_base_weight(weight)
-        bias = getattr(base, "bias", None)
+        bias = base.bias
         self.bias = None if bias is None else Parameter(bias.detach(), requires_grad=False)
         self.dropout = Dropout(dropout) if dropout > 0 else None
         self.lora_a = Parameter(torch.empty(rank, self.input_dim, device=device, dtype=torch.float32))
@@ -106,12 +107,19 @@ class LoraLinear(Module):
 
     def base_weight(self) -> Tensor:
         """The frozen weight in float32 (dequantized for NF4)."""
-        if self.quantized:
-            return self.nf4_weight.get_original_weight()  # type: ignore[no-any-return]
-        return self.weight.detach()  # type: ignore[union-attr]
+        if self.nf4_weight is not None:
+            return self.nf4_weight.get_original_weight()
+        return self.frozen_weight().detach()
+
+    def frozen_weight(self) -> Tensor:
+        """The frozen weight as stored: NF4 or a plain parameter."""
+        weight = self.nf4_weight if self.quantized else self.weight
+        if weight is None:
+            raise RuntimeError("the LoRA projection's frozen weight has not been read yet (set_base_weight)")
+        return weight
 
     def forward(self, x: Tensor) -> Tensor:
-        y = linear(x, self.nf4_weight if self.quantized else self.weight, self.bias)  # type: ignore[arg-type]
+        y = linear(x, self.frozen_weight(), self.bias)
         h = self.dropout(x) if self.dropout is not None else x
         low = linear(h.to(self.lora_a.dtype), self.lora_a) * self.scale  # (..., rank): scaled while small
         if low.dtype != y.dtype:
@@ -128,18 +136,23 @@ class LoraLinear(Module):
 
 
 def num_layers(model: Module) -> int:
-    return len(model.decoder.layers)  # type: ignore[union-attr, arg-type]
+    layers = model.get_submodule("decoder.layers")
+    if not isinstance(layers, ModuleList):
+        raise TypeError(f"LoRA adapts fairseq2 decoder-only models, whose decoder.layers is a ModuleList; this model's is a {type(layers).__name__}")
+    return len(layers)
 
 
-def apply_lora(model: Module, *, rank: int, alpha: float, dropout: float, targets: list[str], quantize: str = "none", seed: int = 0, device: torch.device | None = None) -> Module:
+def apply_lora(model: Module, settings: LoraSettings, *, seed: int = 0, device: torch.device | None = None) -> Module:
     """Freezes ``model`` and replaces each targeted projection with a LoraLinear; in place.
+    ``settings`` as planned (``lmtune.adapters.plan``): a rank and the projections' names.
 
     ``model`` may be on the meta device: the adapters are then made on ``device`` and the
     frozen weights are read afterwards (``lmtune.adapters.base_weights.load_base_weights``)."""
+    rank, alpha, dropout, quantize = settings.adapter_rank(), settings.alpha, settings.dropout, settings.quantize
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)  # the same A on every rank and every rebuild
     for layer in range(num_layers(model)):
-        for hf in targets:
+        for hf in settings.target_list():
             path = f"decoder.layers.{layer}.{TARGET_MODULES[hf]}"
             parent_path, _, attr = path.rpartition(".")
             parent = model.get_submodule(parent_path)
@@ -163,8 +176,8 @@ def keep_only_adapters_in_state_dict(model: Module) -> None:
         for key in [k for k in state_dict if not is_adapter_key(k)]:
             del state_dict[key]
 
-    def allow_missing_frozen(module: Module, incompatible: object) -> None:
-        missing = incompatible.missing_keys  # type: ignore[attr-defined]
+    def allow_missing_frozen(module: Module, incompatible: _IncompatibleKeys) -> None:
+        missing = incompatible.missing_keys
         missing[:] = [k for k in missing if is_adapter_key(k)]
 
     model.register_state_dict_post_hook(drop_frozen)
@@ -186,8 +199,8 @@ def merged_tensors(model: Module, *, merge: bool = True) -> Iterable[tuple[str, 
         if name in adapted:
             a = adapted[name]
             yield f"{name}.weight", a.merged_weight() if merge else a.base_weight().float()
-            if adapted[name].bias is not None:
-                yield f"{name}.bias", adapted[name].bias.detach()  # type: ignore[union-attr]
+            if a.bias is not None:
+                yield f"{name}.bias", a.bias.detach()
             continue
         if any(name.startswith(a + ".") for a in adapted):
             continue
@@ -203,12 +216,12 @@ def read_checkpoint_tensors(model_dir: Path) -> dict[str, Tensor]:
     files = sorted(model_dir.glob("pp_00/tp_00/sdp_*.pt"))
     if not files:
         raise UserError(f"{model_dir} holds no checkpoint file.")
-    shards = []
+    shards: list[dict[str, Tensor]] = []
     for file in files:
         state = torch.load(file, map_location="cpu", weights_only=True)
         shards.append(state["model"] if isinstance(state.get("model"), dict) else state)
     if len(shards) == 1:
-        return shards[0]  # type: ignore[no-any-return]
+        return shards[0]
     return {key: torch.cat([shard[key] for shard in shards], dim=0) for key in shards[0]}
 
 

@@ -8,6 +8,7 @@ rank, alpha, targets and quantization.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraPlan:
     spec: LoraSpec
     """The adapters' settings and the frozen base model the run loads."""
@@ -36,13 +37,15 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         raise UserError(f"config key 'lora.dropout' must be at least 0 and below 1, got {lo.dropout}.")
     if model.lora is not None:  # a new stage from a LoRA checkpoint: continue its adapters
         earlier = model.lora
-        if lo.rank is not None and lo.rank != earlier.rank:
-            raise UserError(f"model={model.name} holds LoRA adapters of rank {earlier.rank}, which this stage continues; leave lora.rank unset or set it to {earlier.rank}.")
+        rank = earlier.settings.rank
+        if lo.rank is not None and lo.rank != rank:
+            raise UserError(f"model={model.name} holds LoRA adapters of rank {rank}, which this stage continues; leave lora.rank unset or set it to {rank}.")
         from lmtune.adapters.build import check_lora_base
 
         check_lora_base(model)
-        spec = LoraSpec(earlier.rank, earlier.alpha, lo.dropout, earlier.targets, earlier.quantize, earlier.base, o.seed)
-        return LoraPlan(spec, adapter_init=model.checkpoint)
+        # The earlier adapters' settings, with this stage's dropout and seed.
+        settings = dataclasses.replace(earlier.settings, dropout=lo.dropout)
+        return LoraPlan(spec=LoraSpec(settings=settings, base=earlier.base, seed=o.seed), adapter_init=model.checkpoint)
     if lo.rank is None:
         if lo.quantize != "none":
             raise UserError(f"lora.quantize={lo.quantize} quantizes the frozen base of a LoRA run; also set lora.rank (e.g. lora.rank=16).")
@@ -54,5 +57,5 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         raise UserError(f"LoRA trains adapters on a model's weights, and model '{model.name}' has none (init: random); name a model card with a checkpoint, or leave lora.rank unset.")
     if lo.quantize == "nf4" and o.data_parallelism == "fsdp":
         raise UserError("lora.quantize=nf4 runs with data_parallelism=ddp (each rank keeps the whole 4-bit base); set data_parallelism=ddp.")
-    targets = target_names(lo.targets, model.name)
-    return LoraPlan(LoraSpec(lo.rank, lo.alpha, lo.dropout, targets, lo.quantize, model, o.seed))
+    settings = dataclasses.replace(lo, targets=target_names(lo.targets, model.name))
+    return LoraPlan(spec=LoraSpec(settings=settings, base=model, seed=o.seed))

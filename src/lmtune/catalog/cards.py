@@ -1,13 +1,16 @@
 """Asset cards: YAML documents that register models, tokenizers and datasets by name.
 
 Sources, in order: the cards shipped in lmtune's ``assets/``, then the user
-directories: ``$FAIRSEQ2_USER_ASSET_DIR`` (fairseq2's, kept working) and
-``$LMTUNE_USER_ASSET_DIR`` (default ``~/.config/lmtune/assets``).
+directories: fairseq2's (``$FAIRSEQ2_USER_ASSET_DIR``, default
+``$XDG_CONFIG_HOME/fairseq2/assets`` or ``~/.config/fairseq2/assets``, where
+fairseq2's own tutorial puts cards) and lmtune's (``$LMTUNE_USER_ASSET_DIR``,
+default ``$XDG_CONFIG_HOME/lmtune/assets`` or ``~/.config/lmtune/assets``).
 
 A user card named ``name@user`` overrides the keys of card ``name``; unlike
 fairseq2 alone, a ``name@user`` card with no ``name`` to override registers
 ``name`` as a brand-new card. ``base:`` inherits every key the card does not set
-(``model_config``/``tokenizer_config`` are merged key by key). Relative paths in
+(``model_config``/``tokenizer_config`` are merged key by key), except that
+``init: random`` and ``checkpoint:`` exclude each other: the nearer card's wins. Relative paths in
 ``checkpoint``, ``tokenizer`` and ``data`` are relative to the card's file.
 """
 
@@ -61,16 +64,13 @@ class Card:
 
 def user_dirs() -> list[Path]:
     """The user's card directories, each once: users often set both variables to one directory."""
-    dirs = []
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     fs2 = os.environ.get("FAIRSEQ2_USER_ASSET_DIR")
-    if fs2:
-        dirs.append(Path(fs2).expanduser())
     lm = os.environ.get("LMTUNE_USER_ASSET_DIR")
-    if lm:
-        dirs.append(Path(lm).expanduser())
-    else:
-        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        dirs.append(Path(base) / "lmtune" / "assets")
+    dirs = [
+        Path(fs2).expanduser() if fs2 else config_home / "fairseq2" / "assets",  # as fairseq2 itself looks it up
+        Path(lm).expanduser() if lm else config_home / "lmtune" / "assets",
+    ]
     unique: dict[Path, Path] = {}
     for d in dirs:
         unique.setdefault(d.resolve(), d)  # the same directory by another spelling or a symlink is read once
@@ -190,6 +190,11 @@ class CardStore:
                     merged[key] = deep_merge(parent[key], value)  # type: ignore[arg-type]
                 else:
                     merged[key] = value
+            # Of init: random and checkpoint:, the one the nearer card sets wins.
+            if "checkpoint" in fields and "init" not in fields:
+                merged.pop("init", None)
+            elif fields.get("init") == "random" and "checkpoint" not in fields:
+                merged.pop("checkpoint", None)
             merged.pop("base", None)
             merged["base"] = base
             fields = merged

@@ -11,17 +11,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
+from lmtune.options.lora import LoraSettings
 from lmtune.run_dir import best_step, checkpoint_steps, is_checkpoint_dir, read_cards, read_lora_card, step_model_dir
 
 # What a user may write for model= to mean a checkpoint of a training run.
 CHECKPOINT_NAME = re.compile(r"^(last_checkpoint|best_checkpoint|checkpoint_step_(\d+))$")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenizerSpec:
     name: str
     family: str
@@ -39,34 +40,34 @@ class TokenizerSpec:
         return {"name": self.name, "tokenizer": str(self.path), "tokenizer_family": self.family, "tokenizer_config": self.config}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraSpec:
-    """A LoRA run's adapters: their settings and the frozen base model they sit on."""
+    """A LoRA run's adapters: their settings, the seed of their initial A, and the frozen base model they sit on."""
 
-    rank: int
-    alpha: float
-    dropout: float
-    targets: list[str]
-    """Hugging Face projection names."""
-    quantize: str
-    base: "ModelSpec"
+    settings: LoraSettings
+    """Planned: ``rank`` set, ``targets`` the Hugging Face projection names."""
+    base: ModelSpec
     seed: int = 0
 
     def as_card(self) -> dict[str, object]:
-        b = self.base
+        """``lora.yaml``: the settings' keys, the seed and the base, flat as lmtune has always written them."""
+        s, b = self.settings, self.base
         base = {"name": b.name, "model_family": b.family, "model_arch": b.arch, "model_config": b.config, "checkpoint": str(Path(b.checkpoint).absolute()) if b.checkpoint else None}
-        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": self.targets, "quantize": self.quantize, "seed": self.seed, "base": base}
+        return {"rank": s.rank, "alpha": s.alpha, "dropout": s.dropout, "targets": s.targets, "quantize": s.quantize, "seed": self.seed, "base": base}
 
     @staticmethod
-    def from_card(card: dict[str, object], source: str) -> "LoraSpec":
-        b: dict[str, object] = card["base"]  # type: ignore[assignment]
-        checkpoint = Path(str(b["checkpoint"])) if b.get("checkpoint") else None
+    def from_card(card: dict[str, Any], source: str) -> LoraSpec:
+        b: dict[str, Any] = card["base"]
         arch = b.get("model_arch")
-        base = ModelSpec(str(b["name"]), str(b["model_family"]), str(arch) if arch else None, dict(b.get("model_config") or {}), checkpoint, source)  # type: ignore[call-overload]
-        return LoraSpec(int(card["rank"]), float(card["alpha"]), float(card["dropout"]), list(card["targets"]), str(card["quantize"]), base, int(card.get("seed", 0)))  # type: ignore[call-overload, arg-type]
+        base = ModelSpec(
+            name=str(b["name"]), family=str(b["model_family"]), arch=str(arch) if arch else None, config=dict(b.get("model_config") or {}),
+            checkpoint=Path(str(b["checkpoint"])) if b.get("checkpoint") else None, source=source,
+        )  # fmt: skip
+        settings = LoraSettings(rank=int(card["rank"]), alpha=float(card["alpha"]), dropout=float(card["dropout"]), targets=[str(t) for t in card["targets"]], quantize=card["quantize"])
+        return LoraSpec(settings=settings, base=base, seed=int(card.get("seed", 0)))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelSpec:
     name: str
     family: str
@@ -82,7 +83,7 @@ class ModelSpec:
     """For a LoRA run's checkpoint: ``checkpoint`` holds only the adapters, and this says how to rebuild the model."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DatasetSpec:
     name: str
     train: Path | None = None
@@ -122,7 +123,7 @@ def tokenizer_from_card(card: Card) -> TokenizerSpec:
         path, config["impl"] = _llama_tokenizer_impl(card, path, config.get("impl"))
     elif path.is_dir() and not (path / "tokenizer.json").is_file():
         raise UserError(f"card '{card.name}': tokenizer directory {path} has no tokenizer.json.")
-    return TokenizerSpec(card.name, family, path, config)
+    return TokenizerSpec(name=card.name, family=family, path=path, config=config)
 
 
 def _llama_tokenizer_impl(card: Card, path: Path, impl: object) -> tuple[Path, str]:
@@ -169,7 +170,21 @@ def resolve_model(store: CardStore, ref: str, checkpoint_dir: Path | None, key: 
         if checkpoint_dir is None:
             raise UserError(f"model={ref} names a training checkpoint; also set {key}=OUT/checkpoints of the run it comes from.")
         return model_from_checkpoint_dir(checkpoint_dir, "best" if ref == "best_checkpoint" else None if m.group(2) is None else int(m.group(2)), key)
+    if store.get(ref) is None and checkpoint_dir is not None and is_checkpoint_dir(checkpoint_dir):
+        # e.g. model=checkpoint_$(basename "$CKPT_DIR") from fairseq2's tutorial: name what the directory does hold.
+        held = checkpoint_names(checkpoint_dir)
+        holds = f"holds {', '.join(held)}" if held else "holds no complete checkpoint yet"
+        raise UserError(f"unknown model '{ref}': it is no model card, and {key}={checkpoint_dir} {holds}.")
     return model_from_card(store, store.require(ref, "model"))
+
+
+def checkpoint_names(checkpoint_dir: Path) -> list[str]:
+    """What model= may name in a training run's checkpoint directory."""
+    steps = checkpoint_steps(checkpoint_dir)
+    if not steps:
+        return []
+    best = ["best_checkpoint"] if best_step(checkpoint_dir) is not None else []
+    return ["last_checkpoint", *best, *(f"checkpoint_step_{s}" for s in steps)]
 
 
 def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None, *, need_weights: bool = True) -> ModelSpec:
@@ -182,20 +197,20 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
     arch = card.get("model_arch")
     config = dict(card.get("model_config") or {})  # type: ignore[call-overload]
     if not need_weights:
-        return ModelSpec(card.name, family, arch if isinstance(arch, str) else None, config, None, str(card.file))
+        return ModelSpec(name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=None, source=str(card.file))
     path = checkpoint if checkpoint is not None else _card_checkpoint(card)
     tokenizer = None
     if "tokenizer" in card.fields or "tokenizer_ref" in card.fields:
         tokenizer = resolve_tokenizer(store, card.name)
-    return ModelSpec(card.name, family, arch if isinstance(arch, str) else None, config, path, str(card.file), tokenizer)
+    return ModelSpec(name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=path, source=str(card.file), tokenizer=tokenizer)
 
 
 def _card_checkpoint(card: Card) -> Path | None:
+    if card.get("init") == "random":
+        return None  # no checkpoint is read, not even one the card inherits through base:
     checkpoint = card.get("checkpoint")
     if checkpoint is None:
-        if card.get("init") != "random":
-            raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
-        return None
+        raise UserError(f"model card '{card.name}' has no checkpoint; add a user card '{card.name}@user' with 'checkpoint: /path/to/weights' (or 'init: random' to train from scratch).")
     if not isinstance(checkpoint, str) or "://" in checkpoint:
         raise UserError(f"card '{card.name}' has checkpoint {checkpoint}, a hub address; lmtune downloads nothing at run time, so point 'checkpoint:' at local files.")
     path = Path(checkpoint)
@@ -219,16 +234,18 @@ def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] 
     elif step is None:
         step = steps[-1]
     if step not in steps:
-        names = ", ".join(f"checkpoint_step_{s}" for s in steps)
-        raise UserError(f"{checkpoint_dir} has no checkpoint_step_{step}; it has: last_checkpoint, {names}.")
+        raise UserError(f"{checkpoint_dir} has no checkpoint_step_{step}; it has: {', '.join(checkpoint_names(checkpoint_dir))}.")
     assert isinstance(step, int)
     meta, t = read_cards(checkpoint_dir)
     tokenizer = None
     if t is not None:
-        tokenizer = TokenizerSpec(str(t["name"]), str(t["tokenizer_family"]), Path(str(t["tokenizer"])), dict(t.get("tokenizer_config") or {}))  # type: ignore[call-overload]
+        tokenizer = TokenizerSpec(name=str(t["name"]), family=str(t["tokenizer_family"]), path=Path(str(t["tokenizer"])), config=dict(t.get("tokenizer_config") or {}))  # type: ignore[call-overload]
     lora_card = read_lora_card(checkpoint_dir)
     lora = LoraSpec.from_card(lora_card, str(checkpoint_dir)) if lora_card is not None else None
-    return ModelSpec(name, str(meta["model_family"]), None, dict(meta.get("model_config") or {}), step_model_dir(checkpoint_dir, step), str(checkpoint_dir), tokenizer, step, checkpoint_dir, lora)
+    return ModelSpec(
+        name=name, family=str(meta["model_family"]), arch=None, config=dict(meta.get("model_config") or {}), checkpoint=step_model_dir(checkpoint_dir, step),
+        source=str(checkpoint_dir), tokenizer=tokenizer, step=step, run_checkpoints=checkpoint_dir, lora=lora,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ datasets
@@ -250,7 +267,7 @@ def resolve_dataset(store: CardStore, ref: str, key: str = "dataset") -> Dataset
     root = Path(data)
     if not root.exists():
         raise UserError(f"dataset card '{card.name}' ({card.where}): data {root} does not exist; add a user card '{card.name}@user' with 'data: /path/to/your/copy'.")
-    spec = _dataset_from_path(card.name, root, key) if root.is_file() or not any(k in card.fields for k in ("train", "test", "valid")) else DatasetSpec(card.name)
+    spec = _dataset_from_path(card.name, root, key) if root.is_file() or not any(k in card.fields for k in ("train", "test", "valid")) else DatasetSpec(name=card.name)
     for split in ("train", "valid", "test"):
         rel = card.get(split)
         if isinstance(rel, str):
@@ -272,8 +289,8 @@ def _dataset_from_path(name: str, path: Path, key: str) -> DatasetSpec:
     if not path.exists():
         raise UserError(f"{key}={name}: no such file or directory.")
     if path.is_file():
-        return DatasetSpec(name, train=path, test=path)
-    spec = DatasetSpec(name)
+        return DatasetSpec(name=name, train=path, test=path)
+    spec = DatasetSpec(name=name)
     for train in ("train.jsonl", "sft/train.jsonl"):
         if (path / train).is_file():
             spec.train = path / train

@@ -14,6 +14,8 @@ def add_out_argument(parser: argparse.ArgumentParser, default: Path | None = Non
     help = f"default: {default}" if default is not None else "the run's output directory"
     parser.add_argument("output_dir", metavar="OUT", type=Path, nargs="?", help=help)  # required unless default; see take_output_dir
     parser.set_defaults(output_dir_default=default)
+    # fairseq2's recipes write into OUT/ws_1.<hash> unless given --no-sweep-dir; its tutorial passes it.
+    parser.add_argument("--no-sweep-dir", action="store_true", help="accepted for fairseq2's command lines; lmtune always writes into OUT itself, so it changes nothing")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, example_key: str, *, config_file: bool = True) -> None:

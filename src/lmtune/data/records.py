@@ -1,7 +1,8 @@
 """Reading instruction-tuning records from JSONL, with file:line errors.
 
 A record is either ``{"src": ..., "tgt": ...}`` (prompt/response) or
-``{"messages": [{"role": ..., "content": ...}, ...]}`` (chat).
+``{"messages": [{"role": ..., "content": ...}, ...]}`` (chat). Either may carry ``answers``
+(a list of strings, or SQuAD's ``{"text": [...]}``), the reference answers that score=qa reads.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmtune.errors import UserError
+from lmtune.score.qa import answer_list
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -23,6 +25,8 @@ class Record:
     src: str | None = None
     tgt: str | None = None
     messages: list[dict[str, str]] | None = None
+    answers: list[str] | None = None
+    """Reference answers for score=qa; an empty list: an unanswerable question."""
 
     @property
     def where(self) -> str:
@@ -61,8 +65,9 @@ def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record
         raise UserError(f"{where}: not valid JSON ({ex.msg} at column {ex.colno}); each line must be one JSON object.") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object with 'src'/'tgt' or 'messages', got {type(obj).__name__}.")
+    answers = answer_list(obj["answers"], where) if "answers" in obj else None
     if "messages" in obj:
-        return Record(path, line_nr, messages=_check_messages(where, obj["messages"], need_target))
+        return Record(path, line_nr, messages=_check_messages(where, obj["messages"], need_target), answers=answers)
     if "src" not in obj:
         raise UserError(f"{where}: record has neither 'src' nor 'messages' (keys: {', '.join(sorted(obj)) or 'none'}).")
     src, tgt = obj["src"], obj.get("tgt")
@@ -72,7 +77,7 @@ def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record
         raise UserError(f"{where}: record has 'src' but no 'tgt'; training needs the response in 'tgt'.")
     if tgt is not None and (not isinstance(tgt, str) or not tgt):
         raise UserError(f"{where}: 'tgt' must be a non-empty string.")
-    return Record(path, line_nr, src=src, tgt=tgt)
+    return Record(path, line_nr, src=src, tgt=tgt, answers=answers)
 
 
 def _check_messages(where: str, messages: object, need_target: bool) -> list[dict[str, str]]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmtune.errors import UserError
-
-EXPORTABLE_FAMILIES = ("llama", "qwen")
+from lmtune.models.hf_keys import HF_FAMILIES as EXPORTABLE_FAMILIES
 
 # fairseq2 builds Llama's RMSNorm with its default epsilon and Qwen's with 1e-6.
 LLAMA_RMS_NORM_EPS = 1e-5

@@ -121,7 +121,7 @@ def _spec_for_name(name: str, checkpoint: Path) -> ModelSpec:
         exportable = [a for a, f in archs.items() if f in EXPORTABLE_FAMILIES]
         cards = [n for n in store.names() if store.get(n).kind == "model"]  # type: ignore[union-attr]
         raise UserError(f"--model {name} is neither an architecture nor a model card; {did_you_mean(name, exportable + cards)}")
-    return ModelSpec(name, archs[name], name, {}, checkpoint, str(checkpoint))
+    return ModelSpec(name=name, family=archs[name], arch=name, config={}, checkpoint=checkpoint, source=str(checkpoint))
 
 
 def _check_model_option(spec: ModelSpec, model: str) -> None:

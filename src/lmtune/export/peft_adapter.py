@@ -48,9 +48,9 @@ def export_peft_adapter(
     from lmtune.models.hf_keys import cast, hf_name, to_hf_tensor
     from lmtune.adapters.lora import lora_modules
 
-    lora = spec.lora
-    if lora is None:
+    if spec.lora is None:
         raise UserError(f"--adapter exports LoRA adapters, and {spec.source} is a full fine-tuning checkpoint; export it without --adapter.")
+    lora = spec.lora.settings
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype} is not a dtype the export can write; valid: {', '.join(DTYPES)}.")
     output = output.expanduser().absolute()
@@ -71,7 +71,7 @@ def export_peft_adapter(
         tensors[f"{PEFT_PREFIX}{hf_module}.lora_B.weight"] = cast(hf_module, b, target).contiguous()
     adapter_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir),
-        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": sorted(lora.targets),
+        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": sorted(lora.target_list()),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
         "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
     }

@@ -33,6 +33,8 @@ class Inputs:
     prompts: list[list[int]]
     prompt_texts: list[str]
     references: list[str | None]
+    answers: list[list[str] | None]
+    """Each record's ``answers`` (score=qa's references), written beside the completion."""
     task: str | None
     labels: list[str] | None
 
@@ -43,6 +45,7 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.models.loading import load_tokenizer, model_config
     from lmtune.data.records import read_records
+    from lmtune.score.qa import task_reference
     from lmtune.score.tasks import check_references
     from lmtune.catalog.specs import resolve_dataset, resolve_model, resolve_tokenizer
 
@@ -61,14 +64,16 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     check_vocabulary(model.name, config, tok_spec, tokenizer)
     encoder = ExampleEncoder(tokenizer, tok_spec.hf_dir)
     references = [encoder.reference(r) for r in records]
+    answers = [r.answers for r in records]
 
     task = data.task if o.score == "auto" else (None if o.score == "none" else o.score)
-    if o.score == "auto" and task is not None and any(ref is None for ref in references):
+    scored = [task_reference(task, ref, a) for ref, a in zip(references, answers)]
+    if o.score == "auto" and task is not None and any(ref is None for ref in scored):
         print(f"lmtune: not scoring: {data.test} has prompts without reference answers.", file=sys.stderr)
         task = None
     labels = o.labels or data.labels
     if task is not None:
-        labels = check_references(task, [(r.where, ref) for r, ref in zip(records, references)], labels)
+        labels = check_references(task, [(r.where, ref) for r, ref in zip(records, scored)], labels)
 
     max_seq_len = int(getattr(config, "max_seq_len"))
     prompts = []
@@ -81,7 +86,7 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     import torch
 
     texts = [r.src if r.src is not None else decode(torch.tensor(p)) for r, p in zip(records, prompts)]
-    return Inputs(model, tokenizer, prompts, texts, references, task, labels)
+    return Inputs(model, tokenizer, prompts, texts, references, answers, task, labels)
 
 
 def _device_and_dtype(o: GenerateOptions):  # type: ignore[no-untyped-def]
@@ -139,6 +144,8 @@ def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], devic
             }
             if inputs.references[i] is not None:
                 row["reference"] = inputs.references[i]
+            if inputs.answers[i] is not None:
+                row["answers"] = inputs.answers[i]
             rows[i] = row
             num_tokens += len(c.token_ids)
         if main and time.monotonic() - last_report > 30:
@@ -192,9 +199,10 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
         print(f"lmtune: wrote {out_dir / 'generations.jsonl'}", file=sys.stderr)
         if inputs.task is not None:
             from lmtune.score.scores_file import save_scores
+            from lmtune.score.qa import task_reference
             from lmtune.score.tasks import score
 
-            pairs = [(str(r["completion"]), str(r["reference"])) for r in ordered]
+            pairs = [(str(r["completion"]), task_reference(inputs.task, ref, a)) for r, ref, a in zip(ordered, inputs.references, inputs.answers)]
             save_scores(out_dir / "scores.json", score(inputs.task, pairs, inputs.labels))
     if gang is not None:
         gang.barrier()

@@ -8,10 +8,12 @@ missing from the table is an error, never silently dropped.
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # fairseq2 name inside decoder.layers.N  ->  HF name inside model.layers.N
 LAYER_KEYS: dict[str, str] = {
@@ -38,6 +40,16 @@ TOP_KEYS: dict[str, str] = {
 }  # fmt: skip
 
 LAYER_NAME = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+# The families the table describes: what lmtune exports to Hugging Face and adapts with LoRA.
+HF_FAMILIES = ("llama", "qwen")
+
+
+def projection_modules() -> dict[str, str]:
+    """Hugging Face projection name (q_proj, ..., down_proj) -> fairseq2 module inside decoder.layers.N,
+    read from LAYER_KEYS, in its order: the linear layers LoRA may adapt."""
+    return {hf.split(".")[-2]: fs2.removesuffix(".weight") for fs2, hf in LAYER_KEYS.items() if hf.endswith("_proj.weight")}
+
 
 def hf_name(name: str) -> str:
     m = LAYER_NAME.match(name)
@@ -69,6 +81,8 @@ def to_hf_tensor(name: str, tensor: torch.Tensor, family: str, config: object, h
 
 def cast(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast, refusing a cast that turns finite weights into infinities (float16's range ends at 65504)."""
+    import torch
+
     if not tensor.is_floating_point():
         raise UserError(f"checkpoint tensor '{name}' has dtype {tensor.dtype}, not a floating-point type; lmtune exports float32, bfloat16 or float16 weights only.")
     out = tensor.to(dtype)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lmtune.options.lora import LoraSettings
 from lmtune.options.training import LRSchedulerOptions, TrainingOptions, after
 
 
@@ -24,22 +25,6 @@ class EarlyStoppingOptions:
     """Evaluations without improvement before stopping; null: never stop, only rank checkpoints."""
     min_delta: float = 0.0
     """How much better than the best so far a value must be to count as an improvement."""
-
-
-@dataclass
-class LoraOptions:
-    """Low-rank adapters (LoRA) on the attention and MLP projections; the base weights stay frozen."""
-
-    rank: int | None = None
-    """The adapters' rank r; null: no LoRA, every weight is trained."""
-    alpha: float = 16.0
-    """The adapters' output is scaled by alpha / rank."""
-    dropout: float = 0.0
-    """Dropout on the adapters' input while training."""
-    targets: list[str] | str = "all_linear"
-    """Hugging Face projection names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all_linear; the output head never."""
-    quantize: Literal["none", "nf4"] = "none"
-    """nf4: keep the frozen base weights in 4-bit NormalFloat (QLoRA); the adapters stay float32."""
 
 
 @dataclass(kw_only=True)
@@ -72,4 +57,4 @@ class FinetuneOptions(TrainingOptions):
     """Also keep the K checkpoints with the best early_stopping.metric."""
     lr_scheduler: LRSchedulerOptions = field(default_factory=LRSchedulerOptions)
     early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)
-    lora: LoraOptions = field(default_factory=LoraOptions)
+    lora: LoraSettings = field(default_factory=LoraSettings)

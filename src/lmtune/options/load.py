@@ -21,17 +21,23 @@ from lmtune.options.training import key_fields
 T = TypeVar("T")
 
 
+# The verb whose --help lists each options class's keys (`lmtune sweep` takes instruction_finetune's).
+KEYS_HELP = {"FinetuneOptions": "instruction_finetune", "PretrainOptions": "pretrain", "GenerateOptions": "generate"}
+
+
 def load_config(kls: type[T], config_file: Path | None, overrides: list[str]) -> T:
+    verb = KEYS_HELP.get(kls.__name__)
+    keys_help = f"lmtune {verb} --help" if verb else "--help"
     values: dict[str, Any] = {}
     if config_file is not None:
         values = _read_yaml(config_file)
-        _check_keys(values, kls, "", str(config_file))
+        _check_keys(values, kls, "", str(config_file), keys_help)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--config {item!r} is not of the form key=value.")
         nested = _dotted(key.strip(), parse_scalar(raw))
-        _check_keys(nested, kls, "", "--config")
+        _check_keys(nested, kls, "", "--config", keys_help)
         values = deep_merge(values, nested)
     return build(kls, values, "", "config")
 
@@ -74,16 +80,16 @@ def _dotted(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _check_keys(values: dict[str, Any], kls: type, prefix: str, source: str) -> None:
+def _check_keys(values: dict[str, Any], kls: type, prefix: str, source: str, keys_help: str) -> None:
     hints = get_type_hints(kls)
     for key, value in values.items():
         if key not in hints:
-            raise UserError(f"{source}: unknown config key '{prefix}{key}'; {did_you_mean(prefix + key, [prefix + h for h in hints])}")
+            raise UserError(f"{source}: unknown config key '{prefix}{key}'; {did_you_mean(prefix + key, [prefix + h for h in hints], see=keys_help)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise UserError(f"{source}: '{prefix}{key}' is a section; set its keys, e.g. {prefix}{key}.{next(iter(get_type_hints(tp)))}=...")
-            _check_keys(value, tp, f"{prefix}{key}.", source)
+            _check_keys(value, tp, f"{prefix}{key}.", source, keys_help)
 
 
 def build(kls: type[T], values: dict[str, Any], prefix: str, source: str) -> T:

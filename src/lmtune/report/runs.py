@@ -13,6 +13,8 @@ What each number is, read from fairseq2's metric files:
   published windows, the first left out when there are several: it holds the first step's warmup.
 - wall time: the last step's ``Total Time``, which fairseq2 carries across resumes (``Wall Time``
   when absent).
+- test scores: from the run's ``scores.json`` (``RUN/scores.json``, else one in a directory inside
+  the run, as ``lmtune generate RUN/test ...`` writes it), each with its 95% bootstrap interval.
 A step recorded twice (a run resumed from an earlier checkpoint redoes the steps after it) counts once,
 with its later record.
 """
@@ -42,6 +44,9 @@ STEP, LOSS, LR, TOKENS_PER_SECOND = "Step", "NLL Loss", "Learning Rate", "Elemen
 # Task scores in valid.jsonl (lmtune.training.valid_metrics): these two are the table's; "F1 LABEL" are plotted per run.
 HEADLINE_SCORES = {"Accuracy": "accuracy", "Macro F1": "macro F1"}  # column -> name in tables and titles
 UNGROUPED_KEYS = {"seed"}
+# Scores of the run's test generations (scores.json): key -> name in tables; qa's "f1" is its token F1.
+TEST_SCORES = {"accuracy": "test accuracy", "macro_f1": "test macro F1", "f1": "test F1"}
+SCORES_FILE = "scores.json"
 
 
 def is_task_score(column: str) -> bool:
@@ -115,6 +120,43 @@ class RunSummary:
     best: dict[str, float] = field(default_factory=dict)
     """The best value of each over the validations."""
     early_stop_step: int | None = None
+    test: dict[str, float] = field(default_factory=dict)
+    """Test scores from scores.json, by key (accuracy, macro_f1, f1)."""
+    test_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Their 95% bootstrap intervals, where scores.json has them."""
+
+
+def find_scores_file(run: Path) -> Path | None:
+    """RUN/scores.json, else the one in a directory inside the run (the first by name, with a warning, when several)."""
+    if (run / SCORES_FILE).is_file():
+        return run / SCORES_FILE
+    found = sorted(run.glob(f"*/{SCORES_FILE}"))
+    if len(found) > 1:
+        print(f"lmtune: warning: run {run} has {len(found)} scores files ({', '.join(str(p.relative_to(run)) for p in found)}); its test columns show {found[0].relative_to(run)}", file=sys.stderr)
+    return found[0] if found else None
+
+
+def read_test_scores(run: Path) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """The headline scores of the run's scores.json and their intervals; none when it has none."""
+    path = find_scores_file(run)
+    if path is None:
+        return {}, {}
+    try:
+        scores = json.loads(path.read_text())
+    except json.JSONDecodeError as ex:
+        raise UserError(f"{path}: not valid JSON ({ex.msg} at line {ex.lineno}); rewrite it with `lmtune score` or remove it.") from None
+    if not isinstance(scores, dict):
+        raise UserError(f"{path}: not a scores file (a JSON object as lmtune generate writes).")
+    intervals = scores.get("confidence_intervals")
+    intervals = intervals if isinstance(intervals, dict) else {}
+    values, bounds = {}, {}
+    for key in TEST_SCORES:
+        if isinstance(scores.get(key), (int, float)):
+            values[key] = float(scores[key])
+            iv = intervals.get(key)
+            if isinstance(iv, list) and len(iv) == 2:
+                bounds[key] = (float(iv[0]), float(iv[1]))
+    return values, bounds
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -159,6 +201,7 @@ def summarize_run(run: Path, name: str) -> RunSummary:
             final[column] = values[-1]
             best[column] = min(values) if column == LOSS else max(values)
     stop = read_early_stop(run)
+    test, test_intervals = read_test_scores(run)
     return RunSummary(
         name=name,
         path=run,
@@ -171,6 +214,8 @@ def summarize_run(run: Path, name: str) -> RunSummary:
         final=final,
         best=best,
         early_stop_step=stop.get("step") if stop else None,
+        test=test,
+        test_intervals=test_intervals,
     )
 
 

@@ -1,7 +1,8 @@
 """The report's tables, as aligned text for the console and as markdown for ``report.md``.
 
 One row per group: each cell is the mean over the group's runs ± their standard deviation (n - 1;
-"-" for a group of one run). When no group has more than one run, cells are the plain values.
+"-" for a group of one run). When no group has more than one run, cells are the plain values, a test
+score followed by its 95% bootstrap interval; the table of runs always shows those intervals.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtune.report.runs import HEADLINE_SCORES, LOSS, Group, RunSummary, mean_std
+from lmtune.report.runs import HEADLINE_SCORES, LOSS, TEST_SCORES, Group, RunSummary, mean_std
 
 MISSING = "n/a"
 
@@ -21,6 +22,8 @@ class Column:
     value: Callable[[RunSummary], float | None]
     digits: int | None
     """Decimals; None for a count (a whole number, or a mean of counts with one decimal)."""
+    interval: Callable[[RunSummary], tuple[float, float] | None] | None = None
+    """A score's 95% bootstrap interval, shown beside one run's value."""
 
 
 def columns(runs: Sequence[RunSummary]) -> list[Column]:
@@ -30,6 +33,9 @@ def columns(runs: Sequence[RunSummary]) -> list[Column]:
         if any(column in r.final for r in runs):
             cols.append(Column(name, lambda r, c=column: r.final.get(c), 4))  # type: ignore[misc]
             cols.append(Column(f"best {name}", lambda r, c=column: r.best.get(c), 4))  # type: ignore[misc]
+    for key, name in TEST_SCORES.items():
+        if any(key in r.test for r in runs):
+            cols.append(Column(name, lambda r, k=key: r.test.get(k), 4, lambda r, k=key: r.test_intervals.get(k)))  # type: ignore[misc]
     cols.append(Column("tokens/s", lambda r: r.tokens_per_second, 0))
     cols.append(Column("wall time (s)", lambda r: r.wall_time, 1))
     return cols
@@ -41,12 +47,17 @@ def number(x: float, digits: int | None) -> str:
     return f"{x:.{digits}f}"
 
 
-def cell(values: Sequence[float], digits: int | None, with_std: bool) -> str:
+def with_interval(text: str, interval: tuple[float, float] | None, digits: int | None) -> str:
+    return text if interval is None else f"{text} [{number(interval[0], digits)}, {number(interval[1], digits)}]"
+
+
+def cell(values: Sequence[float], digits: int | None, with_std: bool, interval: tuple[float, float] | None = None) -> str:
+    """``interval``: the one run's bootstrap interval, shown when there is no std to show."""
     if not values:
         return MISSING
     mean, std = mean_std(values)
     if not with_std:
-        return number(mean, digits)
+        return with_interval(number(mean, digits), interval if len(values) == 1 else None, digits)
     return f"{number(mean, digits)} ± {'-' if std is None else number(std, digits)}"
 
 
@@ -56,7 +67,8 @@ def group_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for g in groups:
         values = [[v for v in map(c.value, g.runs) if v is not None] for c in cols]
-        rows.append([g.label, str(len(g.runs)), *(cell(v, c.digits, with_std) for v, c in zip(values, cols))])
+        intervals = [c.interval(g.runs[0]) if c.interval is not None and len(g.runs) == 1 else None for c in cols]
+        rows.append([g.label, str(len(g.runs)), *(cell(v, c.digits, with_std, iv) for v, c, iv in zip(values, cols, intervals))])
     return ["group", "runs", *(c.header for c in cols)], rows
 
 
@@ -68,7 +80,8 @@ def run_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
         for r in g.runs:
             values = [c.value(r) for c in cols]
             stop = MISSING if r.early_stop_step is None else str(r.early_stop_step)
-            rows.append([r.name, g.label, str(r.config.get("seed", MISSING)), *(MISSING if v is None else number(v, c.digits) for v, c in zip(values, cols)), stop])
+            shown = [MISSING if v is None else with_interval(number(v, c.digits), c.interval(r) if c.interval else None, c.digits) for v, c in zip(values, cols)]
+            rows.append([r.name, g.label, str(r.config.get("seed", MISSING)), *shown, stop])
     return ["run", "group", "seed", *(c.header for c in cols), "stopped early at"], rows
 
 
@@ -100,7 +113,8 @@ def report_markdown(sources: Sequence[Path], keys: Sequence[str], groups: Sequen
         "Group cells: the mean over the group's runs ± the standard deviation (n - 1; \"-\" for one run).",
         "valid loss and scores: at the last validation, and the best over the validations;",
         "tokens/s: the mean of fairseq2's Elements per Second (all tokens) after the first published window;",
-        "wall time: fairseq2's Total Time at the last step (carried across resumes).\n",
+        "wall time: fairseq2's Total Time at the last step (carried across resumes);",
+        "test scores: the run's scores.json (lmtune generate / lmtune score), with their 95% bootstrap interval [low, high] where one run is shown.\n",
         "## Groups\n",
         format_markdown(*group_table(groups)),
         *(f"- {g.label}: `{g.settings}`" for g in groups if g.settings and g.label != g.settings),

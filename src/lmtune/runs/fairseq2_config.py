@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from fairseq2.recipe.config import (
@@ -31,6 +32,11 @@ from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.training.validation_plan import ValidationPlan
+
+if TYPE_CHECKING:
+    from lmtune.adapters.plan import LoraPlan
+    from lmtune.recipes.instruction_finetune import LoraSection
+
 
 def training_precision(dtype: str) -> MixedPrecisionConfig:
     """Weights stay float32; on GPU forward/backward run in `dtype` (float32 on CPU, see lmtune.dtypes)."""
@@ -115,11 +121,11 @@ def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]
     }
 
 
-def lora_section(plan):  # type: ignore[no-untyped-def]
+def lora_section(plan: LoraPlan) -> LoraSection:
     from lmtune.recipes.instruction_finetune import LoraSection
 
     s = plan.spec
-    return LoraSection(rank=s.rank, alpha=s.alpha, dropout=s.dropout, targets=list(s.targets), quantize=s.quantize, seed=s.seed, base_name=s.base.name, adapter_init=plan.adapter_init)
+    return LoraSection(settings=s.settings, seed=s.seed, base_name=s.base.name, adapter_init=plan.adapter_init)
 
 
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.data.records import check_records
 from lmtune.run_dir import checkpoint_dir as run_checkpoint_dir, clear_early_stop, encoded_cache_root, is_main_process, read_early_stop, write_early_stop, write_lora_card
-from lmtune.runs.lifecycle import check_training_numbers, open_run_dir, run_training, saved_steps
+from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
 from lmtune.training.console import RunConsole
 from lmtune.training.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
@@ -110,8 +110,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
 
     lora = plan_lora(o, model)
     if lora is not None:  # the effective settings (a continued adapter's own) go into OUT/lmtune.yaml
-        s = lora.spec
-        o = dataclasses.replace(o, lora=dataclasses.replace(o.lora, rank=s.rank, alpha=s.alpha, targets=s.targets, quantize=s.quantize))
+        o = dataclasses.replace(o, lora=dataclasses.replace(lora.spec.settings))
     # The effective config (saved as OUT/lmtune.yaml) runs at the length the model takes; the caller's is left as it was.
     from lmtune.models.loading import load_tokenizer
 
@@ -123,7 +122,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     for path in dict.fromkeys(p for p in (train_file, valid_file) if p is not None):
         if path not in caches or caches[path].stale is not None:
             check_records(path)  # malformed records fail here, before OUT is touched (a current cache was checked when built)
-    steps = saved_steps(out_dir)
+    steps = check_saved_steps(out_dir)  # a damaged checkpoint is named before OUT is touched
     earlier_stop = read_early_stop(out_dir) if steps else None
     if earlier_stop is not None and not continues_after_early_stop(earlier_stop, o, steps[-1]):
         if main:

@@ -26,7 +26,7 @@ from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.launch import explain_distributed_failure
 from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.training import TrainingOptions
-from lmtune.run_dir import check_rerun, checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
+from lmtune.run_dir import check_rerun, check_resume_checkpoint, checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
 
 if TYPE_CHECKING:
     from lmtune.training.console import RunConsole
@@ -64,6 +64,13 @@ def saved_steps(out_dir: Path) -> list[int]:
     """The complete checkpoints an earlier run left in OUT (none for a fresh OUT)."""
     where = checkpoint_dir(out_dir)
     return checkpoint_steps(where) if where.is_dir() else []
+
+
+def check_saved_steps(out_dir: Path) -> list[int]:
+    """Every rank, before OUT is touched: ``saved_steps``, with the checkpoint a resume starts
+    from checked whole (a damaged one is named in one sentence, run_dir.check_resume_checkpoint)."""
+    check_resume_checkpoint(checkpoint_dir(out_dir))
+    return saved_steps(out_dir)
 
 
 def open_run_dir(out_dir: Path, o: TrainingOptions, tokenizer: TokenizerSpec, *, resumable: Iterable[str] = ()) -> None:

@@ -24,7 +24,7 @@ from lmtune.files import atomic_write_text
 from lmtune.launch import prepare_distributed_env
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import is_main_process
-from lmtune.runs.lifecycle import check_training_numbers, open_run_dir, run_training
+from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
 from lmtune.training.console import RunConsole
 from lmtune.training.valid_metrics import LOSS, ValidMetric
 from lmtune.training.validation_plan import ValidationPlan
@@ -182,6 +182,7 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
     max_seq_len, rows = check_model_fit(model, tokenizer, o)  # loads the tokenizer: after the corpus, which needs no fairseq2
     o = dataclasses.replace(o, max_seq_len=max_seq_len)  # the effective config runs at the length the model takes
 
+    check_saved_steps(out_dir)  # a damaged checkpoint is named before OUT is touched
     if main:
         open_run_dir(out_dir, o, tokenizer, resumable=RESUMABLE_HERE)
         _write_check_cache(out_dir, checks)

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.errors import UserError
 from lmtune.files import atomic_write_text
+from lmtune.score.qa import answer_list, task_reference
 
 
-def read_predictions(path: Path) -> list[tuple[str, str, str | None]]:
-    """(file:line, completion, reference) per non-blank line."""
+@dataclass(kw_only=True)
+class Prediction:
+    where: str
+    """file:line"""
+    prompt: str | None
+    completion: str
+    reference: str | None
+    answers: list[str] | None
+    """qa's reference answers, when the line has them ([]: unanswerable)."""
+
+    def reference_for(self, task: str) -> str | list[str] | None:
+        return task_reference(task, self.reference, self.answers)
+
+
+def read_predictions(path: Path) -> list[Prediction]:
+    """One Prediction per non-blank line."""
     if not path.is_file():
         raise UserError(f"{path}: predictions file does not exist.")
     rows = []
@@ -28,7 +44,9 @@ def read_predictions(path: Path) -> list[tuple[str, str, str | None]]:
             ref = obj.get("reference")
             if ref is not None and not isinstance(ref, str):
                 raise UserError(f"{where}: 'reference' must be a string.")
-            rows.append((where, obj["completion"], ref))
+            answers = answer_list(obj["answers"], where) if "answers" in obj else None
+            prompt = obj.get("prompt")
+            rows.append(Prediction(where=where, prompt=prompt if isinstance(prompt, str) else None, completion=obj["completion"], reference=ref, answers=answers))
     if not rows:
         raise UserError(f"{path}: the predictions file has no lines to score.")
     return rows

@@ -59,4 +59,4 @@ def evaluate_task(model: Module, tokenizer: object, data: EvalPrompts, gang: obj
             gang.broadcast_objects(box, source_rank=source)  # type: ignore[attr-defined]
             completions.update(box[0])  # type: ignore[arg-type]
     pairs = [(completions[i], data.references[i]) for i in range(len(data.prompts))]
-    return task_metric_values(score(data.task, pairs, data.labels))
+    return task_metric_values(score(data.task, pairs, data.labels, resamples=0))
