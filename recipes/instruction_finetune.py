@@ -64,6 +64,7 @@ from lmtune.models.target_loss import use_target_only_loss
 from lmtune.training.instruments import InstrumentSection
 from lmtune.training.profiling import register_profiler
 from lmtune.training.training_task import training_task
+from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
 from lmtune.options.lora import LoraSettings
@@ -284,8 +285,7 @@ class InstructionFinetuneRecipe(Recipe):
             if gangs.root.rank == 0:  # fairseq2 consults the stopper on rank 0 only
                 resumed = context.get_checkpoint_manager().maybe_get_last_step_number(exclude_model_only=True)
                 stopper.restore(resumed or 0, forgive=stopping.forgive_at_resume)
-            # fairseq2 0.8.1's trainer takes an early stopper, but its recipe factory passes none.
-            trainer._early_stopper = stopper  # noqa: SLF001
+            set_early_stopper(trainer, stopper)  # fairseq2's recipe factory passes none
         return training_task(context, trainer, unit, self._console, early_stopping=stopper is not None, instruments=config.instrument, regime=config.regime)
 
     @property

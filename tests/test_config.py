@@ -103,3 +103,31 @@ def test_missing_out_is_one_sentence() -> None:
     args = build_parser().parse_args(["demo"])
     take_output_dir(args)
     assert args.output_dir == Path("lmtune-demo")
+
+
+def test_shared_keys_are_defined_once_and_each_recipe_keeps_its_defaults_and_order() -> None:
+    import dataclasses
+
+    from lmtune.options.keys import describe_keys
+    from lmtune.options.load import to_dict
+    from lmtune.options.pretrain import PretrainOptions
+    from lmtune.options.training import TrainingOptions
+
+    shared = {f.name for f in dataclasses.fields(TrainingOptions)}
+    assert {"release_freed_memory", "export_hf", "optimizer", "wandb", "max_num_steps"} <= shared
+    assert issubclass(FinetuneOptions, TrainingOptions) and issubclass(PretrainOptions, TrainingOptions)
+    ft, pt = to_dict(FinetuneOptions()), to_dict(PretrainOptions())
+    # Each recipe's own defaults where they differ; its own keys placed among the shared ones.
+    assert (ft["max_seq_len"], ft["learning_rate"], ft["lr_scheduler"]["num_warmup_steps"]) == (2048, 5.5e-6, 0)
+    assert (pt["max_seq_len"], pt["learning_rate"], pt["lr_scheduler"]["num_warmup_steps"]) == (1024, 6e-4, 100)
+    ft_keys, pt_keys = list(ft), list(pt)
+    assert ft_keys[ft_keys.index("batch_size") + 1 : ft_keys.index("batch_size") + 4] == ["packing", "data_cache", "max_num_steps"]
+    assert pt_keys[:3] == ["model", "init", "tokenizer"]
+    assert pt_keys[pt_keys.index("publish_metrics_every_n_steps") + 1] == "tokenizer_threads"
+    assert ft_keys[-5:] == ["optimizer", "lr_scheduler", "wandb", "early_stopping", "lora"]
+    # --help: a redefined key shows the recipe's default and help, an inherited one the shared help.
+    help_pt = describe_keys(PretrainOptions)
+    assert "  seed = 2  # Seeds the random initial weights." in help_pt.splitlines()
+    assert "  init = 'checkpoint'  # checkpoint:" in help_pt
+    assert "  keep_last_n_checkpoints = 1  # Checkpoints kept whole (model, optimizer, data position)." in help_pt.splitlines()
+    assert "  seed = 2" in describe_keys(FinetuneOptions).splitlines()

@@ -54,7 +54,7 @@ def test_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path: Pat
     assert no_generic.returncode != 0
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["instruction_finetune", "--help"], ["generate", "--help"], ["write_hf_config", "--help"], ["cache", "list"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["instruction_finetune", "--help"], ["pretrain", "--help"], ["generate", "--help"], ["write_hf_config", "--help"], ["cache", "list"]])
 def test_help_does_not_import_torch_or_fairseq2(argv: list[str]) -> None:
     code = (
         "import sys\nfrom lmtune.cli import main\n"
@@ -64,3 +64,12 @@ def test_help_does_not_import_torch_or_fairseq2(argv: list[str]) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in r.stdout, r.stdout[-500:] + r.stderr[-2000:]
+
+
+def test_version_names_lmtune_fairseq2_and_torch_as_installed() -> None:
+    from importlib.metadata import version
+
+    r = subprocess.run([sys.executable, "-m", "lmtune", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"lmtune {version('lmtune')} (fairseq2 {version('fairseq2')}, torch {version('torch')})"
+    assert version("fairseq2") == "0.8.1"

@@ -132,7 +132,7 @@ def test_confusion_matrix_png_shades_cells_by_row_share(tmp_path: Path) -> None:
     s = score("classification", PAIRS, LABELS)
     cm = s["confusion_matrix"]
     path = write_confusion_png(tmp_path / "cm.png", cm["rows"], cm["columns"], cm["counts"])
-    assert path == tmp_path / "cm.png" and not (tmp_path / "cm.png.tmp").exists()
+    assert path == tmp_path / "cm.png" and sorted(p.name for p in tmp_path.iterdir()) == ["cm.png"]  # no staging file left
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = imread(path)  # floats in [0, 1], RGBA
     fig = confusion_figure(cm["rows"], cm["columns"], cm["counts"])

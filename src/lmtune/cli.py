@@ -44,8 +44,22 @@ def _command_module(verb: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"lmtune.commands.{COMMANDS[verb]}")
 
 
+def version_line() -> str:
+    """``lmtune X (fairseq2 Y, torch Z)``, read from the installed packages' metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"lmtune {installed('lmtune')} (fairseq2 {installed('fairseq2')}, torch {installed('torch')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmtune", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(), help="show lmtune's version and those of fairseq2 and torch, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb in COMMANDS:
         module = _command_module(verb)

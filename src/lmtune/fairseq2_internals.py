@@ -1,9 +1,10 @@
 """Every place lmtune reaches into fairseq2's private attributes or swaps one of its methods.
 
-This is the one home of fairseq2 internals, each behind ``check_version()``, so a fairseq2
-upgrade is one review of this file and another version fails in one sentence instead of
-silently. (Another branch grows the full version of this module; this one holds the
-gradient-clipping hook of ``lmtune.training.grad_stats`` and merges into it.)
+fairseq2 0.8.1 leaves a few things lmtune needs without a public door: the trainer's early
+stopper and step limit, the token encoders' prefix/suffix ids and Rust tokenizer, a tiktoken
+tokenizer's encoding, and the model methods lmtune replaces with faster ones (the LM loss on
+target rows, the SwiGLU forward), and the gradients between the backward pass and clipping. They live here, each behind ``check_version()``, so a fairseq2
+upgrade is one review of this file and another version fails in one sentence instead of silently.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from lmtune.errors import UserError
 
@@ -35,6 +37,58 @@ def check_version() -> None:
 
 
 # ------------------------------------------------------------ the trainer
+
+
+def set_early_stopper(trainer: object, stopper: object) -> None:
+    """fairseq2 0.8.1's Trainer takes an early stopper, but its recipe factory passes none."""
+    check_version()
+    trainer._early_stopper = stopper  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def drop_step_limit(trainer: object) -> None:
+    """With a step limit set, fairseq2 0.8.1's post-step check never looks at a stop request;
+    without one, ``request_stop()`` ends the run after the current step."""
+    check_version()
+    trainer._max_num_steps = None  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+# ------------------------------------------------------------ tokenizers
+
+
+def encoder_prefix_suffix(encoder: object) -> tuple[list[int], list[int]] | None:
+    """The token ids a fairseq2 Hugging Face encoder puts before and after a text; None when it keeps none."""
+    check_version()
+    if not (hasattr(encoder, "_prefix_indices") and hasattr(encoder, "_suffix_indices")):
+        return None
+    return encoder._prefix_indices, encoder._suffix_indices  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def encoder_hf_tokenizer(encoder: object) -> Any:
+    """The transformers tokenizer under a fairseq2 ``HuggingFaceTokenEncoder`` (None when there is none)."""
+    check_version()
+    return getattr(getattr(encoder, "_model", None), "_tok", None)
+
+
+def tiktoken_encoding(tokenizer: object) -> Any:
+    """The ``tiktoken.Encoding`` under a fairseq2 tiktoken tokenizer."""
+    check_version()
+    return tokenizer._model.encoding  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+# ------------------------------------------------------------ swapped methods
+
+
+def replace_fused_loss(model: object, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Replaces ``model.compute_fused_loss`` (a fairseq2 TransformerLM's training loss, which
+    ``compile_loss`` also replaces) with ``make(the current one)``."""
+    check_version()
+    model.compute_fused_loss = make(model.compute_fused_loss)  # type: ignore[attr-defined]
+
+
+def replace_forward(module: object, forward: Callable[..., Any]) -> None:
+    """Gives one fairseq2 module instance ``forward(module, ...)`` as its forward."""
+    check_version()
+    module.forward = forward.__get__(module)  # type: ignore[attr-defined]
 
 
 def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import UserError
+from lmtune.files import atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 CONFIG_FILE = "lmtune.yaml"
@@ -95,9 +96,7 @@ def check_rerun(out_dir: Path, flat: dict[str, Any], has_checkpoint: bool) -> di
 
 
 def save_config(out_dir: Path, text: str) -> None:
-    tmp = out_dir / f"{CONFIG_FILE}.tmp"
-    tmp.write_text(text)
-    tmp.replace(out_dir / CONFIG_FILE)
+    atomic_write_text(out_dir / CONFIG_FILE, text)
 
 
 def cache_home() -> Path:
@@ -264,9 +263,7 @@ def read_early_stop(out_dir: Path) -> dict[str, Any] | None:
 def write_early_stop(out_dir: Path, record: dict[str, Any]) -> None:
     import json
 
-    tmp = out_dir / f"{EARLY_STOP_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out_dir / EARLY_STOP_FILE)
+    atomic_write_text(out_dir / EARLY_STOP_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def clear_early_stop(out_dir: Path) -> None:

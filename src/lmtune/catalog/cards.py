@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmtune.errors import UserError, did_you_mean
+from lmtune.files import deep_merge
 from lmtune.resources import assets_dir
 
 PATH_KEYS = ("checkpoint", "tokenizer", "data")
@@ -186,7 +187,7 @@ class CardStore:
             merged = dict(parent)
             for key, value in fields.items():
                 if key in MERGED_KEYS and isinstance(value, dict) and isinstance(parent.get(key), dict):
-                    merged[key] = {**parent[key], **value}  # type: ignore[dict-item]
+                    merged[key] = deep_merge(parent[key], value)  # type: ignore[arg-type]
                 else:
                     merged[key] = value
             # Of init: random and checkpoint:, the one the nearer card sets wins.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.errors import UserError
+from lmtune.fairseq2_internals import encoder_hf_tokenizer, encoder_prefix_suffix
 from lmtune.data.records import Record
 
 
@@ -81,8 +82,7 @@ class ExampleEncoder:
             return [self.encode(r) for r in records]
         pairs = [r for r in records if r.messages is None]
         encoded = rust.encode_batch([t for r in pairs for t in (r.src, r.tgt)], add_special_tokens=False)
-        p_pre, p_suf = self._prompt_encoder._prefix_indices, self._prompt_encoder._suffix_indices  # noqa: SLF001
-        r_pre, r_suf = self._response_encoder._prefix_indices, self._response_encoder._suffix_indices  # noqa: SLF001
+        (p_pre, p_suf), (r_pre, r_suf) = encoder_prefix_suffix(self._prompt_encoder), encoder_prefix_suffix(self._response_encoder)  # type: ignore[misc]
         examples = []
         k = 0
         for r in records:
@@ -123,12 +123,12 @@ def _rust_tokenizer(*encoders: object):  # type: ignore[no-untyped-def]
         return None
     if not all(type(e) is HuggingFaceTokenEncoder for e in encoders):
         return None
-    hf = [getattr(getattr(e, "_model", None), "_tok", None) for e in encoders]
+    hf = [encoder_hf_tokenizer(e) for e in encoders]
     rust = getattr(hf[0], "_tokenizer", None)
     if rust is None or any(getattr(h, "_tokenizer", None) is not rust for h in hf):
         return None
     if rust.truncation is not None or rust.padding is not None or rust.encode_special_tokens != getattr(hf[0], "split_special_tokens", False):
         return None
-    if not all(hasattr(e, "_prefix_indices") and hasattr(e, "_suffix_indices") for e in encoders):
+    if any(encoder_prefix_suffix(e) is None for e in encoders):
         return None
     return rust

@@ -23,23 +23,12 @@ from pathlib import Path
 
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
+from lmtune.files import replace_dir
 from lmtune.export.hf_config import EXPORTABLE_FAMILIES, generation_config, head_dim, hf_config, qwen_architecture
 from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, model_from_checkpoint_dir, resolve_model, resolve_tokenizer, tokenizer_from_card
 from lmtune.run_dir import CHECKPOINTS, HF_EXPORT, checkpoint_steps, hf_export_dir, is_checkpoint_dir, is_unfinished_step, step_dir, step_of
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-
-
-def replace_dir(staging: Path, output: Path) -> None:
-    """Puts a finished ``staging`` directory at ``output``; an existing one is moved aside first and
-    removed last, so an interrupted export never leaves ``output`` missing or half-written."""
-    if output.exists():
-        old = output.parent / f".{output.name}.replaced-{os.getpid()}"
-        output.rename(old)
-        staging.rename(output)
-        shutil.rmtree(old)
-    else:
-        staging.rename(output)
 
 
 # ------------------------------------------------------------ what to export

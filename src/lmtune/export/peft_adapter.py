@@ -43,7 +43,8 @@ def export_peft_adapter(
     from lmtune.models.loading import model_config
     from lmtune.dtypes import DTYPES, torch_dtype
     from lmtune.export.hf_config import head_dim
-    from lmtune.export.hf_dir import export_hf, replace_dir
+    from lmtune.export.hf_dir import export_hf
+    from lmtune.files import replace_dir
     from lmtune.models.hf_keys import cast, hf_name, to_hf_tensor
     from lmtune.adapters.lora import lora_modules
 

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from lmtune.errors import UserError
+from lmtune.fairseq2_internals import tiktoken_encoding
 from lmtune.export.hf_config import SpecialIds
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.catalog.stop_tokens import stop_token_ids
@@ -121,7 +122,7 @@ def _tiktoken_backend(tokenizer: object, path: Path):  # type: ignore[no-untyped
     """Byte-level BPE from the tiktoken ranks, with fairseq2's special tokens at fairseq2's ids."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    encoding = tokenizer._model.encoding  # type: ignore[attr-defined]
+    encoding = tiktoken_encoding(tokenizer)
     specials = sorted(encoding._special_tokens.items(), key=lambda kv: kv[1])
     backend = TikTokenConverter(vocab_file=str(path), pattern=encoding._pat_str, additional_special_tokens=[t for t, _ in specials]).converted()
     for text, idx in specials:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.errors import UserError
+from lmtune.files import atomic_write
 from lmtune.options.generate import GenerateOptions, check_options
 
 
@@ -158,11 +159,13 @@ def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], devic
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
     """Atomically: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fp:
-        for row in rows:
-            fp.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as fp:
+            for row in rows:
+                fp.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    atomic_write(path, write)
 
 
 def run_generate(out_dir: Path, o: GenerateOptions) -> None:

@@ -7,12 +7,12 @@ else that needs a model in hand: generation, export, tests.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from lmtune.models.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
 from lmtune.errors import UserError
+from lmtune.files import deep_merge
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 
 
@@ -37,13 +37,6 @@ def model_family(name: str):  # type: ignore[no-untyped-def]
     return family
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def model_config(spec: ModelSpec) -> object:
     from fairseq2.utils.structured import ValueConverter
 
@@ -57,7 +50,7 @@ def model_config(spec: ModelSpec) -> object:
     if not spec.config:
         return config
     converter = resolver().resolve(ValueConverter)
-    merged = _deep_merge(converter.unstructure(config), spec.config)  # type: ignore[arg-type]
+    merged = deep_merge(converter.unstructure(config), spec.config)  # type: ignore[arg-type]
     try:
         return converter.structure(merged, family.config_kls)
     except Exception as ex:
@@ -113,5 +106,5 @@ def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]
     if family is None:
         raise UserError(f"tokenizer_family '{spec.family}' is not known to fairseq2.")
     converter = resolver().resolve(ValueConverter)
-    config = converter.structure(_deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)  # type: ignore[arg-type]
+    config = converter.structure(deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)  # type: ignore[arg-type]
     return family.load_custom_tokenizer(spec.path, config, create_fake_gangs(CPU))

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn import Module, SiLU
 
+from lmtune.fairseq2_internals import replace_forward
+
 
 class _SiluMul(torch.autograd.Function):
     @staticmethod
@@ -51,6 +53,6 @@ def use_lean_swiglu(model: Module) -> int:
     count = 0
     for module in model.modules():
         if type(module) is GLUFeedForwardNetwork and isinstance(module.gate_activation, SiLU) and module.activation_sparsity == 0.0:
-            module.forward = _glu_forward.__get__(module)  # type: ignore[method-assign]
+            replace_forward(module, _glu_forward)
             count += 1
     return count

@@ -18,16 +18,21 @@ dropped chunk by chunk as soon as the loss and its gradient are known
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from torch import Tensor
 from torch.nn import Module
 
+from lmtune.fairseq2_internals import replace_fused_loss
+
 
 def use_target_only_loss(model: Module) -> None:
     """Makes ``model`` (a fairseq2 TransformerLM) compute its training loss on target rows only."""
-    full_loss = model.compute_fused_loss  # type: ignore[union-attr]
+    replace_fused_loss(model, lambda full_loss: _target_only_loss(model, full_loss))
 
+
+def _target_only_loss(model: Module, full_loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def target_only_loss(
         decoder_output: Tensor,
         targets: Tensor,
@@ -54,4 +59,4 @@ def use_target_only_loss(model: Module) -> None:
         logits = head(hidden)  # (targets, vocab)
         return cross_entropy(logits, picked, model.pad_idx, label_smoothing=label_smoothing, reduction=reduction)  # type: ignore[arg-type]
 
-    model.compute_fused_loss = target_only_loss  # type: ignore[method-assign]
+    return target_only_loss

@@ -8,15 +8,28 @@ import ast
 import dataclasses
 import inspect
 
+from lmtune.options.training import key_fields
+
 
 def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
-    """Field name -> (default as written in the source, the docstring below it)."""
+    """Field name -> (default as written in the source, the docstring below it); a subclass's
+    definition of a key (``lmtune.options.training``'s recipes) wins over its base's."""
+    out: dict[str, tuple[str, str]] = {}
+    for kls in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        out.update(_own_field_docs(kls))
+    return out
+
+
+def _own_field_docs(cls: type) -> dict[str, tuple[str, str]]:
     body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
     out: dict[str, tuple[str, str]] = {}
     for i, node in enumerate(body):
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
         default = ast.unparse(node.value) if node.value is not None else ""
+        if isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "field":  # field(default=X, metadata=after(...))
+            given = {k.arg: k.value for k in node.value.keywords}
+            default = ast.unparse(given["default"]) if "default" in given else f"{ast.unparse(given['default_factory'])}()" if "default_factory" in given else ""
         doc = ""
         following = body[i + 1] if i + 1 < len(body) else None
         if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
@@ -28,7 +41,7 @@ def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
 def describe_keys(cls: type, prefix: str = "") -> str:
     docs = _field_docs(cls)
     lines, sections = [], []
-    for f in dataclasses.fields(cls):
+    for f in key_fields(cls):
         kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             sections.append((f.name, kind))

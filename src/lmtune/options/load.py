@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from lmtune.errors import UserError, did_you_mean
+from lmtune.files import deep_merge
+from lmtune.options.training import key_fields
 
 T = TypeVar("T")
 
@@ -24,16 +26,19 @@ KEYS_HELP = {"FinetuneOptions": "instruction_finetune", "PretrainOptions": "pret
 
 
 def load_config(kls: type[T], config_file: Path | None, overrides: list[str]) -> T:
+    verb = KEYS_HELP.get(kls.__name__)
+    keys_help = f"lmtune {verb} --help" if verb else "--help"
     values: dict[str, Any] = {}
     if config_file is not None:
         values = _read_yaml(config_file)
-        _merge(values, {}, kls, str(config_file))
+        _check_keys(values, kls, "", str(config_file), keys_help)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--config {item!r} is not of the form key=value.")
         nested = _dotted(key.strip(), parse_scalar(raw))
-        _merge(values, nested, kls, "--config")
+        _check_keys(nested, kls, "", "--config", keys_help)
+        values = deep_merge(values, nested)
     return build(kls, values, "", "config")
 
 
@@ -54,7 +59,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     # Dotted keys in a file mean the same as nested mappings.
     out: dict[str, Any] = {}
     for k, v in data.items():
-        _deep_update(out, _dotted(str(k), v))
+        out = deep_merge(out, _dotted(str(k), v))
     return out
 
 
@@ -73,20 +78,6 @@ def _dotted(key: str, value: Any) -> dict[str, Any]:
     for p in reversed(parts[:-1]):
         out = {p: out}
     return out
-
-
-def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
-        else:
-            dst[k] = v
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any], kls: type, source: str) -> None:
-    verb = KEYS_HELP.get(kls.__name__)
-    _check_keys(src if src else dst, kls, "", source, f"lmtune {verb} --help" if verb else "--help")
-    _deep_update(dst, src)
 
 
 def _check_keys(values: dict[str, Any], kls: type, prefix: str, source: str, keys_help: str) -> None:
@@ -194,7 +185,7 @@ def _bad(key: str, value: Any, tp: Any) -> UserError:
 
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in key_fields(obj)}
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, tuple):

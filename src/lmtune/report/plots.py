@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmtune.files import atomic_write
 from lmtune.report.runs import GRAD_NORM, HEADLINE_SCORES, LOSS, LR, MEMORY, PLOTS, TOKENS_PER_SECOND, Group, RunMetrics, read_run_metrics
 
 if TYPE_CHECKING:
@@ -65,9 +66,8 @@ def _save(fig: Figure, path: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same input, same bytes
-    tmp.replace(path)
+    # no version stamp: same input, same bytes
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
     return path
 
 

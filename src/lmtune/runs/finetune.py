@@ -1,13 +1,14 @@
 """``lmtune instruction_finetune OUT``: resolve names, check inputs, run the recipe.
 
 Everything a user can get wrong is checked here, before fairseq2 starts, so a bad
-key, path, card or record costs one clear sentence and leaves OUT untouched.
+key, path, card or record costs one clear sentence and leaves OUT untouched. What is
+fine-tuning's own: records, the encoded cache, LoRA, validation tasks and early stopping;
+the run's lifecycle (OUT, fairseq2's run, plots, export) is ``lmtune.runs.lifecycle``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -15,53 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmtune.catalog.cards import CardStore
-from lmtune.launch import explain_distributed_failure, prepare_distributed_env
-from lmtune.options.load import dump_yaml, to_dict
-from lmtune.options.instrument import check_instrument_options
-from lmtune.errors import RunFailed, Stopped, UserError
+from lmtune.launch import prepare_distributed_env
+from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.data.records import check_records
-from lmtune.safe_load import check_checkpoint_objects
-from lmtune.run_dir import (
-    check_resume_checkpoint, check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, clear_early_stop, encoded_cache_root, is_main_process,
-    lock_output_dir, read_early_stop, save_config, write_early_stop, write_lora_card, write_tokenizer_card,
-)
+from lmtune.run_dir import checkpoint_dir as run_checkpoint_dir, clear_early_stop, encoded_cache_root, is_main_process, read_early_stop, write_early_stop, write_lora_card
+from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
 from lmtune.training.console import RunConsole
 from lmtune.training.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
 
 if TYPE_CHECKING:
     from lmtune.data.encoded_cache import CachePlan
-
-
-def _check_numbers(o: FinetuneOptions) -> None:
-    check_instrument_options(o)  # warmup_ratio, profiler.* (lmtune.options.instrument)
-    positive = {
-        "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
-        "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,
-        "gradient_accumulation_steps": o.gradient_accumulation_steps, "checkpoint_every_n_steps": o.checkpoint_every_n_steps,
-        "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
-        "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
-        "distributed_timeout_minutes": o.distributed_timeout_minutes,
-        "max_eval_examples": o.max_eval_examples, "eval_max_gen_len": o.eval_max_gen_len,
-        "keep_best_n_checkpoints": o.keep_best_n_checkpoints,
-    }
-    for key, value in positive.items():
-        if value is not None and value < 1:
-            raise UserError(f"config key '{key}' must be at least 1, got {value}.")
-    if o.learning_rate <= 0:
-        raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
-    if o.lr_scheduler.num_warmup_steps < 0:
-        raise UserError(f"config key 'lr_scheduler.num_warmup_steps' must be 0 or more, got {o.lr_scheduler.num_warmup_steps}.")
-    if o.max_num_steps is not None and o.lr_scheduler.num_warmup_steps >= o.max_num_steps:
-        if is_main_process():
-            print(
-                f"lmtune: warning: lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} is not below max_num_steps={o.max_num_steps}; "
-                f"warming up over {o.max_num_steps - 1} step(s) instead.",
-                file=sys.stderr,
-            )
-    if o.max_num_steps is None and o.max_num_data_epochs is None:
-        raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
 
 
 @dataclass
@@ -133,7 +99,7 @@ def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: Toke
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:
     """``console``: what the run shows (default: the compact console of ``lmtune.training.console``)."""
     console = console or RunConsole()
-    _check_numbers(o)
+    check_training_numbers(o, {"max_eval_examples": o.max_eval_examples, "eval_max_gen_len": o.eval_max_gen_len, "keep_best_n_checkpoints": o.keep_best_n_checkpoints})
     prepare_distributed_env(os.environ)  # type: ignore[arg-type]
     inputs = resolve_inputs(o)
     model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
@@ -159,25 +125,16 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     for path in dict.fromkeys(p for p in (train_file, valid_file) if p is not None):
         if path not in caches or caches[path].stale is not None:
             check_records(path)  # malformed records fail here, before OUT is touched (a current cache was checked when built)
-    checkpoint_dir = run_checkpoint_dir(out_dir)
-    has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
-    check_resume_checkpoint(checkpoint_dir)  # a damaged checkpoint is named before OUT is touched
-    check_checkpoint_objects(checkpoint_dir)  # a planted file is refused before OUT is touched (lmtune.safe_load)
-    earlier_stop = read_early_stop(out_dir) if has_checkpoint else None
-    if earlier_stop is not None and not continues_after_early_stop(earlier_stop, o, checkpoint_steps(checkpoint_dir)[-1]):
+    steps = check_saved_steps(out_dir)  # a damaged checkpoint is named before OUT is touched
+    earlier_stop = read_early_stop(out_dir) if steps else None
+    if earlier_stop is not None and not continues_after_early_stop(earlier_stop, o, steps[-1]):
         if main:
             print(f"lmtune: {earlier_stop.get('message', 'this run stopped early')} (raise early_stopping.patience or max_num_steps to continue)", file=sys.stderr)
         return
     if main:
-        lock_output_dir(out_dir)
-        flat = to_dict(o)
-        old = check_rerun(out_dir, flat, has_checkpoint)
-        if has_checkpoint and old is not None and old.get("max_num_steps") != o.max_num_steps:
-            print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
-        save_config(out_dir, dump_yaml(o))
-        write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
+        open_run_dir(out_dir, o, tokenizer)
         if lora is not None:
-            write_lora_card(checkpoint_dir, lora.spec.as_card())
+            write_lora_card(run_checkpoint_dir(out_dir), lora.spec.as_card())
 
     from lmtune.data.parallel_encoding import default_workers
     from lmtune.runs.fairseq2_config import finetune_config, lora_section
@@ -198,56 +155,17 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
         if main:
             clear_early_stop(out_dir)
 
-    if o.release_freed_memory:
-        from lmtune.training.allocator import return_large_blocks_when_freed
-
-        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
-    from fairseq2.recipe.run import run
+    def record_early_stop() -> None:
+        record = read_early_stop(out_dir) if plan.metric is not None else None
+        if record is not None and "message" not in record:  # the stopper has just written it
+            message = early_stop_message(record, plan.metric, o.early_stopping.min_delta)  # type: ignore[arg-type]
+            write_early_stop(out_dir, {**record, "patience": o.early_stopping.patience, "max_num_steps": o.max_num_steps, "message": message})
+            print(f"lmtune: {message}.", file=sys.stderr)
 
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
 
-    from fairseq2.task import TaskStopException
-    from fairseq2.utils.validation import ValidationError
-
-    from lmtune.training.preemption import PREEMPTED_EXIT_CODE
-
-    console.header(o, out_dir, plan, config.regime.publish_metrics_every_n_steps, validates=config.regime.validate_every_n_steps is not None)
-    if main:  # after the header, so the run's first line says what runs; before fairseq2, whose ranks map the caches
-        _write_caches(caches, loaded, tokenizer)
-    try:
-        with console.running():
-            run(InstructionFinetuneRecipe(plan.metrics, console), config, out_dir, no_progress=not console.verbose)
-    except ValidationError as ex:
-        raise UserError(f"the config is not valid for fairseq2: {ex}") from None
-    except TaskStopException:
-        console.summary()
-        steps = checkpoint_steps(checkpoint_dir)
-        at = f" at step {steps[-1]}" if steps else ""
-        raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
-    except (UserError, KeyboardInterrupt):
-        raise
-    except Exception as ex:
-        explained = explain_distributed_failure(ex, os.environ)
-        if explained is None:
-            raise
-        raise RunFailed(explained) from None
-
-    if main and plan.metric is not None:
-        record = read_early_stop(out_dir)
-        if record is not None and "message" not in record:  # the stopper has just written it
-            message = early_stop_message(record, plan.metric, o.early_stopping.min_delta)
-            write_early_stop(out_dir, {**record, "patience": o.early_stopping.patience, "max_num_steps": o.max_num_steps, "message": message})
-            print(f"lmtune: {message}.", file=sys.stderr)
-    console.summary()
-
-    if main:  # OUT/plots/: loss, learning rate, tokens/s, task scores (lmtune/report/plots.py)
-        from lmtune.report.plots import write_run_plots
-
-        write_run_plots(out_dir)
-
-    # [hf export, issue 4: lmtune/export/hf_dir.py] rank 0 exports once training has finished.
-    if main and o.export_hf != "none":
-        from lmtune.export.hf_dir import export_run_checkpoints
-
-        export_run_checkpoints(checkpoint_dir, o.export_hf)
-    # [end hf export]
+    run_training(
+        out_dir, o, recipe=InstructionFinetuneRecipe(plan.metrics, console), config=config, console=console, plan=plan,
+        before_run=lambda: _write_caches(caches, loaded, tokenizer),  # before fairseq2, whose ranks map the caches
+        after_run=record_early_stop,
+    )  # fmt: skip

@@ -5,6 +5,7 @@ card or path, and the corpus itself, read once through (every file, every line, 
 training will read it), so a binary file, a line of invalid UTF-8 or JSON, or a
 corpus without text costs one sentence naming the file and line, and leaves OUT as
 it was. With ``skip_invalid=true`` such lines (and binary files) are counted and skipped.
+The run's lifecycle (OUT, fairseq2's run, plots, export) is ``lmtune.runs.lifecycle``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from pathlib import Path
 from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, resolve_model, resolve_tokenizer
 from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_corpus
-from lmtune.errors import RunFailed, Stopped, UserError
-from lmtune.launch import explain_distributed_failure, prepare_distributed_env
-from lmtune.options.load import dump_yaml, to_dict
-from lmtune.options.instrument import check_instrument_options
+from lmtune.errors import UserError
+from lmtune.files import atomic_write_text
+from lmtune.launch import prepare_distributed_env
 from lmtune.options.pretrain import PretrainOptions
-from lmtune.run_dir import check_resume_checkpoint, check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
-from lmtune.safe_load import check_checkpoint_objects
+from lmtune.run_dir import is_main_process
+from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
 from lmtune.training.console import RunConsole
 from lmtune.training.valid_metrics import LOSS, ValidMetric
 from lmtune.training.validation_plan import ValidationPlan
@@ -59,33 +59,9 @@ def _names(refs: str | list[str] | None) -> str:
 
 
 def _check_numbers(o: PretrainOptions) -> None:
-    check_instrument_options(o)  # warmup_ratio, profiler.* (lmtune.options.instrument)
-    positive = {
-        "max_seq_len": o.max_seq_len, "max_num_tokens": o.max_num_tokens, "batch_size": o.batch_size,
-        "max_num_steps": o.max_num_steps, "max_num_data_epochs": o.max_num_data_epochs,
-        "gradient_accumulation_steps": o.gradient_accumulation_steps, "checkpoint_every_n_steps": o.checkpoint_every_n_steps,
-        "keep_last_n_checkpoints": o.keep_last_n_checkpoints, "keep_last_n_models": o.keep_last_n_models,
-        "validate_every_n_steps": o.validate_every_n_steps, "publish_metrics_every_n_steps": o.publish_metrics_every_n_steps,
-        "distributed_timeout_minutes": o.distributed_timeout_minutes, "max_valid_tokens": o.max_valid_tokens,
-        "tokenizer_threads": o.tokenizer_threads,
-    }  # fmt: skip
-    for key, value in positive.items():
-        if value is not None and value < 1:
-            raise UserError(f"config key '{key}' must be at least 1, got {value}.")
+    check_training_numbers(o, {"max_valid_tokens": o.max_valid_tokens, "tokenizer_threads": o.tokenizer_threads})
     if o.max_seq_len < 2:
         raise UserError(f"config key 'max_seq_len' must be at least 2 (a token and the one it predicts), got {o.max_seq_len}.")
-    if o.learning_rate <= 0:
-        raise UserError(f"config key 'learning_rate' must be positive, got {o.learning_rate}.")
-    if o.lr_scheduler.num_warmup_steps < 0:
-        raise UserError(f"config key 'lr_scheduler.num_warmup_steps' must be 0 or more, got {o.lr_scheduler.num_warmup_steps}.")
-    if o.max_num_steps is None and o.max_num_data_epochs is None:
-        raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
-    if o.max_num_steps is not None and o.lr_scheduler.num_warmup_steps >= o.max_num_steps and is_main_process():
-        print(
-            f"lmtune: warning: lr_scheduler.num_warmup_steps={o.lr_scheduler.num_warmup_steps} is not below max_num_steps={o.max_num_steps}; "
-            f"warming up over {o.max_num_steps - 1} step(s) instead.",
-            file=sys.stderr,
-        )
 
 
 def resolve_model_and_tokenizer(o: PretrainOptions) -> tuple[ModelSpec, TokenizerSpec]:
@@ -171,9 +147,7 @@ def _write_check_cache(out_dir: Path, checks: dict[str, tuple[CorpusCheck, dict[
         result = {"files": [str(f.path.resolve()) for f in check.files], "documents": check.documents, "num_bytes": check.num_bytes,
                   "skipped_lines": check.skipped_lines, "skipped_files": check.skipped_files, "first_skipped": check.first_skipped}  # fmt: skip
         data[key] = {"fingerprint": fingerprint, "result": result}
-    tmp = out_dir / f"{CHECK_CACHE}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(out_dir / CHECK_CACHE)
+    atomic_write_text(out_dir / CHECK_CACHE, json.dumps(data, indent=1) + "\n")
 
 
 def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None = None) -> None:
@@ -208,69 +182,17 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
     max_seq_len, rows = check_model_fit(model, tokenizer, o)  # loads the tokenizer: after the corpus, which needs no fairseq2
     o = dataclasses.replace(o, max_seq_len=max_seq_len)  # the effective config runs at the length the model takes
 
-    checkpoint_dir = run_checkpoint_dir(out_dir)
-    has_checkpoint = checkpoint_dir.is_dir() and bool(checkpoint_steps(checkpoint_dir))
-    check_resume_checkpoint(checkpoint_dir)  # a damaged checkpoint is named before OUT is touched
-    check_checkpoint_objects(checkpoint_dir)  # a planted file is refused before OUT is touched (lmtune.safe_load)
+    check_saved_steps(out_dir)  # a damaged checkpoint is named before OUT is touched
     if main:
-        lock_output_dir(out_dir)
-        flat = {k: v for k, v in to_dict(o).items() if k not in RESUMABLE_HERE}
-        old = check_rerun(out_dir, flat, has_checkpoint)
-        if has_checkpoint and old is not None and old.get("max_num_steps") != o.max_num_steps:
-            print(f"lmtune: resuming {out_dir} with max_num_steps {old.get('max_num_steps')} -> {o.max_num_steps}: the cosine schedule is recomputed over the new total, so the learning rate continues from where that curve is at the resumed step.", file=sys.stderr)
-        save_config(out_dir, dump_yaml(o))
-        write_tokenizer_card(checkpoint_dir, tokenizer.as_card())
+        open_run_dir(out_dir, o, tokenizer, resumable=RESUMABLE_HERE)
         _write_check_cache(out_dir, checks)
 
+    from lmtune.recipes.pretrain import PretrainRecipe
     from lmtune.runs.pretrain_config import pretrain_config
 
     config = pretrain_config(o, model, tokenizer, _paths(train.files), _paths(valid.files) if valid else [], rows)
-
-    if o.release_freed_memory:
-        from lmtune.training.allocator import return_large_blocks_when_freed
-
-        return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
-    from fairseq2.recipe.run import run
-    from fairseq2.task import TaskStopException
-    from fairseq2.utils.validation import ValidationError
-
-    from lmtune.recipes.pretrain import PretrainRecipe
-    from lmtune.training.preemption import PREEMPTED_EXIT_CODE
-
-    validates = config.regime.validate_every_n_steps is not None
     plan = ValidationPlan(metrics=[LOSS, PERPLEXITY])
-    console.header(o, out_dir, plan, config.regime.publish_metrics_every_n_steps, validates=validates)
-    try:
-        with console.running():
-            run(PretrainRecipe(console), config, out_dir, no_progress=not console.verbose)
-    except ValidationError as ex:
-        raise UserError(f"the config is not valid for fairseq2: {ex}") from None
-    except TaskStopException:
-        console.summary()
-        steps = checkpoint_steps(checkpoint_dir)
-        at = f" at step {steps[-1]}" if steps else ""
-        raise Stopped(f"stopped on request after writing a checkpoint{at}; rerun the same command to resume.", PREEMPTED_EXIT_CODE) from None
-    except UserError as ex:
-        steps = checkpoint_steps(checkpoint_dir)
-        kept = f" (the checkpoints up to step {steps[-1]} are kept; fix it and rerun to resume)" if steps else ""
-        raise UserError(f"{str(ex).rstrip('.')}{kept}.") from None
-    except KeyboardInterrupt:
-        raise
-    except Exception as ex:
-        explained = explain_distributed_failure(ex, os.environ)
-        if explained is None:
-            raise
-        raise RunFailed(explained) from None
-    console.summary()
-
-    if main:  # OUT/plots/: loss, learning rate, tokens/s (lmtune/report/plots.py)
-        from lmtune.report.plots import write_run_plots
-
-        write_run_plots(out_dir)
-    if main and o.export_hf != "none":
-        from lmtune.export.hf_dir import export_run_checkpoints
-
-        export_run_checkpoints(checkpoint_dir, o.export_hf)
+    run_training(out_dir, o, recipe=PretrainRecipe(console), config=config, console=console, plan=plan)
 
 
 def _paths(files: list[CorpusFile]) -> list[Path]:

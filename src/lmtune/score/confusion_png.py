@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmtune.files import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -47,7 +49,6 @@ def confusion_figure(rows: Sequence[str], columns: Sequence[str], counts: Sequen
 
 def write_confusion_png(path: Path, rows: Sequence[str], columns: Sequence[str], counts: Sequence[Sequence[int]]) -> Path:
     fig = confusion_figure(rows, columns, counts)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})  # no version stamp: same input, same bytes
-    tmp.replace(path)
+    # no version stamp: same input, same bytes
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
     return path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.errors import UserError
+from lmtune.files import atomic_write_text
 from lmtune.sweep.grid import Point, grid_points
 
 DEFINITION = "sweep.yaml"
@@ -51,9 +52,7 @@ def save_definition(out: Path, config_file: str | None, config: list[str], grid:
         "runs": [{"name": p.name, "overrides": {k: _value(to_dict(o), k) for k in grid}} for p, o in zip(points, options)],
     }
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(DEFINITION + ".tmp")
-    tmp.write_text(yaml.safe_dump(definition, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(definition, sort_keys=False))
     return points
 
 

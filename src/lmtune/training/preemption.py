@@ -20,6 +20,8 @@ from fairseq2.gang import Gang, ReduceOperation
 from fairseq2.task import Task, TaskStopException
 from fairseq2.trainer import Trainer
 
+from lmtune.fairseq2_internals import drop_step_limit
+
 # sysexits' EX_TEMPFAIL: "try again later", which a requeue script can test for.
 PREEMPTED_EXIT_CODE = 75
 
@@ -62,9 +64,7 @@ class PreemptibleTrainer(Task):
         """Called at the start of every step on every rank."""
         if self._flag.agreed(self._gang):
             self._preempted = True
-            # Work around fairseq2 0.8.1: with a step limit set, its post-step
-            # check never looks at the stop request.
-            self._trainer._max_num_steps = None  # noqa: SLF001
+            drop_step_limit(self._trainer)  # else fairseq2's post-step check never sees the request
             self._trainer.request_stop()
 
     @override
