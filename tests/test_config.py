@@ -124,7 +124,9 @@ def test_shared_keys_are_defined_once_and_each_recipe_keeps_its_defaults_and_ord
     assert ft_keys[ft_keys.index("batch_size") + 1 : ft_keys.index("batch_size") + 4] == ["packing", "data_cache", "max_num_steps"]
     assert pt_keys[:3] == ["model", "init", "tokenizer"]
     assert pt_keys[pt_keys.index("publish_metrics_every_n_steps") + 1] == "tokenizer_threads"
-    assert ft_keys[-5:] == ["optimizer", "lr_scheduler", "wandb", "early_stopping", "lora"]
+    assert ft_keys[-7:] == ["optimizer", "lr_scheduler", "wandb", "profiler", "early_stopping", "lora", "representations"]
+    assert pt_keys[-4:] == ["optimizer", "lr_scheduler", "wandb", "profiler"]
+    assert {"warmup_ratio", "grad_stats", "profiler"} <= shared
     # --help: a redefined key shows the recipe's default and help, an inherited one the shared help.
     help_pt = describe_keys(PretrainOptions)
     assert "  seed = 2  # Seeds the random initial weights." in help_pt.splitlines()
