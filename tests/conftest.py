@@ -24,7 +24,9 @@ def isolated_user_cards(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
 def isolated_module_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """For module-scoped fixtures, which run before the per-test one above."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LMTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("lmtune_cache_module")))
+        module_cache = str(tmp_path_factory.mktemp("lmtune_cache_module"))
+        patch.setenv("LMTUNE_CACHE_DIR", module_cache)
+        patch.setenv("LMTUNE_MODULE_CACHE_DIR", module_cache)  # where module-scoped runs encoded their data
         yield
 
 

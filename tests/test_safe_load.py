@@ -182,9 +182,16 @@ def test_lora_adapters_are_read_the_same_way(tmp_path: Path) -> None:
 
 def test_an_encoded_array_of_objects_is_refused(out: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    (array,) = out.glob("cache/encoded/train-*/offsets.npy")
+    cache = tmp_path / "cache"  # a copy of the user cache the run was encoded into
+    shutil.copytree(os.environ["LMTUNE_MODULE_CACHE_DIR"], cache)
+    (array,) = cache.glob("encoded/train-*/offsets.npy")
+    size = array.stat().st_size
     np.save(array, np.array([RunsCommand(marker)], dtype=object), allow_pickle=True)
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *RESUME), str(array), REFUSED)
+    # Padded to the size the cache recorded, so that its size check passes and the array is read.
+    with array.open("ab") as fp:
+        fp.write(b"\0" * (size - array.stat().st_size))
+    r = run_lmtune("instruction_finetune", str(out), *RESUME, env={"LMTUNE_CACHE_DIR": str(cache)})
+    assert_user_error(r, str(array), REFUSED)
     assert not marker.exists()
 
 

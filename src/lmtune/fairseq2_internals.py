@@ -104,3 +104,17 @@ def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:
         return clip(max_norm)
 
     facade.clip_grad_norm = clip_after  # an instance attribute: only this trainer's facade is swapped
+
+
+# ------------------------------------------------------------ the dependency container
+
+
+def dependency_registration(container: object, kind: type) -> Any:
+    """The registration of ``kind`` in fairseq2 0.8.1's dependency container, whose provider
+    lmtune.safe_load replaces in place: the container refuses a second registration of a type
+    (and any registration after its first resolve)."""
+    check_version()
+    registration = getattr(container, "_registrations", {}).get((kind, None))
+    if registration is None or not hasattr(registration, "provider"):
+        raise RuntimeError(f"fairseq2 0.8.1's dependency container holds no registration of {kind.__name__}")
+    return registration

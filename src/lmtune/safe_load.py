@@ -135,14 +135,9 @@ def use_safe_tensor_loader(container: Any) -> None:
     from fairseq2.file_system import FileSystem
     from fairseq2.io import TensorFileLoader
 
-    # fairseq2 internal (0.8.1): the container refuses a second registration of a type (and any
-    # registration after its first resolve), so the library's registration of TensorFileLoader gets
-    # a new provider in place. A version check for it belongs with lmtune.fairseq2_internals.
-    registration = getattr(container, "_registrations", {}).get((TensorFileLoader, None))
-    if registration is None or not hasattr(registration, "provider"):
-        from importlib.metadata import version
+    from lmtune.fairseq2_internals import dependency_registration
 
-        raise RuntimeError(f"lmtune.safe_load replaces the tensor-file loader of fairseq2 0.8.1's dependency container; fairseq2 {version('fairseq2')} keeps it elsewhere")
+    registration = dependency_registration(container, TensorFileLoader)
     if getattr(registration.provider, "refuses_unsafe_globals", False) is True:
         return
     if isinstance(registration.obj, TensorFileLoader):
