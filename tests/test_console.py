@@ -6,7 +6,6 @@ resume, a summary; fairseq2's full log still in OUT/logs, and on the console wit
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lmtune
+from helpers import metric_rows, run_lmtune
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.training.console import RunConsole, _drop_fairseq2_deprecations, clock, step_stats
 from lmtune.training.validation_plan import ValidationPlan
@@ -27,10 +26,6 @@ RUN = [
 ]  # fmt: skip
 STEP = re.compile(r"^step +(\d+)/20  loss (\d+\.\d{3})  lr (\d\.\de-\d\d)  tok/s ([\d,]+)  eta \d+:\d\d$")
 VALID = re.compile(r"^validation at step (\d+): loss (\d+\.\d{3})  accuracy (\d\.\d{3})$")
-
-
-def _rows(path: Path) -> list[dict]:  # type: ignore[type-arg]
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +41,13 @@ def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subproce
     lines = r.stderr.splitlines()
     assert len(lines) < 16, r.stderr
     assert lines[0] == f"lmtune: fine-tuning tiny_llama on tiny_gsm8k for 20 steps, validating on tiny_gsm8k every 10 steps, into {out} (fairseq2's full log: {out}/logs)"
-    train = _rows(out / "metrics/train.jsonl")
+    train = metric_rows(out)
     steps = [m for m in map(STEP.match, lines) if m]
     assert [int(m.group(1)) for m in steps] == [row["Step"] for row in train] == [5, 10, 15, 20]
     assert [m.group(2) for m in steps] == [f"{row['NLL Loss']:.3f}" for row in train]
     assert [m.group(3) for m in steps] == [f"{row['Learning Rate']:.1e}" for row in train]
     assert [m.group(4) for m in steps] == [f"{row['Elements per Second']:,.0f}" for row in train]
-    valid = _rows(out / "metrics/valid.jsonl")
+    valid = metric_rows(out, "valid")
     shown = [m for m in map(VALID.match, lines) if m]
     assert [int(m.group(1)) for m in shown] == [row["Step"] for row in valid] == [10, 20]
     assert [(m.group(2), m.group(3)) for m in shown] == [(f"{row['NLL Loss']:.3f}", f"{row['Accuracy']:.3f}") for row in valid]

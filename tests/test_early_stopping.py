@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune
 
 
 def write_task(root: Path) -> Path:
@@ -48,12 +48,11 @@ def common(data: Path, *extra: str) -> list[str]:
 
 
 def valid_rows(out: Path) -> dict[int, dict[str, float]]:
-    rows = [json.loads(line) for line in (out / "metrics/valid.jsonl").read_text().splitlines()]
-    return {r["Step"]: r for r in rows}
+    return {r["Step"]: r for r in metric_rows(out, "valid")}
 
 
 def trained_steps(out: Path) -> list[int]:
-    return sorted({json.loads(line)["Step"] for line in (out / "metrics/train.jsonl").read_text().splitlines()})
+    return sorted({r["Step"] for r in metric_rows(out)})
 
 
 def checkpoints(out: Path) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=8", "publish_metrics_every_n_steps=1", "max_num_tokens=1024"]
 
@@ -128,7 +128,7 @@ def test_a_cache_of_another_tokenizer_or_version_is_rebuilt_saying_why(tmp_path:
 
 
 def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["NLL Loss"] for line in (out / "metrics/train.jsonl").read_text().splitlines()]
+    return [row["NLL Loss"] for row in metric_rows(out)]
 
 
 def _cache_files(out: Path) -> dict[str, int]:

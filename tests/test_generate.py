@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, run_lmtune
+from helpers import REPO, free_port, run_lmtune, run_lmtune_in_process
 
 TOKENIZER_DIR = REPO / "assets" / "tiny" / "tokenizer"
 MAX_GEN_LEN = 24
@@ -225,7 +225,7 @@ def test_sampling_is_reproducible_with_its_seed(tmp_path: Path, isolated_user_ca
 
 
 def test_dump_config_shows_generator_keys() -> None:
-    r = run_lmtune("generate", "OUT", "--config", "model=tiny_llama", "generator_config.top_k=5", "--dump-config")
+    r = run_lmtune_in_process("generate", "OUT", "--config", "model=tiny_llama", "generator_config.top_k=5", "--dump-config")
     assert r.returncode == 0, r.stderr
     import yaml
 
@@ -270,12 +270,12 @@ def test_two_srun_tasks_split_the_prompts_and_merge_like_one_process(tmp_path: P
 
     two = tmp_path / "two"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    procs = []
+    procs, port = [], str(free_port())
     for rank in range(2):
         env = {
             **base, "OMP_NUM_THREADS": "1", "LMTUNE_USER_ASSET_DIR": str(isolated_user_cards),
             "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_NNODES": "1",
-            "SLURM_JOB_ID": "779", "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2", "MASTER_PORT": "29661",
+            "SLURM_JOB_ID": "779", "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2", "MASTER_PORT": port,
         }
         procs.append(subprocess.Popen([sys.executable, "-m", "lmtune", "generate", str(two), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     errs = []

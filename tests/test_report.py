@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune
 
 LRS, SEEDS = [1e-05, 2e-05], [42, 1337, 7]
 TRAIN_STEPS, VALID_STEPS = [5, 10, 15, 20, 25, 30], [10, 20, 30]
@@ -260,8 +260,7 @@ def test_training_writes_its_plots_and_report_reads_the_real_metrics(tmp_path: P
 
     report = run_lmtune("report", str(out), "--output", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr[-3000:]
-    train = [json.loads(x) for x in (out / "metrics/train.jsonl").read_text().splitlines()]
-    valid = [json.loads(x) for x in (out / "metrics/valid.jsonl").read_text().splitlines()]
+    train, valid = metric_rows(out), metric_rows(out, "valid")
     assert table_rows(report.stdout)[2] == ["out", "1", *(fmt(x, d) for x, d in zip(hand_run(train, valid), DIGITS))]
 
 

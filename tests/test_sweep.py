@@ -6,7 +6,6 @@ SLURM_ARRAY_TASK_ID. No SLURM installation: fake `sbatch` and `srun` stand in on
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -16,15 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, losses, run_lmtune
 
 BASE = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=3", "checkpoint_every_n_steps=3", "publish_metrics_every_n_steps=1", "tensorboard=false", "max_num_tokens=1024"]
 GRID = ["--grid", "learning_rate=1e-4,3e-4", "seed=1,2"]
 NAMES = ["learning_rate=1e-4,seed=1", "learning_rate=1e-4,seed=2", "learning_rate=3e-4,seed=1", "learning_rate=3e-4,seed=2"]
-
-
-def losses(run: Path) -> dict[int, float]:
-    return {r["Step"]: r["NLL Loss"] for r in map(json.loads, (run / "metrics/train.jsonl").read_text().splitlines())}
 
 
 @pytest.fixture(scope="module")
