@@ -18,6 +18,8 @@ import pytest
 
 from helpers import metric_rows, run_lmtune
 
+pytestmark = pytest.mark.slow  # fine-tunes and generates with a tiny Qwen
+
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 SYSTEM = 'Classify the news article into World, Sports, Business or Sci/Tech. Answer with JSON {"category": ...}.'
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

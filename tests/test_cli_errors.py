@@ -72,6 +72,7 @@ def test_empty_dataset(out: Path, tmp_path: Path) -> None:
     _untouched(out)
 
 
+@pytest.mark.slow
 def test_every_example_too_long(out: Path) -> None:
     r = run_lmtune("instruction_finetune", str(out), *TINY, "max_seq_len=8", "max_num_tokens=64")
     assert_user_error(r, "every example is longer than max_seq_len=8")
@@ -97,6 +98,7 @@ def test_card_checkpoint_missing(out: Path, isolated_user_cards: Path) -> None:
     _untouched(out)
 
 
+@pytest.mark.slow
 def test_tokenizer_larger_than_model_vocabulary(out: Path, isolated_user_cards: Path) -> None:
     (isolated_user_cards / "m.yaml").write_text("name: small_vocab\nbase: tiny_llama\nmodel_config:\n  vocab_size: 300\n")
     r = run_lmtune("instruction_finetune", str(out), *TINY, "model=small_vocab")
@@ -115,6 +117,7 @@ TINY_LLAMA = {  # assets/tiny.yaml's tiny_llama
 }
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_cards: Path) -> None:
     from tiny_builders import build_tiny_model, write_meta_reference
 
@@ -132,6 +135,7 @@ def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_car
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_added_tokens_beyond_the_model_vocabulary(out: Path, tmp_path: Path, isolated_user_cards: Path) -> None:
     import json
     import shutil

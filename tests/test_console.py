@@ -36,6 +36,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Comp
     return out, r
 
 
+@pytest.mark.slow
 def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, r = run
     lines = r.stderr.splitlines()
@@ -69,6 +70,7 @@ def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subproce
     assert "DeprecationWarning" not in r.stderr and "hg_exporter" not in r.stderr
 
 
+@pytest.mark.slow
 def test_fairseq2s_full_log_still_goes_to_out_logs(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, _ = run
     log = (out / "logs/rank_0.log").read_text()
@@ -78,6 +80,7 @@ def test_fairseq2s_full_log_still_goes_to_out_logs(run: tuple[Path, subprocess.C
     assert len(log.splitlines()) > 200
 
 
+@pytest.mark.slow
 def test_resume_and_a_finished_run(run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(run[0], out)
@@ -93,6 +96,7 @@ def test_resume_and_a_finished_run(run: tuple[Path, subprocess.CompletedProcess[
     assert again.stderr.splitlines()[-1] == f"lmtune: no steps to train: the run is already at step 25; checkpoints in {out}/checkpoints, metrics in {out}/metrics"
 
 
+@pytest.mark.slow
 def test_verbose_shows_fairseq2s_log(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--verbose", "--config", "max_num_steps=4",

@@ -17,6 +17,8 @@ import pytest
 
 from helpers import REPO, metric_rows, run_lmtune
 
+pytestmark = pytest.mark.slow  # runs the whole demo twice
+
 SHORT = ["--config", "max_num_steps=20", "publish_metrics_every_n_steps=5", "checkpoint_every_n_steps=10", "tensorboard=false"]
 HEADINGS = ["=== 1/4 Fine-tune", "=== 2/4 Generate and score", "=== 3/4 Export to Hugging Face", "=== 4/4 Summary"]
 

@@ -15,6 +15,8 @@ import torch
 
 from helpers import free_port, metric_rows, run_lmtune
 
+pytestmark = pytest.mark.slow  # every test trains under torchrun or srun-like ranks
+
 LMTUNE = [sys.executable, "-m", "lmtune"]
 STEPS = 12
 COMMON = [

@@ -135,6 +135,7 @@ def _cache_files(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "cache/encoded").rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_cache_and_losses_do_not_depend_on_it(tmp_path: Path) -> None:
     first = tmp_path / "first"
     r = run_lmtune("instruction_finetune", str(first), *TINY)
@@ -167,6 +168,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_sentence_and_leaves_no_half_written_cache(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

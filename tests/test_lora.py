@@ -16,6 +16,8 @@ import yaml
 from helpers import assert_user_error, run_lmtune
 from lora_runs import BASE_CONFIG, LORA_ARGS, RUN_ARGS, dir_bytes, losses, train, write_base
 
+pytestmark = pytest.mark.slow  # trains LoRA runs
+
 
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -284,6 +284,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus: dict[str, Path]) -
     return out
 
 
+@pytest.mark.slow
 def test_from_scratch_the_loss_falls_and_validation_reports_perplexity(trained: Path) -> None:
     train = losses(trained)
     assert sorted(train) == list(range(1, 41))
@@ -305,6 +306,7 @@ def test_from_scratch_the_loss_falls_and_validation_reports_perplexity(trained: 
     assert valid[40][0] < valid[20][0] < math.log(400)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_mid_stream_to_identicallosses(tmp_path: Path, corpus: dict[str, Path], trained: Path) -> None:
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -328,6 +330,7 @@ def test_killed_run_resumes_mid_stream_to_identicallosses(tmp_path: Path, corpus
     assert _valid(out)[40] == _valid(trained)[40]
 
 
+@pytest.mark.slow
 def test_generate_and_write_hf_config_work_on_its_checkpoints(tmp_path: Path, trained: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"src": s, "tgt": "mat"}) + "\n" for s in ["the cat sat", "a big red"]))
@@ -341,6 +344,7 @@ def test_generate_and_write_hf_config_work_on_its_checkpoints(tmp_path: Path, tr
     assert json.loads((trained / "checkpoints/step_40/hf/config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
+@pytest.mark.slow
 def test_continues_from_a_checkpoints_weights(tmp_path: Path, corpus: dict[str, Path], trained: Path) -> None:
     """model=last_checkpoint: a second stage starts from the trained weights, not from random ones."""
     out = tmp_path / "stage2"
@@ -379,6 +383,7 @@ def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["files", "byte_ranges"])
 def test_two_ranks_read_disjoint_shares(tmp_path: Path, corpus: dict[str, Path], split: str) -> None:
     if split == "files":
@@ -412,6 +417,7 @@ def _quick(paths: dict[str, Path], dataset: str, *extra: str) -> list[str]:
     return _args(paths, dataset, "max_num_steps=2", "checkpoint_every_n_steps=2", "valid_dataset=null", *extra)
 
 
+@pytest.mark.slow
 def test_binary_file_among_text_files_is_refused_or_skipped(tmp_path: Path, corpus: dict[str, Path]) -> None:
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -426,6 +432,7 @@ def test_binary_file_among_text_files_is_refused_or_skipped(tmp_path: Path, corp
     assert "skipping 1 binary file(s)" in r.stderr and "dataset: 1 file(s)" in r.stderr
 
 
+@pytest.mark.slow
 def test_invalid_utf8_names_file_and_line_or_is_skipped_with_a_count(tmp_path: Path, corpus: dict[str, Path]) -> None:
     bad = tmp_path / "bad.txt"
     lines = corpus["a"].read_bytes().split(b"\n")
@@ -441,6 +448,7 @@ def test_invalid_utf8_names_file_and_line_or_is_skipped_with_a_count(tmp_path: P
     assert f"skipping 2 invalid line(s) (skip_invalid=true; the first: {bad}:7: invalid UTF-8" in r.stderr
 
 
+@pytest.mark.slow
 def test_invalid_json_line_names_file_and_line(tmp_path: Path, corpus: dict[str, Path]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"content": "no text field"}\n')
@@ -451,6 +459,7 @@ def test_invalid_json_line_names_file_and_line(tmp_path: Path, corpus: dict[str,
     assert_user_error(r, f"{bad}:2: not valid JSON")
 
 
+@pytest.mark.slow
 def test_corpus_without_text_is_refused(tmp_path: Path, corpus: dict[str, Path]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -470,6 +479,7 @@ def test_corpus_without_text_is_refused(tmp_path: Path, corpus: dict[str, Path])
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_corrupted_corpus_on_resume_keeps_the_checkpoints(tmp_path: Path, corpus: dict[str, Path]) -> None:
     data = tmp_path / "a.txt"
     data.write_bytes(corpus["a"].read_bytes())

@@ -13,6 +13,8 @@ import pytest
 
 from helpers import assert_user_error, losses, metric_rows, run_lmtune
 
+pytestmark = pytest.mark.slow  # every test trains (and kills) real runs
+
 ARGS = [
     "--config-file", "tiny_gsm8k", "--config", "max_num_steps=60", "checkpoint_every_n_steps=10",
     "publish_metrics_every_n_steps=1", "keep_last_n_checkpoints=2", "max_num_tokens=1024",

@@ -15,6 +15,8 @@ import torch
 
 from helpers import metric_rows, run_lmtune
 
+pytestmark = pytest.mark.slow  # trains two stages
+
 STAGE1 = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "checkpoint_every_n_steps=2",
           "publish_metrics_every_n_steps=2", "tensorboard=false", "max_num_tokens=1024", "lr_scheduler.num_warmup_steps=1"]
 

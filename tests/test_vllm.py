@@ -24,10 +24,10 @@ import pytest
 from helpers import REPO, free_port, run_lmtune
 
 VLLM_PYTHON = Path(os.environ.get("LMTUNE_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not VLLM_PYTHON.is_file(),
     reason=f"no vLLM environment at {VLLM_PYTHON}: build it with .ci/setup_vllm.sh and set LMTUNE_VLLM_PYTHON to its bin/python",
-)
+)]  # slow: trains, exports and starts vLLM
 
 MAX_TOKENS = 40
 MAX_MODEL_LEN = 256
