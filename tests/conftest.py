@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,5 +29,16 @@ def isolated_module_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Itera
         patch.setenv("LMTUNE_CACHE_DIR", module_cache)
         patch.setenv("LMTUNE_MODULE_CACHE_DIR", module_cache)  # where module-scoped runs encoded their data
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_per_xdist_worker() -> None:
+    """Under `pytest -n 2` each worker computes on one core: two workers with a thread per core each would
+    oversubscribe the cores. The CLI processes the tests start already get OMP_NUM_THREADS=1 (helpers.run_lmtune)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

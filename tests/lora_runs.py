@@ -7,12 +7,11 @@ weights, stored as a Hugging Face directory and named by a user card ``lora_base
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
-from helpers import run_lmtune
+from helpers import losses, run_lmtune  # noqa: F401 (losses: the LoRA tests read runs through this module)
 from tiny_builders import build_tiny_model, write_hf_dir
 
 BASE_CONFIG: dict[str, object] = {
@@ -50,15 +49,6 @@ def train(out: Path, cards: Path, *extra: str) -> Path:
     result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *extra, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
     return out
-
-
-def losses(out: Path) -> dict[int, float]:
-    """Step -> training loss; the later line wins for a step logged twice."""
-    out_losses = {}
-    for line in (out / "metrics/train.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        out_losses[m["Step"]] = m["NLL Loss"]
-    return out_losses
 
 
 def dir_bytes(path: Path) -> int:

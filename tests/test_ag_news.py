@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lmtune
+from helpers import metric_rows, run_lmtune
+
+pytestmark = pytest.mark.slow  # fine-tunes and generates with a tiny Qwen
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 SYSTEM = 'Classify the news article into World, Sports, Business or Sci/Tech. Answer with JSON {"category": ...}.'
@@ -125,7 +127,7 @@ def test_ag_news_base_vs_finetuned(tiny_qwen_cards: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     # The preset validates with macro F1 on greedy answers, scoring the final checkpoint: it is the best one.
-    valid = [json.loads(line) for line in (tmp / "ft/metrics/valid.jsonl").read_text().splitlines()]
+    valid = metric_rows(tmp / "ft", "valid")
     assert valid[-1]["Step"] == 150 and valid[-1]["Eval Examples"] == 40 and valid[-1]["Macro F1"] >= 0.9
     r = run_lmtune("generate", str(tmp / "eval_tuned"), "--config", f"checkpoint_dir={tmp / 'ft/checkpoints'}", "model=best_checkpoint", *eval_args)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -182,6 +182,7 @@ def _expected_stats(values: list[int]) -> tuple[object, ...]:
     return (len(a), round(float(a.mean()), 1), *pcts, int(a.max()))
 
 
+@pytest.mark.slow
 def test_tiny_default_matches_an_independent_tokenization() -> None:
     r = run_lmtune("audit", "tiny_gsm8k", "--model", "tiny_llama", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

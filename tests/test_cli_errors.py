@@ -1,4 +1,8 @@
-"""Bad input through the real CLI: one sentence, exit 2, no traceback, OUT untouched."""
+"""Bad input through the real CLI: one sentence, exit 2, no traceback, OUT untouched.
+
+Errors found before training starts are checked in-process (lmtune.cli.main, the same sentence and
+exit code); those raised inside a fairseq2 run, where a traceback could slip onto stderr, in a real process.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=2"]
 
@@ -32,42 +36,43 @@ def _jsonl(tmp_path: Path, text: str) -> Path:
 
 
 def test_unknown_config_key_suggests(out: Path) -> None:
-    r = run_lmtune("instruction_finetune", str(out), *TINY, "max_num_step=3")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, "max_num_step=3")
     assert_user_error(r, "max_num_step", "did you mean 'max_num_steps'")
     _untouched(out)
 
 
 def test_wrong_type(out: Path) -> None:
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, "batch_size=big"), "batch_size", "integer")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, "batch_size=big"), "batch_size", "integer")
     _untouched(out)
 
 
 def test_missing_dataset_path(out: Path, tmp_path: Path) -> None:
-    r = run_lmtune("instruction_finetune", str(out), *TINY, f"dataset={tmp_path}/nope")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, f"dataset={tmp_path}/nope")
     assert_user_error(r, f"{tmp_path}/nope", "no such file")
     _untouched(out)
 
 
 def test_malformed_jsonl_line(out: Path, tmp_path: Path) -> None:
     data = _jsonl(tmp_path, '{"src": "a", "tgt": "b"}\n{"src": "a", "tgt": \n')
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, f"dataset={data}"), f"{data}:2", "not valid JSON")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, f"dataset={data}"), f"{data}:2", "not valid JSON")
     _untouched(out)
 
 
 def test_record_without_fields(out: Path, tmp_path: Path) -> None:
     data = _jsonl(tmp_path, '{"src": "a", "tgt": "b"}\n\n{"prompt": "a"}\n')
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, f"dataset={data}"), f"{data}:3", "neither 'src' nor 'messages'")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, f"dataset={data}"), f"{data}:3", "neither 'src' nor 'messages'")
     data = _jsonl(tmp_path, '{"src": "a"}\n')
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, f"dataset={data}"), f"{data}:1", "no 'tgt'")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, f"dataset={data}"), f"{data}:1", "no 'tgt'")
     _untouched(out)
 
 
 def test_empty_dataset(out: Path, tmp_path: Path) -> None:
     data = _jsonl(tmp_path, "\n\n")
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, f"dataset={data}"), str(data), "no records")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, f"dataset={data}"), str(data), "no records")
     _untouched(out)
 
 
+@pytest.mark.slow
 def test_every_example_too_long(out: Path) -> None:
     r = run_lmtune("instruction_finetune", str(out), *TINY, "max_seq_len=8", "max_num_tokens=64")
     assert_user_error(r, "every example is longer than max_seq_len=8")
@@ -75,24 +80,25 @@ def test_every_example_too_long(out: Path) -> None:
 
 
 def test_unknown_model_and_tokenizer_names(out: Path) -> None:
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, "model=tiny_lama"), "unknown model 'tiny_lama'", "tiny_llama")
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, "tokenizer=tiny_tokeniser"), "unknown tokenizer", "tiny_tokenizer")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, "model=tiny_lama"), "unknown model 'tiny_lama'", "tiny_llama")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, "tokenizer=tiny_tokeniser"), "unknown tokenizer", "tiny_tokenizer")
     _untouched(out)
 
 
 def test_card_yaml_syntax_error(out: Path, isolated_user_cards: Path) -> None:
     bad = isolated_user_cards / "bad.yaml"
     bad.write_text("name: x\nmodel_family: [llama\n")
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY), f"{bad}:", "YAML syntax error")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY), f"{bad}:", "YAML syntax error")
     _untouched(out)
 
 
 def test_card_checkpoint_missing(out: Path, isolated_user_cards: Path) -> None:
     (isolated_user_cards / "m.yaml").write_text("name: my_model\nbase: tiny_llama\ncheckpoint: /nowhere/model.pt\n")
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *TINY, "model=my_model"), "my_model", "/nowhere/model.pt does not exist")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *TINY, "model=my_model"), "my_model", "/nowhere/model.pt does not exist")
     _untouched(out)
 
 
+@pytest.mark.slow
 def test_tokenizer_larger_than_model_vocabulary(out: Path, isolated_user_cards: Path) -> None:
     (isolated_user_cards / "m.yaml").write_text("name: small_vocab\nbase: tiny_llama\nmodel_config:\n  vocab_size: 300\n")
     r = run_lmtune("instruction_finetune", str(out), *TINY, "model=small_vocab")
@@ -101,8 +107,8 @@ def test_tokenizer_larger_than_model_vocabulary(out: Path, isolated_user_cards: 
 
 
 def test_unknown_preset_and_missing_model() -> None:
-    assert_user_error(run_lmtune("instruction_finetune", "/tmp/x", "--config-file", "tiny_gsm"), "tiny_gsm8k")
-    assert_user_error(run_lmtune("instruction_finetune", "/tmp/x", "--config", "dataset=tiny_gsm8k"), "'model' is not set")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", "/tmp/x", "--config-file", "tiny_gsm"), "tiny_gsm8k")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", "/tmp/x", "--config", "dataset=tiny_gsm8k"), "'model' is not set")
 
 
 TINY_LLAMA = {  # assets/tiny.yaml's tiny_llama
@@ -111,6 +117,7 @@ TINY_LLAMA = {  # assets/tiny.yaml's tiny_llama
 }
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_cards: Path) -> None:
     from tiny_builders import build_tiny_model, write_meta_reference
 
@@ -128,6 +135,7 @@ def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_car
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_added_tokens_beyond_the_model_vocabulary(out: Path, tmp_path: Path, isolated_user_cards: Path) -> None:
     import json
     import shutil

@@ -6,7 +6,6 @@ resume, a summary; fairseq2's full log still in OUT/logs, and on the console wit
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lmtune
+from helpers import metric_rows, run_lmtune
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.training.console import RunConsole, _drop_fairseq2_deprecations, clock, step_stats
 from lmtune.training.validation_plan import ValidationPlan
@@ -29,10 +28,6 @@ STEP = re.compile(r"^step +(\d+)/20  loss (\d+\.\d{3})  lr (\d\.\de-\d\d)  tok/s
 VALID = re.compile(r"^validation at step (\d+): loss (\d+\.\d{3})  accuracy (\d\.\d{3})$")
 
 
-def _rows(path: Path) -> list[dict]:  # type: ignore[type-arg]
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("console") / "out"
@@ -41,18 +36,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Comp
     return out, r
 
 
+@pytest.mark.slow
 def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, r = run
     lines = r.stderr.splitlines()
     assert len(lines) < 16, r.stderr
     assert lines[0] == f"lmtune: fine-tuning tiny_llama on tiny_gsm8k for 20 steps, validating on tiny_gsm8k every 10 steps, into {out} (fairseq2's full log: {out}/logs)"
-    train = _rows(out / "metrics/train.jsonl")
+    train = metric_rows(out)
     steps = [m for m in map(STEP.match, lines) if m]
     assert [int(m.group(1)) for m in steps] == [row["Step"] for row in train] == [5, 10, 15, 20]
     assert [m.group(2) for m in steps] == [f"{row['NLL Loss']:.3f}" for row in train]
     assert [m.group(3) for m in steps] == [f"{row['Learning Rate']:.1e}" for row in train]
     assert [m.group(4) for m in steps] == [f"{row['Elements per Second']:,.0f}" for row in train]
-    valid = _rows(out / "metrics/valid.jsonl")
+    valid = metric_rows(out, "valid")
     shown = [m for m in map(VALID.match, lines) if m]
     assert [int(m.group(1)) for m in shown] == [row["Step"] for row in valid] == [10, 20]
     assert [(m.group(2), m.group(3)) for m in shown] == [(f"{row['NLL Loss']:.3f}", f"{row['Accuracy']:.3f}") for row in valid]
@@ -74,6 +70,7 @@ def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subproce
     assert "DeprecationWarning" not in r.stderr and "hg_exporter" not in r.stderr
 
 
+@pytest.mark.slow
 def test_fairseq2s_full_log_still_goes_to_out_logs(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, _ = run
     log = (out / "logs/rank_0.log").read_text()
@@ -83,6 +80,7 @@ def test_fairseq2s_full_log_still_goes_to_out_logs(run: tuple[Path, subprocess.C
     assert len(log.splitlines()) > 200
 
 
+@pytest.mark.slow
 def test_resume_and_a_finished_run(run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(run[0], out)
@@ -98,6 +96,7 @@ def test_resume_and_a_finished_run(run: tuple[Path, subprocess.CompletedProcess[
     assert again.stderr.splitlines()[-1] == f"lmtune: no steps to train: the run is already at step 25; checkpoints in {out}/checkpoints, metrics in {out}/metrics"
 
 
+@pytest.mark.slow
 def test_verbose_shows_fairseq2s_log(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--verbose", "--config", "max_num_steps=4",

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_lmtune
+from helpers import REPO, metric_rows, run_lmtune
+
+pytestmark = pytest.mark.slow  # runs the whole demo twice
 
 SHORT = ["--config", "max_num_steps=20", "publish_metrics_every_n_steps=5", "checkpoint_every_n_steps=10", "tensorboard=false"]
 HEADINGS = ["=== 1/4 Fine-tune", "=== 2/4 Generate and score", "=== 3/4 Export to Hugging Face", "=== 4/4 Summary"]
@@ -47,6 +49,13 @@ def _scores(path: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((path / "scores.json").read_text())
 
 
+def _answer(text: str) -> str | None:
+    """GSM8K's rule by hand: the number after the last '####', commas dropped."""
+    _, sep, tail = text.rpartition("####")
+    m = re.match(r"\s*(-?[0-9][0-9,]*)", tail) if sep else None
+    return m.group(1).replace(",", "") if m else None
+
+
 def test_sections_in_order_and_training_learned(demo: tuple[Path, str]) -> None:
     out, stdout = demo
     positions = [stdout.find(h) for h in HEADINGS]
@@ -54,8 +63,10 @@ def test_sections_in_order_and_training_learned(demo: tuple[Path, str]) -> None:
     assert sorted(p.name for p in (out / "finetune/checkpoints").glob("step_*")) == ["step_10", "step_20"]
     m = re.search(r"loss (\d+\.\d+) at step 5 -> (\d+\.\d+) at step 20", stdout)
     assert m is not None, stdout
-    assert float(m.group(2)) < float(m.group(1)) - 1.0, m.group()  # about 6.2 -> 2.2 in 20 steps
-    metrics = [json.loads(line) for line in (out / "finetune/metrics/train.jsonl").read_text().splitlines()]
+    first, last = float(m.group(1)), float(m.group(2))
+    # Random weights start at about ln(512) = 6.24 nats per token; measured 6.181 -> 2.201 (2-core Xeon).
+    assert first > 5.5 and last < 2.6 and last < first - 3.0, m.group()
+    metrics = metric_rows(out / "finetune")
     assert f"{metrics[0]['NLL Loss']:.3f}" == m.group(1) and f"{metrics[-1]['NLL Loss']:.3f}" == m.group(2)
 
 
@@ -67,10 +78,15 @@ def test_generations_and_scores(demo: tuple[Path, str]) -> None:
         assert [r["prompt"] for r in rows] == [json.loads(line)["src"] for line in test_split]
         scores = _scores(out / name)
         assert scores["task"] == "gsm8k" and scores["num_examples"] == len(test_split) == 200
-        assert isinstance(scores["accuracy"], float) and 0.0 <= scores["accuracy"] <= 1.0
+        # scores.json's counts are the generations' counts, recounted here by hand.
+        answers = [_answer(r["completion"]) for r in rows]
+        assert all(_answer(r["reference"]) is not None for r in rows)
+        assert scores["no_answer"] == sum(a is None for a in answers)
+        assert scores["correct"] == sum(a is not None and a == _answer(r["reference"]) for a, r in zip(answers, rows))
+        assert scores["accuracy"] == pytest.approx(scores["correct"] / 200)
     before, after = _scores(out / "generate_untrained"), _scores(out / "generate")
     assert before["correct"] == 0 and before["no_answer"] == 200  # random weights never write '#### N'
-    assert after["no_answer"] < 200  # 20 steps already teach the answer format
+    assert after["no_answer"] < 200  # 20 steps already teach the answer format (not yet the sums: 0.895 takes the demo's 600 steps)
     assert f"accuracy on 200 problems: {before['accuracy']:.3f} before fine-tuning -> {after['accuracy']:.3f} after" in stdout
 
 
@@ -83,6 +99,17 @@ def test_export_loads_in_transformers_and_completes_identically(demo: tuple[Path
     for row in rows[:2]:
         shown = row["completion"].strip().replace("\n", " / ")
         assert shown and f"  lmtune:       {shown}\n  transformers: {shown}\n" in section, section
+    # The same check done here, not by the demo: transformers' greedy ids on the export are lmtune's ids.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out / "hf"))
+    model = AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32).eval()
+    for row in rows[:4]:
+        enc = tok(row["prompt"], return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False, max_new_tokens=64)
+        assert ids[0, enc["input_ids"].shape[1] :].tolist() == row["token_ids"], row
 
 
 def test_a_mismatch_is_reported(demo: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:

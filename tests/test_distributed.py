@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_lmtune
+from helpers import free_port, metric_rows, run_lmtune
+
+pytestmark = pytest.mark.slow  # every test trains under torchrun or srun-like ranks
 
 LMTUNE = [sys.executable, "-m", "lmtune"]
 STEPS = 12
@@ -41,9 +42,9 @@ def _torchrun(out: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedPro
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
 
 
-def _srun_like(out: Path, *extra: str, port: int) -> list[subprocess.Popen[str]]:
+def _srun_like(out: Path, *extra: str) -> list[subprocess.Popen[str]]:
     """Two tasks with the variables `srun --nodes=1 --ntasks=2` sets: no SLURM_NTASKS_PER_NODE, no scontrol."""
-    procs = []
+    procs, port = [], free_port()
     for rank in range(2):
         env = _env(
             SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_NODEID="0", SLURM_NNODES="1",
@@ -61,7 +62,7 @@ def _wait_all(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def _losses(out: Path) -> list[float]:
-    rows = [json.loads(line) for line in (out / "metrics/train.jsonl").read_text().splitlines()]
+    rows = metric_rows(out)
     assert [r["Step"] for r in rows] == list(range(1, STEPS + 1))
     return [r["NLL Loss"] for r in rows]
 
@@ -80,7 +81,7 @@ def test_srun_variables_match_torchrun(tmp_path: Path, parallelism: str) -> None
     r = _torchrun(by_torchrun, f"data_parallelism={parallelism}")
     assert r.returncode == 0, r.stderr[-3000:]
     by_srun = tmp_path / "srun"
-    _wait_all(_srun_like(by_srun, f"data_parallelism={parallelism}", port=29617))
+    _wait_all(_srun_like(by_srun, f"data_parallelism={parallelism}"))
     assert _losses(by_srun) == _losses(by_torchrun)
     # Checkpoints are written once, by all ranks together, at the expected steps.
     assert sorted(p.name for p in (by_srun / "checkpoints").iterdir() if p.name.startswith("step_")) == ["step_12", "step_6"]
@@ -113,7 +114,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path: Path) -> None:
 
 def test_killing_one_rank_stops_the_other(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    procs = _srun_like(out, "max_num_steps=100000", "checkpoint_every_n_steps=100000", port=29631)
+    procs = _srun_like(out, "max_num_steps=100000", "checkpoint_every_n_steps=100000")
     try:
         deadline = time.monotonic() + 300
         while not (out / "metrics/train.jsonl").exists() and time.monotonic() < deadline:
@@ -133,9 +134,9 @@ def test_killing_one_rank_stops_the_other(tmp_path: Path) -> None:
 
 def test_signal_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    _wait_all(_srun_like(reference, port=29641))
+    _wait_all(_srun_like(reference))
     out = tmp_path / "out"
-    procs = _srun_like(out, port=29643)
+    procs = _srun_like(out)
     deadline = time.monotonic() + 300
     while not (out / "metrics/train.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -145,14 +146,14 @@ def test_signal_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path: 
     assert [p.returncode for p in procs] == [75, 75]
     steps = sorted(int(p.name[5:]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
     assert steps and steps[-1] < STEPS
-    _wait_all(_srun_like(out, port=29645))
+    _wait_all(_srun_like(out))
     assert _losses(out) == _losses(reference)
 
 
 def test_missing_peer_fails_within_the_timeout(tmp_path: Path) -> None:
     env = _env(
         SLURM_PROCID="0", SLURM_NTASKS="2", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NNODES="1",
-        SLURM_JOB_ID="778", SLURM_JOB_NODELIST="localhost", SLURM_TASKS_PER_NODE="2", MASTER_PORT="29651",
+        SLURM_JOB_ID="778", SLURM_JOB_NODELIST="localhost", SLURM_TASKS_PER_NODE="2", MASTER_PORT=str(free_port()),
     )
     started = time.monotonic()
     r = subprocess.run([*LMTUNE, *_args(tmp_path / "out", "distributed_timeout_minutes=1")], env=env, capture_output=True, text=True, timeout=300)

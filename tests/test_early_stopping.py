@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune, run_lmtune_in_process
 
 
 def write_task(root: Path) -> Path:
@@ -48,12 +48,11 @@ def common(data: Path, *extra: str) -> list[str]:
 
 
 def valid_rows(out: Path) -> dict[int, dict[str, float]]:
-    rows = [json.loads(line) for line in (out / "metrics/valid.jsonl").read_text().splitlines()]
-    return {r["Step"]: r for r in rows}
+    return {r["Step"]: r for r in metric_rows(out, "valid")}
 
 
 def trained_steps(out: Path) -> list[int]:
-    return sorted({json.loads(line)["Step"] for line in (out / "metrics/train.jsonl").read_text().splitlines()})
+    return sorted({r["Step"] for r in metric_rows(out)})
 
 
 def checkpoints(out: Path) -> list[int]:
@@ -76,6 +75,7 @@ def plateau(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     return out, result
 
 
+@pytest.mark.slow
 def test_a_plateau_stops_after_patience_validations(plateau: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, result = plateau
     rows = valid_rows(out)
@@ -89,6 +89,7 @@ def test_a_plateau_stops_after_patience_validations(plateau: tuple[Path, subproc
     assert record["message"] in result.stderr and "stopped early at step 6" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_stopped_run_rerun_ends_at_once_and_continues_when_allowed(plateau: tuple[Path, subprocess.CompletedProcess[str]], data: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -122,6 +123,7 @@ def learned(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_scores_as_recorded(learned: Path, data: Path, tmp_path: Path) -> None:
     rows = valid_rows(learned)
     record = json.loads((learned / "early_stop.json").read_text())
@@ -151,6 +153,7 @@ def test_the_best_checkpoint_scores_as_recorded(learned: Path, data: Path, tmp_p
     assert valid_rows(stage)[1]["Accuracy"] == rows[best]["Accuracy"]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_stops_at_the_same_step_with_the_same_metrics(learned: Path, data: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     assert run_lmtune("instruction_finetune", str(reference), *common(data, *LEARN)).returncode == 0
@@ -191,7 +194,7 @@ def test_killed_and_resumed_run_stops_at_the_same_step_with_the_same_metrics(lea
 ])  # fmt: skip
 def test_bad_early_stopping_config_fails_before_training(data: Path, tmp_path: Path, extra: list[str], fragments: list[str]) -> None:
     out = tmp_path / "out"
-    r = run_lmtune("instruction_finetune", str(out), *common(data, "max_num_steps=4", *extra))
+    r = run_lmtune_in_process("instruction_finetune", str(out), *common(data, "max_num_steps=4", *extra))
     assert_user_error(r, *fragments)
     assert not (out / "checkpoints").exists()
 
@@ -199,10 +202,11 @@ def test_bad_early_stopping_config_fails_before_training(data: Path, tmp_path: P
 def test_early_stopping_without_a_validation_split(tmp_path: Path) -> None:
     data = write_task(tmp_path / "data")
     (data / "valid.jsonl").unlink()
-    r = run_lmtune("instruction_finetune", str(tmp_path / "out"), *common(data, "max_num_steps=4", "eval_task=auto"))
+    r = run_lmtune_in_process("instruction_finetune", str(tmp_path / "out"), *common(data, "max_num_steps=4", "eval_task=auto"))
     assert_user_error(r, "early_stopping.metric=valid.accuracy needs a validation split", "valid_dataset=FILE")
 
 
+@pytest.mark.slow
 def test_best_checkpoint_of_a_run_without_scores(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=2", "checkpoint_every_n_steps=2").returncode == 0
@@ -212,6 +216,7 @@ def test_best_checkpoint_of_a_run_without_scores(tmp_path: Path) -> None:
     assert_user_error(r, "model=best_checkpoint", "no scored checkpoint")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 def test_two_ranks_share_the_task_evaluation(plateau: tuple[Path, subprocess.CompletedProcess[str]], data: Path, tmp_path: Path, parallelism: str) -> None:
     """Each rank completes half of the prompts; the scores cover all 16 and equal one process's
@@ -234,6 +239,7 @@ def test_two_ranks_share_the_task_evaluation(plateau: tuple[Path, subprocess.Com
         assert two[step]["NLL Loss"] == pytest.approx(one[step]["NLL Loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,sign", [("auto", -1), ("min", -1), ("max", 1)])
 def test_the_direction_of_the_metric_orders_the_checkpoints(data: Path, tmp_path: Path, mode: str, sign: int) -> None:
     """fairseq2 ranks checkpoints by a score where higher is better: the loss is negated, unless mode=max."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=8", "publish_metrics_every_n_steps=1", "max_num_tokens=1024"]
 
@@ -135,7 +135,7 @@ def test_a_cache_of_another_tokenizer_is_its_own_entry_and_another_version_is_re
 
 
 def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["NLL Loss"] for line in (out / "metrics/train.jsonl").read_text().splitlines()]
+    return [row["NLL Loss"] for row in metric_rows(out)]
 
 
 def _cache_root() -> Path:
@@ -146,6 +146,7 @@ def _cache_files() -> dict[str, int]:
     return {str(p.relative_to(_cache_root())): p.stat().st_mtime_ns for p in _cache_root().rglob("*") if p.is_file() and not p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_two_outs_on_the_same_data_share_one_entry_that_cache_list_shows_and_clear_frees(tmp_path: Path) -> None:
     from lmtune.commands.cache import clear_cache, list_cache
 
@@ -209,6 +210,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_sentence_and_leaves_no_half_written_cache(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, run_lmtune
+from helpers import REPO, free_port, run_lmtune, run_lmtune_in_process
 
 TOKENIZER_DIR = REPO / "assets" / "tiny" / "tokenizer"
 MAX_GEN_LEN = 24
@@ -139,6 +139,7 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_greedy_generate_equals_transformers(tmp_path: Path, isolated_user_cards: Path) -> None:
     state, config = write_model_card(tmp_path, isolated_user_cards)
     data = _jsonl(tmp_path / "prompts.jsonl", PROMPTS)
@@ -211,6 +212,7 @@ def test_length_limit_drops_fairseq2s_forced_eos() -> None:
         assert len(c.token_ids) == n and not c.stopped
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_with_its_seed(tmp_path: Path, isolated_user_cards: Path) -> None:
     write_model_card(tmp_path, isolated_user_cards)
     data = _jsonl(tmp_path / "prompts.jsonl", PROMPTS)
@@ -225,7 +227,7 @@ def test_sampling_is_reproducible_with_its_seed(tmp_path: Path, isolated_user_ca
 
 
 def test_dump_config_shows_generator_keys() -> None:
-    r = run_lmtune("generate", "OUT", "--config", "model=tiny_llama", "generator_config.top_k=5", "--dump-config")
+    r = run_lmtune_in_process("generate", "OUT", "--config", "model=tiny_llama", "generator_config.top_k=5", "--dump-config")
     assert r.returncode == 0, r.stderr
     import yaml
 
@@ -234,6 +236,7 @@ def test_dump_config_shows_generator_keys() -> None:
     assert dumped["generator_config"] == {"temperature": 0.0, "top_p": 1.0, "top_k": 5, "max_gen_len": 256, "beam_size": 1}
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_merge_in_input_order(tmp_path: Path, isolated_user_cards: Path) -> None:
     """Each rank generates a strided shard; rank 0 writes them back in input order.
     batch_size=1 makes every prompt's computation independent of how prompts are
@@ -258,6 +261,7 @@ def test_two_processes_under_torchrun_merge_in_input_order(tmp_path: Path, isola
 
 
 
+@pytest.mark.slow
 def test_two_srun_tasks_split_the_prompts_and_merge_like_one_process(tmp_path: Path, isolated_user_cards: Path) -> None:
     """Under srun each task sees only SLURM's variables (no RANK, no scontrol): generate must
     turn them into torch.distributed's, generate its half, and rank 0 write one merged file."""
@@ -270,12 +274,12 @@ def test_two_srun_tasks_split_the_prompts_and_merge_like_one_process(tmp_path: P
 
     two = tmp_path / "two"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    procs = []
+    procs, port = [], str(free_port())
     for rank in range(2):
         env = {
             **base, "OMP_NUM_THREADS": "1", "LMTUNE_USER_ASSET_DIR": str(isolated_user_cards),
             "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_NNODES": "1",
-            "SLURM_JOB_ID": "779", "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2", "MASTER_PORT": "29661",
+            "SLURM_JOB_ID": "779", "SLURM_JOB_NODELIST": "localhost", "SLURM_TASKS_PER_NODE": "2", "MASTER_PORT": port,
         }
         procs.append(subprocess.Popen([sys.executable, "-m", "lmtune", "generate", str(two), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     errs = []

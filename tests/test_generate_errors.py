@@ -1,5 +1,5 @@
 """Bad input to lmtune generate / score: one sentence, exit 2, no traceback, and
-nothing written to OUT."""
+nothing written to OUT. In-process (lmtune.cli.main): the same sentence and exit code as the real CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune_in_process
 
 
 @pytest.fixture()
@@ -17,7 +17,7 @@ def out(tmp_path: Path) -> Path:
 
 
 def _generate(out: Path, *config: str):  # type: ignore[no-untyped-def]
-    return run_lmtune("generate", str(out), "--config", *config)
+    return run_lmtune_in_process("generate", str(out), "--config", *config)
 
 
 def _fake_run(tmp_path: Path, steps: list[int]) -> Path:
@@ -91,12 +91,12 @@ def test_score_task_that_does_not_match_the_data(tmp_path: Path, out: Path) -> N
 def test_score_command_refuses_mismatched_and_malformed_predictions(tmp_path: Path) -> None:
     preds = tmp_path / "generations.jsonl"
     preds.write_text(json.dumps({"completion": "13", "reference": "13"}) + "\n")
-    assert_user_error(run_lmtune("score", str(preds), "--task", "gsm8k"), f"{preds}:1", "#### <number>")
+    assert_user_error(run_lmtune_in_process("score", str(preds), "--task", "gsm8k"), f"{preds}:1", "#### <number>")
     preds.write_text(json.dumps({"completion": "#### 13", "reference": "#### 13"}) + "\n{oops\n")
-    assert_user_error(run_lmtune("score", str(preds), "--task", "gsm8k"), f"{preds}:2", "not valid JSON")
+    assert_user_error(run_lmtune_in_process("score", str(preds), "--task", "gsm8k"), f"{preds}:2", "not valid JSON")
     preds.write_text(json.dumps({"text": "13"}) + "\n")
-    assert_user_error(run_lmtune("score", str(preds), "--task", "exact_match"), f"{preds}:1", "'completion'")
-    assert_user_error(run_lmtune("score", str(tmp_path / "missing.jsonl"), "--task", "exact_match"), "does not exist")
+    assert_user_error(run_lmtune_in_process("score", str(preds), "--task", "exact_match"), f"{preds}:1", "'completion'")
+    assert_user_error(run_lmtune_in_process("score", str(tmp_path / "missing.jsonl"), "--task", "exact_match"), "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generations.jsonl"]
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
 from lmtune.errors import UserError
 from lmtune.export.hf_dir import export_hf, resolve_export
 from lmtune.adapters.build import load_any_model
@@ -311,6 +311,7 @@ def test_verify_fails_on_a_broken_export(tmp_path: Path, tokenizers: dict[str, T
     assert not output.exists() and list(output.parent.iterdir()) == [output.parent / "model"]  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_tutorial_form_through_the_cli(tmp_path: Path, tokenizers: dict[str, TokenizerSpec], isolated_user_cards: Path) -> None:
     """`lmtune write_hf_config --model <card> <checkpoint_dir>`: Meta weights, HF tokenizer files beside them."""
     import shutil
@@ -342,18 +343,18 @@ def small_run(tmp_path: Path, tokenizers: dict[str, TokenizerSpec]) -> Path:
 
 
 def test_missing_and_partial_checkpoints(tmp_path: Path, small_run: Path) -> None:
-    assert_user_error(run_lmtune("write_hf_config", str(tmp_path / "nowhere")), "no such file or directory")
+    assert_user_error(run_lmtune_in_process("write_hf_config", str(tmp_path / "nowhere")), "no such file or directory")
     (small_run / "step_3").rename(small_run / "step_3.tmp")  # as a run killed while saving leaves it
-    assert_user_error(run_lmtune("write_hf_config", str(small_run)), "holds no complete checkpoint")
-    assert_user_error(run_lmtune("write_hf_config", str(small_run / "step_3.tmp")), "unfinished checkpoint")
+    assert_user_error(run_lmtune_in_process("write_hf_config", str(small_run)), "holds no complete checkpoint")
+    assert_user_error(run_lmtune_in_process("write_hf_config", str(small_run / "step_3.tmp")), "unfinished checkpoint")
     _no_partial_output(tmp_path)
 
 
 def test_unknown_architecture_and_family_without_exporter(tmp_path: Path, small_run: Path) -> None:
     weights = small_run / "step_3" / "model" / "pp_00" / "tp_00" / "sdp_00.pt"
-    assert_user_error(run_lmtune("write_hf_config", "--model", "llama3_3_1b", str(weights)), "neither an architecture nor a model card", "llama3_2_1b")
-    assert_user_error(run_lmtune("write_hf_config", "--model", "olmo2_1b", str(weights)), "family 'olmo'", "no Hugging Face exporter")
-    assert_user_error(run_lmtune("write_hf_config", "--model", "qwen3_0.6b", str(small_run)), "qwen model", "llama model")
+    assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "llama3_3_1b", str(weights)), "neither an architecture nor a model card", "llama3_2_1b")
+    assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "olmo2_1b", str(weights)), "family 'olmo'", "no Hugging Face exporter")
+    assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "qwen3_0.6b", str(small_run)), "qwen model", "llama model")
     _no_partial_output(tmp_path)
 
 
@@ -361,9 +362,9 @@ def test_existing_output_is_kept_unless_forced(small_run: Path) -> None:
     old = small_run / "step_3" / "hf"
     old.mkdir()
     (old / "mine.txt").write_text("keep me")
-    assert_user_error(run_lmtune("write_hf_config", str(small_run)), "already exists", "--force")
+    assert_user_error(run_lmtune_in_process("write_hf_config", str(small_run)), "already exists", "--force")
     assert [p.name for p in old.iterdir()] == ["mine.txt"]
-    result = run_lmtune("write_hf_config", str(small_run), "--force")
+    result = run_lmtune_in_process("write_hf_config", str(small_run), "--force")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (old / "mine.txt").exists() and (old / "model.safetensors").is_file()
 
@@ -373,8 +374,8 @@ def test_weights_that_float16_cannot_hold(tmp_path: Path, small_run: Path) -> No
     state = torch.load(shard)
     state["decoder.layers.1.ffn.output_proj.weight"][0, 0] = 1e6
     torch.save(state, shard)
-    assert_user_error(run_lmtune("write_hf_config", str(small_run), "--dtype", "float16"), "cannot be cast to float16", "model.layers.1.mlp.down_proj.weight")
-    assert_user_error(run_lmtune("write_hf_config", str(small_run), "--dtype", "int8"), "--dtype int8", "float32, bfloat16, float16")
+    assert_user_error(run_lmtune_in_process("write_hf_config", str(small_run), "--dtype", "float16"), "cannot be cast to float16", "model.layers.1.mlp.down_proj.weight")
+    assert_user_error(run_lmtune_in_process("write_hf_config", str(small_run), "--dtype", "int8"), "--dtype int8", "float32, bfloat16, float16")
     _no_partial_output(tmp_path)
 
 

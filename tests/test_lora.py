@@ -16,6 +16,8 @@ import yaml
 from helpers import assert_user_error, run_lmtune
 from lora_runs import BASE_CONFIG, LORA_ARGS, RUN_ARGS, dir_bytes, losses, train, write_base
 
+pytestmark = pytest.mark.slow  # trains LoRA runs
+
 
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -256,8 +258,6 @@ def test_gradient_accumulation_equals_one_batch_of_both(cards: Path, tmp_path: P
 
 def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> None:
     """The validation loss at step 3 is that of the step-3 checkpoint's model (base + adapters), recomputed here."""
-    import json
-
     from fairseq2.nn import BatchLayout
 
     from lmtune.adapters.build import load_any_model
@@ -270,7 +270,7 @@ def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> Non
     valid = tmp_path / "valid.jsonl"
     valid.write_text("".join(line + "\n" for line in (assets_dir() / "tiny/gsm8k/test/test.jsonl").read_text().splitlines()[:16]))
     out = train(tmp_path / "out", cards, "lora.rank=4", "lora.alpha=8", f"valid_dataset={valid}", "validate_every_n_steps=3", "eval_task=none")
-    logged = {m["Step"]: m["NLL Loss"] for m in map(json.loads, (out / "metrics/valid.jsonl").read_text().splitlines())}
+    logged = losses(out, "valid")
     spec = model_from_checkpoint_dir(out / "checkpoints", 3, "test")
     model = load_any_model(spec)
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from helpers import REPO, assert_user_error, run_lmtune
 from lora_runs import LORA_ARGS, losses, train, write_base
 from test_generate import hf_greedy
 
+pytestmark = pytest.mark.slow  # trains LoRA and QLoRA runs and exports them
+
 MAX_GEN_LEN = 24
 LOGIT_TOLERANCE = 1e-5
 

@@ -16,7 +16,7 @@ from helpers import REPO, run_lmtune
 from lora_runs import LORA_ARGS, train, write_base
 from test_vllm import VLLM_PYTHON, vllm_env
 
-pytestmark = pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason=f"no vLLM environment at {VLLM_PYTHON}: set LMTUNE_VLLM_PYTHON")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason=f"no vLLM environment at {VLLM_PYTHON}: set LMTUNE_VLLM_PYTHON")]  # slow: trains, exports and starts vLLM
 
 MAX_TOKENS = 24
 SCRIPT = """

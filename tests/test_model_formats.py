@@ -159,6 +159,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_checkpoint(tmp_path_factory.mktemp("run") / "out", steps=4, every=2)
 
 
+@pytest.mark.slow
 def test_training_checkpoints_load_exactly(trained_run: Path, tmp_path: Path) -> None:
     checkpoints = trained_run
     weights = {}

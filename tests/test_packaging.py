@@ -21,6 +21,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_wheel_holds_recipes_cards_presets_and_no_top_level_recipes(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in [
@@ -37,6 +38,7 @@ def test_wheel_holds_recipes_cards_presets_and_no_top_level_recipes(wheel: Path)
     assert top_level == {"lmtune"}, top_level
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)

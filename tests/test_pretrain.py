@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, losses, metric_rows, run_lmtune
 from lmtune.data.text_corpus import JSONL, TEXT, CorpusFile, Piece, read_documents, shares
 
 WORDS = "the cat dog sat on a mat and ran to big red blue house tree sun moon over under".split()
@@ -259,12 +259,8 @@ def _args(paths: dict[str, Path], *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _losses(out: Path, split: str = "train") -> dict[int, float]:
-    losses = {}
-    for line in (out / f"metrics/{split}.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        losses[m["Step"]] = m["NLL Loss"] if split == "train" else (m["NLL Loss"], m["Perplexity"])
-    return losses
+def _valid(out: Path) -> dict[int, tuple[float, float]]:
+    return {m["Step"]: (m["NLL Loss"], m["Perplexity"]) for m in metric_rows(out, "valid")}
 
 
 def _complete_steps(out: Path) -> list[int]:
@@ -288,12 +284,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus: dict[str, Path]) -
     return out
 
 
+@pytest.mark.slow
 def test_from_scratch_the_loss_falls_and_validation_reports_perplexity(trained: Path) -> None:
-    losses = _losses(trained)
-    assert sorted(losses) == list(range(1, 41))
-    assert losses[1] > math.log(400)  # random weights: about ln(vocabulary)
-    assert sum(losses[s] for s in range(36, 41)) / 5 < 0.5 * losses[1]
-    rows = [json.loads(line) for line in (trained / "metrics/train.jsonl").read_text().splitlines()]
+    train = losses(trained)
+    assert sorted(train) == list(range(1, 41))
+    assert train[1] > math.log(400)  # random weights: about ln(vocabulary)
+    assert sum(train[s] for s in range(36, 41)) / 5 < 0.5 * train[1]
+    rows = metric_rows(trained)
     assert all(r["Padding"] == 0 for r in rows)
     # Every batch is 4 rows of 64 targets but the last of an epoch (what is left of the corpus);
     # each epoch reads the same stream again.
@@ -302,14 +299,15 @@ def test_from_scratch_the_loss_falls_and_validation_reports_perplexity(trained: 
     assert len(epoch_ends) >= 2 and set(short) <= set(epoch_ends)
     tokens = [sum(r["Number of Target Elements"] for r in rows if r["Data Epoch"] == e) for e in (1, 2)]
     assert tokens[0] == tokens[1]
-    valid = _losses(trained, "valid")
+    valid = _valid(trained)
     assert sorted(valid) == [20, 40]
     for loss, perplexity in valid.values():
         assert perplexity == pytest.approx(math.exp(loss), rel=1e-9)
     assert valid[40][0] < valid[20][0] < math.log(400)
 
 
-def test_killed_run_resumes_mid_stream_to_identical_losses(tmp_path: Path, corpus: dict[str, Path], trained: Path) -> None:
+@pytest.mark.slow
+def test_killed_run_resumes_mid_stream_to_identicallosses(tmp_path: Path, corpus: dict[str, Path], trained: Path) -> None:
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lmtune", "pretrain", str(out), *_args(corpus)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -325,13 +323,14 @@ def test_killed_run_resumes_mid_stream_to_identical_losses(tmp_path: Path, corpu
     r = run_lmtune("pretrain", str(out), *_args(corpus))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {steps_at_kill[-1]}" in r.stderr
-    expected, resumed = _losses(trained), _losses(out)
+    expected, resumed = losses(trained), losses(out)
     assert sorted(resumed) == list(range(1, 41))
     for step in range(steps_at_kill[-1] + 1, 41):
         assert resumed[step] == expected[step], (step, resumed[step], expected[step])
-    assert _losses(out, "valid")[40] == _losses(trained, "valid")[40]
+    assert _valid(out)[40] == _valid(trained)[40]
 
 
+@pytest.mark.slow
 def test_generate_and_write_hf_config_work_on_its_checkpoints(tmp_path: Path, trained: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"src": s, "tgt": "mat"}) + "\n" for s in ["the cat sat", "a big red"]))
@@ -345,12 +344,13 @@ def test_generate_and_write_hf_config_work_on_its_checkpoints(tmp_path: Path, tr
     assert json.loads((trained / "checkpoints/step_40/hf/config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
 
+@pytest.mark.slow
 def test_continues_from_a_checkpoints_weights(tmp_path: Path, corpus: dict[str, Path], trained: Path) -> None:
     """model=last_checkpoint: a second stage starts from the trained weights, not from random ones."""
     out = tmp_path / "stage2"
     r = run_lmtune("pretrain", str(out), *_args(corpus, "init=checkpoint", "model=last_checkpoint", f"resume_checkpoint_dir={trained / 'checkpoints'}", "max_num_steps=3", "checkpoint_every_n_steps=3", "valid_dataset=null"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert _losses(out)[1] < 0.6 * _losses(trained)[1]
+    assert losses(out)[1] < 0.6 * losses(trained)[1]
 
 
 def test_the_gpt2_small_card_has_gpt2_smalls_shape_and_size() -> None:
@@ -383,6 +383,7 @@ def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["files", "byte_ranges"])
 def test_two_ranks_read_disjoint_shares(tmp_path: Path, corpus: dict[str, Path], split: str) -> None:
     if split == "files":
@@ -416,6 +417,7 @@ def _quick(paths: dict[str, Path], dataset: str, *extra: str) -> list[str]:
     return _args(paths, dataset, "max_num_steps=2", "checkpoint_every_n_steps=2", "valid_dataset=null", *extra)
 
 
+@pytest.mark.slow
 def test_binary_file_among_text_files_is_refused_or_skipped(tmp_path: Path, corpus: dict[str, Path]) -> None:
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -430,6 +432,7 @@ def test_binary_file_among_text_files_is_refused_or_skipped(tmp_path: Path, corp
     assert "skipping 1 binary file(s)" in r.stderr and "dataset: 1 file(s)" in r.stderr
 
 
+@pytest.mark.slow
 def test_invalid_utf8_names_file_and_line_or_is_skipped_with_a_count(tmp_path: Path, corpus: dict[str, Path]) -> None:
     bad = tmp_path / "bad.txt"
     lines = corpus["a"].read_bytes().split(b"\n")
@@ -445,6 +448,7 @@ def test_invalid_utf8_names_file_and_line_or_is_skipped_with_a_count(tmp_path: P
     assert f"skipping 2 invalid line(s) (skip_invalid=true; the first: {bad}:7: invalid UTF-8" in r.stderr
 
 
+@pytest.mark.slow
 def test_invalid_json_line_names_file_and_line(tmp_path: Path, corpus: dict[str, Path]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"content": "no text field"}\n')
@@ -455,6 +459,7 @@ def test_invalid_json_line_names_file_and_line(tmp_path: Path, corpus: dict[str,
     assert_user_error(r, f"{bad}:2: not valid JSON")
 
 
+@pytest.mark.slow
 def test_corpus_without_text_is_refused(tmp_path: Path, corpus: dict[str, Path]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -474,6 +479,7 @@ def test_corpus_without_text_is_refused(tmp_path: Path, corpus: dict[str, Path])
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_corrupted_corpus_on_resume_keeps_the_checkpoints(tmp_path: Path, corpus: dict[str, Path]) -> None:
     data = tmp_path / "a.txt"
     data.write_bytes(corpus["a"].read_bytes())

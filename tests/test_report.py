@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune, run_lmtune_in_process
 
 LRS, SEEDS = [1e-05, 2e-05], [42, 1337, 7]
 TRAIN_STEPS, VALID_STEPS = [5, 10, 15, 20, 25, 30], [10, 20, 30]
@@ -113,7 +113,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 def test_a_sweep_table_is_the_mean_and_std_over_seeds_of_each_setting(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     made = write_sweep(sweep)
-    result = run_lmtune("report", str(sweep))
+    result = run_lmtune_in_process("report", str(sweep))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = table_rows(result.stdout)
     assert rows[0] == HEADER
@@ -141,7 +141,7 @@ def test_runs_are_grouped_by_every_differing_key_nested_ones_dotted(tmp_path: Pa
     a, b = records(1e-5, 1), records(1e-5, 2)
     write_run(tmp_path / "a", config(1e-5, 1), *a)
     write_run(tmp_path / "b", config(1e-5, 2, early_stopping={"metric": "valid.accuracy", "patience": 5}), *b)
-    result = run_lmtune("report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "cmp"))
+    result = run_lmtune_in_process("report", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "cmp"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = table_rows(result.stdout)
     # no group has two runs: plain values, no "±"
@@ -155,7 +155,7 @@ def test_a_group_of_one_beside_groups_of_several_has_no_std(tmp_path: Path) -> N
     for name, lr, seed in [("a1", 1e-5, 1), ("a2", 1e-5, 2), ("b1", 2e-5, 1)]:
         runs[name] = records(lr, seed)
         write_run(tmp_path / name, config(lr, seed), *runs[name])
-    result = run_lmtune("report", *(str(tmp_path / n) for n in runs), "--output", str(tmp_path / "r"))
+    result = run_lmtune_in_process("report", *(str(tmp_path / n) for n in runs), "--output", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = table_rows(result.stdout)
     train_loss = [runs["a1"][0][-1]["NLL Loss"], runs["a2"][0][-1]["NLL Loss"]]
@@ -170,7 +170,7 @@ def test_a_resumed_run_counts_each_step_once_and_a_torn_last_line_is_ignored(tmp
     with open(out / "metrics/train.jsonl", "a") as fp:
         fp.write('{"Step": 35, "NLL Lo')  # killed while writing
     (out / "early_stop.json").write_text(json.dumps({"step": 30, "metric": "valid.accuracy"}))
-    result = run_lmtune("report", str(out), "--output", str(tmp_path / "r"))
+    result = run_lmtune_in_process("report", str(out), "--output", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr[-3000:]
     kept = train[:2] + redone
     assert table_rows(result.stdout)[2] == ["run", "1", *(fmt(x, d) for x, d in zip(hand_run(kept, valid), DIGITS))]
@@ -182,7 +182,7 @@ def test_a_sweep_still_running_leaves_out_runs_without_metrics(tmp_path: Path) -
     made = write_sweep(sweep)
     waiting = "learning_rate=2e-05,seed=7"
     (sweep / "runs" / waiting / "metrics/train.jsonl").unlink()
-    result = run_lmtune("report", str(sweep))
+    result = run_lmtune_in_process("report", str(sweep))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"1 run(s) of sweep {sweep} have no training metrics yet and are left out: {waiting}" in result.stderr
     row = table_rows(result.stdout)[3]
@@ -238,6 +238,7 @@ def test_a_group_is_drawn_as_its_mean_with_a_min_max_band(tmp_path: Path) -> Non
         assert min(ys) == pytest.approx(min(min(v) for v in per_seed)) and max(ys) == pytest.approx(max(max(v) for v in per_seed))
 
 
+@pytest.mark.slow
 def test_training_writes_its_plots_and_report_reads_the_real_metrics(tmp_path: Path) -> None:
     rng = random.Random(0)
     data = tmp_path / "even"
@@ -260,8 +261,7 @@ def test_training_writes_its_plots_and_report_reads_the_real_metrics(tmp_path: P
 
     report = run_lmtune("report", str(out), "--output", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr[-3000:]
-    train = [json.loads(x) for x in (out / "metrics/train.jsonl").read_text().splitlines()]
-    valid = [json.loads(x) for x in (out / "metrics/valid.jsonl").read_text().splitlines()]
+    train, valid = metric_rows(out), metric_rows(out, "valid")
     assert table_rows(report.stdout)[2] == ["out", "1", *(fmt(x, d) for x, d in zip(hand_run(train, valid), DIGITS))]
 
 
@@ -270,19 +270,19 @@ def test_training_writes_its_plots_and_report_reads_the_real_metrics(tmp_path: P
 
 def test_a_directory_that_is_neither_a_run_nor_a_sweep(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert_user_error(run_lmtune("report", str(tmp_path / "empty")), str(tmp_path / "empty"), "neither a run directory", "nor a sweep")
-    assert_user_error(run_lmtune("report", str(tmp_path / "nope")), str(tmp_path / "nope"), "does not exist")
+    assert_user_error(run_lmtune_in_process("report", str(tmp_path / "empty")), str(tmp_path / "empty"), "neither a run directory", "nor a sweep")
+    assert_user_error(run_lmtune_in_process("report", str(tmp_path / "nope")), str(tmp_path / "nope"), "does not exist")
 
 
 def test_a_run_without_metrics(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "lmtune.yaml").write_text(yaml.safe_dump(config(1e-5, 1)))
-    assert_user_error(run_lmtune("report", str(run)), f"run {run} has no training metrics", "metrics/train.jsonl")
+    assert_user_error(run_lmtune_in_process("report", str(run)), f"run {run} has no training metrics", "metrics/train.jsonl")
     sweep = tmp_path / "sweep"
     (sweep / "runs/a").mkdir(parents=True)
     (sweep / "sweep.yaml").write_text("grid: {seed: [1]}\n")
-    assert_user_error(run_lmtune("report", str(sweep)), f"sweep {sweep} has no run with training metrics yet")
+    assert_user_error(run_lmtune_in_process("report", str(sweep)), f"sweep {sweep} has no run with training metrics yet")
 
 
 def test_malformed_metrics_and_an_output_that_is_a_run(tmp_path: Path) -> None:
@@ -290,9 +290,9 @@ def test_malformed_metrics_and_an_output_that_is_a_run(tmp_path: Path) -> None:
     out = write_run(tmp_path / "run", config(1e-5, 1), train, valid)
     text = (out / "metrics/valid.jsonl").read_text().splitlines()
     (out / "metrics/valid.jsonl").write_text("\n".join([text[0], "{oops", *text[1:]]) + "\n")
-    assert_user_error(run_lmtune("report", str(out), "--output", str(tmp_path / "r")), f"{out / 'metrics/valid.jsonl'}:2", "not valid JSON")
+    assert_user_error(run_lmtune_in_process("report", str(out), "--output", str(tmp_path / "r")), f"{out / 'metrics/valid.jsonl'}:2", "not valid JSON")
     (out / "metrics/valid.jsonl").write_text("\n".join(text) + "\n")
-    assert_user_error(run_lmtune("report", str(out), "--output", str(out)), f"--output {out} is a run directory")
+    assert_user_error(run_lmtune_in_process("report", str(out), "--output", str(out)), f"--output {out} is a run directory")
 
 
 def test_report_help_imports_neither_matplotlib_nor_torch() -> None:

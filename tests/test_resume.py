@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,21 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, losses, metric_rows, run_lmtune
+
+pytestmark = pytest.mark.slow  # every test trains (and kills) real runs
 
 ARGS = [
     "--config-file", "tiny_gsm8k", "--config", "max_num_steps=60", "checkpoint_every_n_steps=10",
     "publish_metrics_every_n_steps=1", "keep_last_n_checkpoints=2", "max_num_tokens=1024",
 ]
-
-
-def _losses(out: Path) -> dict[int, float]:
-    """Step -> loss; a resumed run re-logs the steps after its checkpoint, and the later line wins."""
-    losses = {}
-    for line in (out / "metrics/train.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        losses[m["Step"]] = m["NLL Loss"]
-    return losses
 
 
 def _complete_steps(out: Path) -> list[int]:
@@ -48,17 +40,17 @@ def _start(out: Path, args: list[str] = ARGS) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_killed_run_resumes_to_identical_losses(tmp_path: Path, reference: Path) -> None:
-    metrics = [json.loads(line) for line in (reference / "metrics/train.jsonl").read_text().splitlines()]
+def test_killed_run_resumes_to_identicallosses(tmp_path: Path, reference: Path) -> None:
+    metrics = metric_rows(reference)
     assert all(m["Padding"] == 0 for m in metrics)  # packed (the default): no padding at all
     _kill_resume_and_compare(tmp_path / "killed", reference, ARGS)
 
 
-def test_killed_length_batched_run_resumes_to_identical_losses(tmp_path: Path) -> None:
+def test_killed_length_batched_run_resumes_to_identicallosses(tmp_path: Path) -> None:
     args = [*ARGS, "packing=false"]
     reference = tmp_path / "reference"
     assert run_lmtune("instruction_finetune", str(reference), *args).returncode == 0
-    assert json.loads((reference / "metrics/train.jsonl").read_text().splitlines()[0])["Padding"] > 0  # really padded batches
+    assert metric_rows(reference)[0]["Padding"] > 0  # really padded batches
     _kill_resume_and_compare(tmp_path / "killed", reference, args)
 
 
@@ -76,7 +68,7 @@ def _kill_resume_and_compare(out: Path, reference: Path, args: list[str]) -> Non
     # The lock died with the process: the same command resumes.
     result = run_lmtune("instruction_finetune", str(out), *args)
     assert result.returncode == 0, result.stderr[-2000:]
-    expected, resumed = _losses(reference), _losses(out)
+    expected, resumed = losses(reference), losses(out)
     assert sorted(resumed) == sorted(expected) == list(range(1, 61))
     for step in range(steps_at_kill[-1] + 1, 61):
         assert resumed[step] == expected[step], (step, resumed[step], expected[step])
@@ -96,7 +88,7 @@ def test_preemption_signal_checkpoints_exits_75_and_resumes(tmp_path: Path, refe
     assert 0 < stopped_at < 60
     assert f"writing a checkpoint at step {stopped_at}; rerun the same command to resume" in stderr.decode()
     assert run_lmtune("instruction_finetune", str(out), *ARGS).returncode == 0
-    expected, resumed = _losses(reference), _losses(out)
+    expected, resumed = losses(reference), losses(out)
     for step in range(1, 61):
         assert resumed[step] == expected[step], step
 
@@ -108,7 +100,7 @@ def test_finished_run_extended_continues_from_its_last_step(tmp_path: Path) -> N
     result = run_lmtune("instruction_finetune", str(out), *args, "max_num_steps=15")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "max_num_steps 10 -> 15" in result.stderr
-    assert sorted(_losses(out)) == list(range(1, 16))
+    assert sorted(losses(out)) == list(range(1, 16))
     assert _complete_steps(out)[-1] == 15
     # OUT is OUT: no hash-named sweep folder.
     assert not [p for p in out.iterdir() if p.name.startswith("ws_")]
@@ -149,7 +141,7 @@ def test_killed_run_resumes_identically_across_data_epochs(tmp_path: Path) -> No
     args = [*ARGS, f"dataset={data}"]
     reference = tmp_path / "reference"
     assert run_lmtune("instruction_finetune", str(reference), *args).returncode == 0
-    epochs = {json.loads(line)["Data Epoch"] for line in (reference / "metrics/train.jsonl").read_text().splitlines()}
+    epochs = {row["Data Epoch"] for row in metric_rows(reference)}
     assert len(epochs) >= 5, epochs
     _kill_resume_and_compare(tmp_path / "killed", reference, args)
 

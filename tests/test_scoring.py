@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lmtune
+from helpers import run_lmtune_in_process
 from lmtune.score.confusion_png import confusion_figure, row_shares, write_confusion_png
 from lmtune.errors import UserError
 from lmtune.score.tasks import INVALID, check_references, format_table, gsm8k_answer, parse_label, score
@@ -167,7 +167,7 @@ def test_score_command_writes_scores_and_png(tmp_path: Path) -> None:
     preds = tmp_path / "generations.jsonl"
     preds.write_text("".join(json.dumps({"prompt": "p", "completion": c, "reference": r}) + "\n" for c, r in PAIRS))
     out = tmp_path / "eval" / "base.json"
-    r = run_lmtune("score", str(preds), "--task", "classification", "--labels", "World,Sports,Business", "--output", str(out))
+    r = run_lmtune_in_process("score", str(preds), "--task", "classification", "--labels", "World,Sports,Business", "--output", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(out.read_text())
     assert s["accuracy"] == pytest.approx(0.7) and s["macro_f1"] == pytest.approx(46 / 63)

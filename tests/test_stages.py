@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_lmtune
+from helpers import metric_rows, run_lmtune
+
+pytestmark = pytest.mark.slow  # trains two stages
 
 STAGE1 = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "checkpoint_every_n_steps=2",
           "publish_metrics_every_n_steps=2", "tensorboard=false", "max_num_tokens=1024", "lr_scheduler.num_warmup_steps=1"]
@@ -56,7 +58,7 @@ def test_stage2_starts_from_stage1_weights(stage1: Path, tmp_path: Path, model: 
         "tensorboard=false",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics = json.loads((out2 / "metrics/train.jsonl").read_text().splitlines()[0])
+    metrics = metric_rows(out2)[0]
     # A new run: step 1 of a fresh schedule (warmup from 0) on the new data.
     assert (metrics["Step"], metrics["Learning Rate"], metrics["Number of Examples"]) == (1, 0.0, 8.0)
     started = _weights(out2 / "checkpoints/step_1")

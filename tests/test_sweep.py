@@ -6,7 +6,6 @@ SLURM_ARRAY_TASK_ID. No SLURM installation: fake `sbatch` and `srun` stand in on
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -16,15 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, losses, run_lmtune, run_lmtune_in_process
 
 BASE = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=3", "checkpoint_every_n_steps=3", "publish_metrics_every_n_steps=1", "tensorboard=false", "max_num_tokens=1024"]
 GRID = ["--grid", "learning_rate=1e-4,3e-4", "seed=1,2"]
 NAMES = ["learning_rate=1e-4,seed=1", "learning_rate=1e-4,seed=2", "learning_rate=3e-4,seed=1", "learning_rate=3e-4,seed=2"]
-
-
-def losses(run: Path) -> dict[int, float]:
-    return {r["Step"]: r["NLL Loss"] for r in map(json.loads, (run / "metrics/train.jsonl").read_text().splitlines())}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +30,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
     return out, result
 
 
+@pytest.mark.slow
 def test_each_point_trains_as_instruction_finetune_would(sweep: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     out, _ = sweep
     assert sorted(p.name for p in (out / "runs").iterdir()) == NAMES
@@ -54,6 +50,7 @@ def test_each_point_trains_as_instruction_finetune_would(sweep: tuple[Path, subp
     assert definition["runs"][3]["overrides"] == {"learning_rate": 3e-4, "seed": 2}
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_points_and_resumes_the_others(sweep: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     import shutil
 
@@ -84,6 +81,7 @@ def _fake_tools(bin_dir: Path) -> Path:
     return log
 
 
+@pytest.mark.slow
 def test_slurm_writes_and_submits_a_job_array_of_the_unfinished_points(sweep: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     import shutil
 
@@ -132,10 +130,11 @@ def test_slurm_writes_and_submits_a_job_array_of_the_unfinished_points(sweep: tu
 ])  # fmt: skip
 def test_bad_grids_fail_before_anything_runs(tmp_path: Path, grid: list[str], fragments: list[str]) -> None:
     out = tmp_path / "out"
-    assert_user_error(run_lmtune("sweep", str(out), *BASE, "--grid", *grid), *fragments)
+    assert_user_error(run_lmtune_in_process("sweep", str(out), *BASE, "--grid", *grid), *fragments)
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_another_grid_on_the_same_out_is_refused(sweep: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out = sweep[0]
     before = (out / "sweep.yaml").read_text()
@@ -144,6 +143,7 @@ def test_another_grid_on_the_same_out_is_refused(sweep: tuple[Path, subprocess.C
     assert (out / "sweep.yaml").read_text() == before
 
 
+@pytest.mark.slow
 def test_array_task_without_its_id(sweep: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     assert_user_error(run_lmtune("sweep", str(sweep[0]), "--array-task", env=env), "SLURM_ARRAY_TASK_ID, which is not set")
@@ -151,6 +151,6 @@ def test_array_task_without_its_id(sweep: tuple[Path, subprocess.CompletedProces
 
 
 def test_out_may_follow_the_grid(tmp_path: Path) -> None:
-    r = run_lmtune("sweep", *BASE, "--grid", "seed=1,2", str(tmp_path / "out"), "--dry-run")
+    r = run_lmtune_in_process("sweep", *BASE, "--grid", "seed=1,2", str(tmp_path / "out"), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"0: {tmp_path / 'out' / 'runs' / 'seed=1'}" in r.stdout and "1: " in r.stdout

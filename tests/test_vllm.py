@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_lmtune
+from helpers import REPO, free_port, run_lmtune
 
 VLLM_PYTHON = Path(os.environ.get("LMTUNE_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not VLLM_PYTHON.is_file(),
     reason=f"no vLLM environment at {VLLM_PYTHON}: build it with .ci/setup_vllm.sh and set LMTUNE_VLLM_PYTHON to its bin/python",
-)
+)]  # slow: trains, exports and starts vLLM
 
 MAX_TOKENS = 40
 MAX_MODEL_LEN = 256
@@ -112,12 +111,6 @@ def test_offline_llm_generates_lmtune_greedy_ids(reference: dict[str, object]) -
     assert [o["token_ids"] for o in outputs] == reference["token_ids"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: dict[str, object]) -> dict[str, object]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -126,7 +119,7 @@ def _post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 def test_openai_server_completion_matches_lmtune(reference: dict[str, object]) -> None:
     tmp, hf_dir = reference["tmp"], reference["hf_dir"]
-    port = _free_port()
+    port = free_port()
     command = [
         str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir), "--served-model-name", "tiny",
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
