@@ -40,7 +40,7 @@ COMMANDS = {
 }
 
 
-def _command_module(verb: str):  # type: ignore[no-untyped-def]
+def _command_module(verb: str):
     return importlib.import_module(f"lmtune.commands.{COMMANDS[verb]}")
 
 

@@ -9,7 +9,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 DtypeName = Literal["float32", "bfloat16", "float16"]
 
 
-def torch_dtype(name: str):  # type: ignore[no-untyped-def]
+def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

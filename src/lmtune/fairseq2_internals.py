@@ -45,7 +45,7 @@ def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:
     facade = trainer._model_dp_facade  # type: ignore[attr-defined]  # noqa: SLF001
     clip = facade.clip_grad_norm
 
-    def clip_after(max_norm: float | None):  # type: ignore[no-untyped-def]
+    def clip_after(max_norm: float | None):
         before()
         return clip(max_norm)
 

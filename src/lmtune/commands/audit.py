@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     print(format_report(result, title), end="")
 
 
-def model_card(store, name: str):  # type: ignore[no-untyped-def]
+def model_card(store, name: str):
     """A ModelSpec without checking for weights, which counting tokens does not need."""
     from lmtune.catalog.specs import model_from_card
 

@@ -185,7 +185,7 @@ def _accuracy(gen_dir: Path) -> float | None:
     return float(json.loads(path.read_text())["accuracy"]) if path.is_file() else None
 
 
-def _compare_with_transformers(hf_dir: Path, rows: list[dict]) -> int:  # type: ignore[type-arg]
+def _compare_with_transformers(hf_dir: Path, rows: list[dict]) -> int:
     """Greedy completions by transformers on the export against lmtune's; returns the number that differ."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

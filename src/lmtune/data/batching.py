@@ -35,7 +35,7 @@ def bucket_sizes(max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]
     return sizes
 
 
-def collate_padded(items: list[dict[str, object]], pad_idx: int):  # type: ignore[no-untyped-def]
+def collate_padded(items: list[dict[str, object]], pad_idx: int):
     from fairseq2.datasets import SequenceBatch
 
     seq_lens = [len(x["tokens"]) for x in items]  # type: ignore[arg-type]
@@ -61,7 +61,7 @@ def build_pipeline(
     pad_idx: int,
     shuffle_seed: int | None,
     packing: bool = False,
-):  # type: ignore[no-untyped-def]
+):
     """Batches of the examples at ``indices`` (default: all), in that order before shuffling."""
     from fairseq2.data.data_pipeline import read_sequence
 

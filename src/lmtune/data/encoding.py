@@ -10,10 +10,14 @@ prefix, which works for any template that renders prefixes stably (Llama 3, Qwen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from lmtune.errors import UserError
 from lmtune.data.records import Record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -28,9 +32,9 @@ class ExampleEncoder:
         self._prompt_encoder = tokenizer.create_encoder(mode="prompt")  # type: ignore[attr-defined]
         self._response_encoder = tokenizer.create_encoder(mode="prompt_response")  # type: ignore[attr-defined]
         self._chat_dir = chat_tokenizer_dir
-        self._hf = None
+        self._hf: PreTrainedTokenizerBase | None = None
 
-    def _chat_tokenizer(self, record: Record):  # type: ignore[no-untyped-def]
+    def _chat_tokenizer(self, record: Record) -> PreTrainedTokenizerBase:
         if self._hf is None:
             if self._chat_dir is None:
                 raise UserError(f"{record.where}: chat records need a Hugging Face tokenizer (tokenizer.json with a chat template); this tokenizer has none, use 'src'/'tgt' records instead.")
@@ -45,7 +49,9 @@ class ExampleEncoder:
 
     def _render(self, record: Record, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         hf = self._chat_tokenizer(record)
-        return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        assert isinstance(text, str)  # tokenize=False renders one conversation to one string
+        return text
 
     def encode(self, record: Record, *, last_turn_only: bool = False) -> Example:
         """``last_turn_only``: loss on the final assistant turn alone (a preference pair's
@@ -113,7 +119,7 @@ class ExampleEncoder:
         return None
 
 
-def _rust_tokenizer(*encoders: object):  # type: ignore[no-untyped-def]
+def _rust_tokenizer(*encoders: object):
     """The ``tokenizers.Tokenizer`` under fairseq2's HuggingFaceTokenEncoder, when calling it
     directly gives what ``encoder(text)`` gives: no truncation, padding or special-token
     splitting set on it (transformers turns those off for each call); else None."""

@@ -92,7 +92,7 @@ def group_rows(rows: Sequence[Sequence[int]], lengths: Sequence[int], max_num_to
     return batches
 
 
-def collate_packed(items: list[dict[str, torch.Tensor]]):  # type: ignore[no-untyped-def]
+def collate_packed(items: list[dict[str, torch.Tensor]]):
     from fairseq2.datasets import SequenceBatch
 
     seqs = torch.cat([x["tokens"] for x in items])

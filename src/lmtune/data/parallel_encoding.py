@@ -111,7 +111,7 @@ class NpyAppender:
         self.fp.close()
 
 
-def _chunks_encoded(path: Path, encoder: ExampleEncoder, chunks: list[Chunk], workers: int):  # type: ignore[no-untyped-def]
+def _chunks_encoded(path: Path, encoder: ExampleEncoder, chunks: list[Chunk], workers: int):
     """Encoded chunks in file order; up to 2 per worker in flight."""
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:

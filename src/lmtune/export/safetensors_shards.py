@@ -101,7 +101,7 @@ class ShardedSafetensorsWriter:
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         fp = self._handles[slot.shard]
         fp.seek(slot.begin)
-        fp.write(data)  # type: ignore[arg-type]
+        fp.write(memoryview(data))
         slot.written = True
 
     def finish(self) -> list[str]:

@@ -117,7 +117,7 @@ def _set_prompt_prefix(backend: object, prefix: list[int]) -> bool:
     return True
 
 
-def _tiktoken_backend(tokenizer: object, path: Path):  # type: ignore[no-untyped-def]
+def _tiktoken_backend(tokenizer: object, path: Path):
     """Byte-level BPE from the tiktoken ranks, with fairseq2's special tokens at fairseq2's ids."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -130,7 +130,7 @@ def _tiktoken_backend(tokenizer: object, path: Path):  # type: ignore[no-untyped
     return backend
 
 
-def _sentencepiece_backend(path: Path):  # type: ignore[no-untyped-def]
+def _sentencepiece_backend(path: Path):
     """transformers' Llama converter for the pieces, with a normalizer rebuilt from the model's own spec."""
     from transformers import LlamaTokenizerFast
     from transformers.convert_slow_tokenizer import import_protobuf
@@ -149,7 +149,7 @@ def _sentencepiece_backend(path: Path):  # type: ignore[no-untyped-def]
     return backend
 
 
-def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, add_dummy_prefix: bool):  # type: ignore[no-untyped-def]
+def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, add_dummy_prefix: bool):
     """SentencePiece's normalization as a `tokenizers` normalizer. The converter keeps only the
     dummy prefix; SentencePiece's default (nmt_nfkc, remove_extra_whitespaces) also maps the text
     through its character map and drops leading, trailing and repeated spaces. Only U+0020 counts

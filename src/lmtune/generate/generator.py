@@ -88,7 +88,7 @@ class _StopRecorder:
             self.stop_of[int(prompt_indices[row])] = int(sampled[row])
 
 
-def _fold_stops_into_eos(eos_idx: int, extra: list[int]):  # type: ignore[no-untyped-def]
+def _fold_stops_into_eos(eos_idx: int, extra: list[int]):
     """A step processor for beam search: ending on any stop token is ending on EOS."""
     ids = [eos_idx, *extra]
 

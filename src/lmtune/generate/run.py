@@ -88,7 +88,7 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     return Inputs(model, tokenizer, prompts, texts, references, answers, task, labels)
 
 
-def _device_and_dtype(o: GenerateOptions):  # type: ignore[no-untyped-def]
+def _device_and_dtype(o: GenerateOptions):
     import torch
     from fairseq2.device import detect_default_device
 
@@ -103,7 +103,7 @@ def _device_and_dtype(o: GenerateOptions):  # type: ignore[no-untyped-def]
     return device, torch_dtype(compute_dtype(o.dtype, device.type, warn=is_main_process()))
 
 
-def _root_gang(device):  # type: ignore[no-untyped-def]
+def _root_gang(device):
     """fairseq2's process-group gang under torchrun; None for a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
@@ -116,7 +116,7 @@ def _root_gang(device):  # type: ignore[no-untyped-def]
     return ProcessGroupGang.create_default_process_group(device)
 
 
-def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device, dtype, main: bool) -> dict[int, dict[str, object]]:  # type: ignore[no-untyped-def]
+def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device, dtype, main: bool) -> dict[int, dict[str, object]]:
     import torch
 
     from lmtune.generate.generator import Generator, length_batches

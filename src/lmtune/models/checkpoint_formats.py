@@ -40,7 +40,7 @@ def has_stale_rotary_buffers(path: Path) -> bool:
     return False
 
 
-def load_llama_without_stale_rotary_buffers(family, config: object, gangs, dtype: torch.dtype, path: Path, name: str) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+def load_llama_without_stale_rotary_buffers(family, config: object, gangs, dtype: torch.dtype, path: Path, name: str) -> torch.nn.Module:
     """A Llama model filled from an HF checkpoint for which has_stale_rotary_buffers is true."""
     from fairseq2.models.llama import convert_llama_state_dict
     from fairseq2.nn.utils.module import reset_non_persistent_buffers, to_empty

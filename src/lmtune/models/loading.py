@@ -16,7 +16,7 @@ from lmtune.errors import UserError
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 
 
-def resolver():  # type: ignore[no-untyped-def]
+def resolver():
     """fairseq2's dependency resolver (initialising fairseq2 when nothing has), reading tensor
     files with lmtune.safe_load's loader: checkpoint files never run code."""
     from fairseq2.runtime.dependency import get_dependency_resolver
@@ -28,7 +28,7 @@ def resolver():  # type: ignore[no-untyped-def]
     return found
 
 
-def model_family(name: str):  # type: ignore[no-untyped-def]
+def model_family(name: str):
     from fairseq2.models import ModelFamily
 
     family = resolver().maybe_resolve(ModelFamily, key=name)
@@ -57,7 +57,7 @@ def model_config(spec: ModelSpec) -> object:
     if not spec.config:
         return config
     converter = resolver().resolve(ValueConverter)
-    merged = _deep_merge(converter.unstructure(config), spec.config)  # type: ignore[arg-type]
+    merged = _deep_merge(converter.unstructure(config), spec.config)
     try:
         return converter.structure(merged, family.config_kls)
     except Exception as ex:
@@ -87,7 +87,7 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     return model
 
 
-def iter_model_tensors(spec: ModelSpec):  # type: ignore[no-untyped-def]
+def iter_model_tensors(spec: ModelSpec):
     """(fairseq2 key, tensor) for each tensor of ``spec``'s weights, one at a time, read by
     fairseq2's checkpoint loader (memory-mapped, converted to fairseq2's keys)."""
     from fairseq2.device import CPU
@@ -103,7 +103,7 @@ def iter_model_tensors(spec: ModelSpec):  # type: ignore[no-untyped-def]
         raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
 
 
-def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]
+def load_tokenizer(spec: TokenizerSpec):
     from fairseq2.data.tokenizers import TokenizerFamily
     from fairseq2.gang import create_fake_gangs
     from fairseq2.device import CPU
@@ -113,5 +113,5 @@ def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]
     if family is None:
         raise UserError(f"tokenizer_family '{spec.family}' is not known to fairseq2.")
     converter = resolver().resolve(ValueConverter)
-    config = converter.structure(_deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)  # type: ignore[arg-type]
+    config = converter.structure(_deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)
     return family.load_custom_tokenizer(spec.path, config, create_fake_gangs(CPU))

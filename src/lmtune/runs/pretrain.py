@@ -42,7 +42,7 @@ RESUMABLE_HERE = {"skip_invalid", "tokenizer_threads", "max_valid_tokens"}
 class PretrainConsole(RunConsole):
     """RunConsole with pretraining's header line."""
 
-    def header(self, o, out_dir, plan, publish_every, *, validates):  # type: ignore[no-untyped-def, override]
+    def header(self, o, out_dir, plan, publish_every, *, validates):
         shown: list[str] = []
         self.write = shown.append  # type: ignore[method-assign]  # RunConsole's own header line is replaced below
         try:

@@ -92,7 +92,9 @@ def peak_memory(values: Mapping[str, object]) -> str:
 
 
 def _number(value: object) -> float:
-    return float(value.item() if hasattr(value, "item") else value)  # type: ignore[arg-type, union-attr]
+    number = value.item() if hasattr(value, "item") else value  # fairseq2 hands over numbers and 0-d tensors
+    assert isinstance(number, (int, float)), f"metric value {value!r} is not a number"
+    return float(number)
 
 
 class RunConsole:
