@@ -252,8 +252,8 @@ class InstructionFinetuneRecipe(Recipe):
         valid_units, valid_readers = [], []
         if data.valid_file is not None:
             task_eval = None
-            if config.eval.task is not None:
-                e = config.eval
+            e = config.eval
+            if e.task is not None:
                 records = read_records(data.valid_file)[: e.max_examples]
                 task_eval = EvalPrompts(
                     [encoder.encode_prompt(r) for r in records], [encoder.reference(r) or "" for r in records],

@@ -101,7 +101,7 @@ def read_card_file(path: Path) -> list[tuple[str, dict[str, object]]]:
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"].strip():
             raise UserError(f"{path}: document {i} is not a card; every card is a mapping with a 'name:' string.")
-        fields: dict[str, object] = {ALIASES.get(k, k): v for k, v in doc.items() if k != "name"}
+        fields: dict[str, object] = {(ALIASES.get(k) or k): v for k, v in doc.items() if k != "name"}
         for key in PATH_KEYS:
             value = fields.get(key)
             if isinstance(value, str):

@@ -192,7 +192,7 @@ def _compare_with_transformers(hf_dir: Path, rows: list[dict]) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where lmtune generated
     tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False).to(device).eval()  # type: ignore[arg-type]  # transformers types the wrapped to() unbound
     mismatches = 0
     for row in rows:
         enc = tok(row["prompt"], return_tensors="pt")  # the tokenizer adds BOS, as lmtune's prompt encoder does

@@ -208,8 +208,8 @@ def format_report(a: Audit, title: str) -> str:
         label = "batching (one epoch, one rank)"
         width = max(len(label), *(len(s.name) for s in a.strategies))
         lines.append(f"{label:{width}}  {'batches':>9}  {'positions':>10}  {'padding':>8}")
-        for s in a.strategies[:-1]:
-            lines.append(f"{s.name:{width}}  {s.batches:>9}  {s.positions:>10}  {s.padding:>8.1%}")
+        for strategy in a.strategies[:-1]:
+            lines.append(f"{strategy.name:{width}}  {strategy.batches:>9}  {strategy.positions:>10}  {strategy.padding:>8.1%}")
         p = a.strategies[-1]
         lines.append(f"{p.name:{width}}  {str(p.batches) + ' rows':>9}  {p.positions:>10}  {p.padding:>8.1%}  rows {a.fill:.1%} full")
     lines.append("")

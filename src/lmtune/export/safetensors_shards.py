@@ -101,7 +101,7 @@ class ShardedSafetensorsWriter:
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         fp = self._handles[slot.shard]
         fp.seek(slot.begin)
-        fp.write(memoryview(data))
+        fp.write(data.data)  # the array's buffer, no copy
         slot.written = True
 
     def finish(self) -> list[str]:

@@ -20,6 +20,7 @@ are cut back to it, and batches of similar length keep that waste small.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,10 @@ from torch import Tensor
 
 from lmtune.catalog.stop_tokens import stop_token_ids
 from lmtune.options.generate import GeneratorOptions
+
+if TYPE_CHECKING:
+    from fairseq2.generation import SequenceGenerator
+    from fairseq2.models.clm import CausalLM
 
 
 
@@ -122,14 +127,17 @@ class Generator:
         self.options = options
         self.model = model
         self._recorder: _StopRecorder | None = None
+        lm = cast("CausalLM", model)  # fairseq2's Llama and Qwen models are CausalLMs
+        self._generator: SequenceGenerator
         budget = options.max_gen_len + 1  # the last step is fairseq2's forced EOS, dropped below
         if options.beam_size > 1:
             self._generator = BeamSearchSequenceGenerator(
-                model, gen_vocab, beam_size=options.beam_size, max_gen_len=budget,
+                lm, gen_vocab, beam_size=options.beam_size, max_gen_len=budget,
                 temperature=options.temperature or 1.0, step_processors=[_fold_stops_into_eos(eos, extra)] if extra else None,
             )  # fmt: skip
             return
         greedy = options.temperature == 0 or options.top_k == 1
+        inner: Sampler
         if greedy:
             inner, temperature = TopKSampler(1), 1.0
         elif options.top_k is not None:
@@ -138,7 +146,7 @@ class Generator:
             inner, temperature = TopPSampler(options.top_p), options.temperature
         sampler = _StopAwareSampler(inner, eos, extra)
         self._generator = SamplingSequenceGenerator(
-            model, gen_vocab, sampler, max_gen_len=budget, temperature=temperature, step_processors=[sampler.keep_eos_probs],
+            lm, gen_vocab, sampler, max_gen_len=budget, temperature=temperature, step_processors=[sampler.keep_eos_probs],
         )
         self._recorder = _StopRecorder(sampler, eos)
         self._generator.register_step_hook(self._recorder)

@@ -189,7 +189,9 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
             box: list[object] = [rows if source == rank else None]
             gang.broadcast_objects(box, source_rank=source)
             if rank == 0 and source != 0:
-                rows.update(box[0])  # type: ignore[arg-type]
+                received = box[0]
+                assert isinstance(received, dict)  # the sender's shard
+                rows.update(received)
     if rank == 0:
         ordered = [rows[i] for i in range(len(inputs.prompts))]
         write_jsonl(out_dir / "generations.jsonl", ordered)
@@ -197,9 +199,13 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
         if inputs.task is not None:
             from lmtune.score.scores_file import save_scores
             from lmtune.score.qa import task_reference
-            from lmtune.score.tasks import score
+            from lmtune.score.tasks import Reference, score
 
-            pairs = [(str(r["completion"]), task_reference(inputs.task, ref, a)) for r, ref, a in zip(ordered, inputs.references, inputs.answers)]
+            pairs: list[tuple[str, Reference]] = []
+            for r, ref, a in zip(ordered, inputs.references, inputs.answers):
+                scored = task_reference(inputs.task, ref, a)
+                assert scored is not None  # read_inputs' check_references refused a record without one
+                pairs.append((str(r["completion"]), scored))
             save_scores(out_dir / "scores.json", score(inputs.task, pairs, inputs.labels))
     if gang is not None:
         gang.barrier()

@@ -7,13 +7,16 @@ else that needs a model in hand: generation, export, tests.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from lmtune.models.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
 from lmtune.errors import UserError
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+
+if TYPE_CHECKING:
+    from fairseq2.models.llama import LLaMAConfig
 
 
 def resolver():
@@ -80,7 +83,7 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
             torch.manual_seed(seed)
         model = family.create_new_model(config, gangs, dtype, meta=False, init_rank0_only=False)
     elif spec.family == "llama" and has_stale_rotary_buffers(Path(spec.checkpoint)):
-        model = load_llama_without_stale_rotary_buffers(family, config, gangs, dtype, Path(spec.checkpoint), spec.name)
+        model = load_llama_without_stale_rotary_buffers(family, cast("LLaMAConfig", config), gangs, dtype, Path(spec.checkpoint), spec.name)
     else:
         model = family.load_custom_model(Path(spec.checkpoint), config, gangs, dtype, False, False, None)
     model.eval()

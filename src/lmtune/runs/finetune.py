@@ -127,7 +127,10 @@ def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: Toke
 
     encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
     for plan in caches.values():  # reused, or built once while concurrent runs on the same data wait
-        ensure_cache(plan, lambda tmp, p=plan: encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp))
+        def encode(tmp: Path, p: CachePlan = plan) -> object:
+            return encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp)
+
+        ensure_cache(plan, encode)
 
 
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:

@@ -15,13 +15,14 @@ import os
 import sys
 from pathlib import Path
 
-from lmtune.catalog.cards import CardStore
+from lmtune.catalog.cards import Card, CardStore
 from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, resolve_model, resolve_tokenizer
 from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_corpus
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.launch import explain_distributed_failure, prepare_distributed_env
 from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.instrument import check_instrument_options
+from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import check_resume_checkpoint, check_rerun, checkpoint_dir as run_checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
 from lmtune.safe_load import check_checkpoint_objects
@@ -42,13 +43,14 @@ RESUMABLE_HERE = {"skip_invalid", "tokenizer_threads", "max_valid_tokens"}
 class PretrainConsole(RunConsole):
     """RunConsole with pretraining's header line."""
 
-    def header(self, o, out_dir, plan, publish_every, *, validates):
+    def header(self, o: FinetuneOptions | PretrainOptions, out_dir: Path, plan: ValidationPlan, publish_every: int, *, validates: bool) -> None:
         shown: list[str] = []
-        self.write = shown.append  # type: ignore[method-assign]  # RunConsole's own header line is replaced below
+        self.write = shown.append  # type: ignore[method-assign, assignment]  # RunConsole's own header line is replaced below
         try:
             super().header(o, out_dir, plan, publish_every, validates=validates)
         finally:
             del self.write
+        assert isinstance(o, PretrainOptions)
         init = " (random initial weights)" if o.init == "random" else ""
         valid = f", validating on {_names(o.valid_dataset)} every {o.validate_every_n_steps} steps" if validates else ""
         self.write(f"lmtune: pretraining {o.model}{init} on {_names(o.dataset)} for {o.max_num_steps} steps{valid}, into {out_dir} (fairseq2's full log: {out_dir / 'logs'})")
@@ -92,6 +94,7 @@ def resolve_model_and_tokenizer(o: PretrainOptions) -> tuple[ModelSpec, Tokenize
     if o.model is None:
         raise UserError("config key 'model' is not set; name a model card whose architecture to train (e.g. model=tiny_llama init=random; see `lmtune assets list --kind model`).")
     store = CardStore()
+    card: Card | None
     if o.init == "random":
         if CHECKPOINT_NAME.match(o.model):
             raise UserError(f"init=random takes a model card's architecture, and model={o.model} names trained weights; name a card, or drop init=random to continue from {o.model}.")

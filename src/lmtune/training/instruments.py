@@ -19,7 +19,7 @@ class InstrumentSection:
     profiler: TorchProfilerConfig = field(default_factory=TorchProfilerConfig)
 
 
-def attach_instruments(context: object, trainer: object, unit: object, section: InstrumentSection, publish_every: int, max_num_steps: int | None) -> None:
+def attach_instruments(context: object, trainer: object, unit: object, section: InstrumentSection, publish_every: int | None, max_num_steps: int | None) -> None:
     """Adds the memory figures, and with ``grad_stats`` the gradient statistics, to the train
     metrics that fairseq2 publishes (JSONL, TensorBoard, W&B, the console)."""
     from lmtune.training.memory_stats import publish_memory
@@ -31,6 +31,7 @@ def attach_instruments(context: object, trainer: object, unit: object, section: 
     from lmtune.fairseq2_internals import call_before_grad_clip
     from lmtune.training.grad_stats import GradStats
 
+    assert publish_every is not None, "lmtune's recipes always set publish_metrics_every_n_steps"
     stats = GradStats(context.get_data_parallel_model(), trainer, gangs.sdp, publish_every, max_num_steps)  # type: ignore[attr-defined]
     call_before_grad_clip(trainer, stats.before_clip)
     unit.publishers.append(stats.publish)  # type: ignore[attr-defined]

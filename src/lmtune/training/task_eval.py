@@ -57,6 +57,8 @@ def evaluate_task(model: Module, tokenizer: object, data: EvalPrompts, gang: obj
         for source in range(size):
             box: list[object] = [completions if source == rank else None]
             gang.broadcast_objects(box, source_rank=source)  # type: ignore[attr-defined]
-            completions.update(box[0])  # type: ignore[arg-type]
+            received = box[0]
+            assert isinstance(received, dict)  # the sender's shard
+            completions.update(received)
     pairs = [(completions[i], data.references[i]) for i in range(len(data.prompts))]
     return task_metric_values(score(data.task, pairs, data.labels, resamples=0))
