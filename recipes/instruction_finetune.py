@@ -256,8 +256,8 @@ class InstructionFinetuneRecipe(Recipe):
             if e.task is not None:
                 records = read_records(data.valid_file)[: e.max_examples]
                 task_eval = EvalPrompts(
-                    [encoder.encode_prompt(r) for r in records], [encoder.reference(r) or "" for r in records],
-                    e.task, e.labels, e.max_gen_len, data.max_num_tokens,
+                    prompts=[encoder.encode_prompt(r) for r in records], references=[encoder.reference(r) or "" for r in records],
+                    task=e.task, labels=e.labels, max_gen_len=e.max_gen_len, max_num_tokens=data.max_num_tokens,
                 )  # fmt: skip
             valid_units.append(SftValidUnit(context.get_model(), tokenizer, gangs, task_eval))
             valid_readers.append(reader(data.valid_file, data.valid_encoded, False))

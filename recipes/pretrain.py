@@ -117,7 +117,7 @@ class PretrainRecipe(Recipe):
         logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
         def share(paths: list[Path]) -> list[Piece]:  # this rank's, as lmtune.runs.pretrain checked them
-            files = [CorpusFile(p, p.stat().st_size) for p in paths]
+            files = [CorpusFile(path=p, size=p.stat().st_size) for p in paths]
             return shares(files, gangs.dp.size)[gangs.dp.rank]
 
         def reader(paths: list[Path], *, valid: bool) -> TextStreamReader:

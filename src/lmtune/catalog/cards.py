@@ -35,7 +35,7 @@ ALIASES = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Card:
     name: str
     fields: dict[str, object]
@@ -197,4 +197,4 @@ class CardStore:
             merged.pop("base", None)
             merged["base"] = base
             fields = merged
-        return Card(name, fields, path, files)
+        return Card(name=name, fields=fields, file=path, override_files=files)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Example:
     tokens: list[int]
     target_mask: list[bool]
@@ -59,7 +59,7 @@ class ExampleEncoder:
         if record.messages is None:
             prompt = self._prompt_encoder(record.src).tolist()
             response = self._response_encoder(record.tgt).tolist()
-            return Example(prompt + response, [False] * len(prompt) + [True] * len(response))
+            return Example(tokens=prompt + response, target_mask=[False] * len(prompt) + [True] * len(response))
 
         messages = record.messages
         full = self._render(record, messages, False)
@@ -76,7 +76,7 @@ class ExampleEncoder:
             spans = spans[-1:]
         enc = self._chat_tokenizer(record)(full, add_special_tokens=False, return_offsets_mapping=True)
         mask = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
-        return Example(list(enc["input_ids"]), mask)
+        return Example(tokens=list(enc["input_ids"]), target_mask=mask)
 
     def encode_all(self, records: list[Record]) -> list[Example]:
         """``encode`` of each record; prompt/response records in one call of the Rust tokenizer
@@ -98,7 +98,7 @@ class ExampleEncoder:
             prompt = p_pre + encoded[k].ids + p_suf
             response = r_pre + encoded[k + 1].ids + r_suf
             k += 2
-            examples.append(Example(prompt + response, [False] * len(prompt) + [True] * len(response)))
+            examples.append(Example(tokens=prompt + response, target_mask=[False] * len(prompt) + [True] * len(response)))
         return examples
 
     def encode_prompt(self, record: Record) -> list[int]:

@@ -41,7 +41,7 @@ class CorpusError(UserError):
     """A corpus line or file lmtune cannot read as text (one sentence naming FILE:LINE)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CorpusFile:
     path: Path
     size: int
@@ -51,7 +51,7 @@ class CorpusFile:
         return JSONL if self.path.suffix == ".jsonl" else TEXT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Piece:
     """The bytes [start, end) of a file that one rank reads documents from."""
 
@@ -98,7 +98,7 @@ def list_corpus(refs: str | Sequence[str], key: str, resolve_card: Callable[[str
             continue
         seen.add(real)
         try:
-            files.append(CorpusFile(p, p.stat().st_size))
+            files.append(CorpusFile(path=p, size=p.stat().st_size))
         except OSError as ex:
             raise UserError(f"{p}: cannot be read ({ex.strerror}).") from None
     return files
@@ -128,7 +128,7 @@ def shares(files: Sequence[CorpusFile], num_ranks: int) -> list[list[Piece]]:
             rank = min(range(num_ranks), key=lambda r: (loads[r], r))
             owned[rank].append(i)
             loads[rank] += files[i].size
-        return [[Piece(files[i].path, files[i].format, 0, files[i].size) for i in sorted(o)] for o in owned]
+        return [[Piece(path=files[i].path, format=files[i].format, start=0, end=files[i].size) for i in sorted(o)] for o in owned]
     total = sum(f.size for f in files)
     bounds = [total * r // num_ranks for r in range(num_ranks + 1)]
     out = []
@@ -137,7 +137,7 @@ def shares(files: Sequence[CorpusFile], num_ranks: int) -> list[list[Piece]]:
         for f in files:
             a, b = max(lo, base), min(hi, base + f.size)
             if a < b:
-                pieces.append(Piece(f.path, f.format, a - base, b - base))
+                pieces.append(Piece(path=f.path, format=f.format, start=a - base, end=b - base))
             base += f.size
         out.append(pieces)
     return out
@@ -281,7 +281,7 @@ def read_documents(pieces: Sequence[Piece], piece: int = 0, offset: int | None =
 # ---------------------------------------------------------------- the check before training
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CorpusCheck:
     files: list[CorpusFile]
     """The files read, in corpus order (binary files skipped with skip_invalid are left out)."""
@@ -317,7 +317,7 @@ def check_corpus(files: Sequence[CorpusFile], num_ranks: int, *, skip_invalid: b
         else:
             skipped_files += 1
             first = first or f"{f.path} (binary)"
-    check = CorpusCheck(kept, [0] * num_ranks, sum(f.size for f in kept), 0, skipped_files, first)
+    check = CorpusCheck(files=kept, documents=[0] * num_ranks, num_bytes=sum(f.size for f in kept), skipped_lines=0, skipped_files=skipped_files, first_skipped=first)
 
     def on_skip(path: Path, offset: int, why: str) -> None:
         check.skipped_lines += 1

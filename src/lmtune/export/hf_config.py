@@ -23,7 +23,7 @@ LLAMA_RMS_NORM_EPS = 1e-5
 QWEN_RMS_NORM_EPS = 1e-6
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SpecialIds:
     """Token ids the export must agree on with lmtune's tokenizer."""
 

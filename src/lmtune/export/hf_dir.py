@@ -159,7 +159,7 @@ def _check_model_option(spec: ModelSpec, model: str) -> None:
 def _tokenizer_for_name(name: str, family: str) -> TokenizerSpec:
     path = Path(name).expanduser()
     if path.exists():
-        return tokenizer_from_card(Card(path.name, {"tokenizer": str(path.resolve()), "tokenizer_family": family}, path))
+        return tokenizer_from_card(Card(name=path.name, fields={"tokenizer": str(path.resolve()), "tokenizer_family": family}, file=path))
     if "/" in name:
         raise UserError(f"--tokenizer {name}: no such file or directory.")
     return resolve_tokenizer(CardStore(), name)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Completion:
     token_ids: list[int]
     """The generated ids, ending with the stop token when the model produced one."""
@@ -173,12 +173,12 @@ class Generator:
     def _finish(self, gen: list[int], prompt_len: int, limit: int, stop_id: int | None) -> Completion:
         n = self.options.max_gen_len
         if prompt_len + len(gen) >= limit:  # ran to the end of the budget: the last id is the forced EOS
-            return Completion(gen[:-1][:n], False)
+            return Completion(token_ids=gen[:-1][:n], stopped=False)
         if len(gen) > n:  # a short prompt in a batch of longer ones ran past max_gen_len
-            return Completion(gen[:n], False)
+            return Completion(token_ids=gen[:n], stopped=False)
         if stop_id is not None:
             gen[-1] = stop_id  # fairseq2 saw EOS; keep the stop id the model produced
-        return Completion(gen, True)
+        return Completion(token_ids=gen, stopped=True)
 
 
 def length_batches(lengths: Sequence[int], *, max_gen_len: int, batch_size: int | None, max_num_tokens: int, beam_size: int = 1) -> list[list[int]]:

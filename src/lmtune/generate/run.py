@@ -23,7 +23,7 @@ from lmtune.errors import UserError
 from lmtune.options.generate import GenerateOptions, check_options
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Inputs:
     """Everything resolved and checked, before a model is loaded."""
 
@@ -85,7 +85,7 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     import torch
 
     texts = [r.src if r.src is not None else decode(torch.tensor(p)) for r, p in zip(records, prompts)]
-    return Inputs(model, tokenizer, prompts, texts, references, answers, task, labels)
+    return Inputs(model=model, tokenizer=tokenizer, prompts=prompts, prompt_texts=texts, references=references, answers=answers, task=task, labels=labels)
 
 
 def _device_and_dtype(o: GenerateOptions):

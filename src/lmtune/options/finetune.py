@@ -14,7 +14,7 @@ from lmtune.options.lora import LoraSettings
 from lmtune.options.instrument import ProfilerOptions
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OptimizerOptions:
     """AdamW."""
 
@@ -23,7 +23,7 @@ class OptimizerOptions:
     eps: float = 1e-8
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LRSchedulerOptions:
     """Linear warmup, then cosine decay to ``final_lr_scale * learning_rate`` at the last step."""
 
@@ -31,7 +31,7 @@ class LRSchedulerOptions:
     final_lr_scale: float = 0.2
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WandbOptions:
     enabled: bool = False
     project: str | None = None
@@ -39,7 +39,7 @@ class WandbOptions:
     run_name: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EarlyStoppingOptions:
     """Stop when the validation metric has not improved for `patience` evaluations."""
 
@@ -65,7 +65,7 @@ class RepresentationsOptions:
     """Layer indices: 0 is the embedding output, i the output of decoder layer i (1..num_layers); null: all."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneOptions:
     model: str | None = None
     """A model card name, or last_checkpoint / best_checkpoint / checkpoint_step_N with resume_checkpoint_dir."""

@@ -15,7 +15,7 @@ from lmtune.options.finetune import LRSchedulerOptions, OptimizerOptions, WandbO
 from lmtune.options.instrument import ProfilerOptions
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PretrainLRSchedulerOptions(LRSchedulerOptions):
     """Linear warmup, then cosine decay to ``final_lr_scale * learning_rate`` at the last step."""
 
@@ -23,7 +23,7 @@ class PretrainLRSchedulerOptions(LRSchedulerOptions):
     final_lr_scale: float = 0.1
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PretrainOptions:
     model: str | None = None
     """A model card name (its weights, or its architecture with init=random), or last_checkpoint / checkpoint_step_N with resume_checkpoint_dir."""

@@ -64,7 +64,7 @@ def _check_numbers(o: FinetuneOptions) -> None:
         raise UserError("set max_num_steps or max_num_data_epochs, or the run would never end.")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Inputs:
     model: ModelSpec
     tokenizer: TokenizerSpec
@@ -93,7 +93,7 @@ def resolve_inputs(o: FinetuneOptions) -> Inputs:
         v = resolve_dataset(store, o.valid_dataset, "valid_dataset")
         valid = v.valid or v.test or v.train
         task, labels = (v.task, v.labels) if v.task is not None else (task, labels)
-    return Inputs(model, tokenizer, data.train, valid, task, labels)
+    return Inputs(model=model, tokenizer=tokenizer, train=data.train, valid=valid, task=task, labels=labels)
 
 
 def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: object) -> int:

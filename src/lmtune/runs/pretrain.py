@@ -34,7 +34,7 @@ from lmtune.training.validation_plan import ValidationPlan
 # (Beside run_dir's layout, which knows only fine-tuning's files.)
 CHECK_CACHE = "corpus_check.json"
 
-PERPLEXITY = ValidMetric("valid.perplexity", "perplexity", "Perplexity", higher_better=False)
+PERPLEXITY = ValidMetric(user_name="valid.perplexity", name="perplexity", display_name="Perplexity", higher_better=False)
 
 # Keys a rerun may change besides run_dir.RESUMABLE_CHANGES: neither moves the reader's position.
 RESUMABLE_HERE = {"skip_invalid", "tokenizer_threads", "max_valid_tokens"}
@@ -153,7 +153,7 @@ def check_text(refs: str | list[str], key: str, num_ranks: int, skip_invalid: bo
     if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint:
         result = cached["result"]
         by_path = {str(f.path.resolve()): f for f in files}
-        return CorpusCheck([by_path[p] for p in result["files"]], result["documents"], result["num_bytes"], result["skipped_lines"], result["skipped_files"], result["first_skipped"]), None
+        return CorpusCheck(files=[by_path[p] for p in result["files"]], documents=result["documents"], num_bytes=result["num_bytes"], skipped_lines=result["skipped_lines"], skipped_files=result["skipped_files"], first_skipped=result["first_skipped"]), None
     return check_corpus(files, num_ranks, skip_invalid=skip_invalid, what=what, every_rank=key == "dataset"), fingerprint
 
 

@@ -18,7 +18,7 @@ from torch.nn import Module
 from lmtune.training.valid_metrics import task_metric_values
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalPrompts:
     prompts: list[list[int]]
     references: list[str]

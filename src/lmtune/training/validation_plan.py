@@ -18,7 +18,7 @@ from lmtune.options.finetune import FinetuneOptions
 from lmtune.training.valid_metrics import ValidMetric, choose_metric, valid_metrics
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ValidationPlan:
     task: str | None = None
     """The task scored on greedy completions at each validation; None: loss only."""
@@ -68,7 +68,7 @@ def plan_validation(o: FinetuneOptions, valid: Path | None, card_task: str | Non
         raise UserError(f"config key 'early_stopping.patience' must be at least 1 (or null: never stop), got {es.patience}.")
     if es.min_delta < 0:
         raise UserError(f"config key 'early_stopping.min_delta' must be 0 or more, got {es.min_delta}.")
-    return ValidationPlan(task, labels, metrics, metric)
+    return ValidationPlan(task=task, labels=labels, metrics=metrics, metric=metric)
 
 
 def continues_after_early_stop(record: dict[str, Any], o: FinetuneOptions, last_step: int) -> bool:
