@@ -11,8 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
+
+if TYPE_CHECKING:
+    from fairseq2.trainer import Trainer
 
 WRITTEN_FOR = "0.8.1"
 """The fairseq2 version whose internals this module was written against (and tested with)."""
@@ -37,16 +41,16 @@ def check_version() -> None:
 # ------------------------------------------------------------ the trainer
 
 
-def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:
+def call_before_grad_clip(trainer: Trainer, before: Callable[[], None]) -> None:
     """Calls ``before()`` in each step once the gradients are final (normalized by the target
     count, unscaled) and before fairseq2 0.8.1's trainer clips them and the optimizer zeroes them:
     its ``_do_run_step`` computes ``grad_norm`` through ``self._model_dp_facade.clip_grad_norm``."""
     check_version()
-    facade = trainer._model_dp_facade  # type: ignore[attr-defined]  # noqa: SLF001
+    facade = trainer._model_dp_facade  # noqa: SLF001
     clip = facade.clip_grad_norm
 
     def clip_after(max_norm: float | None):
         before()
         return clip(max_norm)
 
-    facade.clip_grad_norm = clip_after  # an instance attribute: only this trainer's facade is swapped
+    facade.clip_grad_norm = clip_after  # type: ignore[method-assign]  # an instance attribute: only this trainer's facade is swapped
