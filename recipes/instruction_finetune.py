@@ -28,6 +28,7 @@ from typing import final
 from torch.nn import Module
 from typing_extensions import override
 
+from fairseq2.data.tokenizers import Tokenizer
 from fairseq2.datasets import DataPipelineReader, SequenceBatch, SyncMode
 from fairseq2.gang import Gangs
 from fairseq2.logging import log
@@ -298,7 +299,7 @@ class InstructionFinetuneRecipe(Recipe):
 class SftValidUnit(EvalUnit[SequenceBatch]):
     """NLL loss over the validation batches; then, with a task, the task's scores."""
 
-    def __init__(self, model: Module, tokenizer: object, gangs: Gangs, task_eval: EvalPrompts | None) -> None:
+    def __init__(self, model: Module, tokenizer: Tokenizer, gangs: Gangs, task_eval: EvalPrompts | None) -> None:
         # The model being trained without its data-parallel wrapper: fairseq2 has gathered its
         # parameters for validation, and a rank may run fewer forwards than another, so no
         # forward may wait on collectives.

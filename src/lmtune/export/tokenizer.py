@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
 from lmtune.export.hf_config import SpecialIds
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.catalog.stop_tokens import stop_token_ids
+
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer as Fairseq2Tokenizer
 
 # Copied from a Hugging Face tokenizer directory when present (tokenizer.json and
 # tokenizer_config.json are rewritten).
@@ -165,7 +169,7 @@ def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, ad
     return normalizers.Sequence(steps)
 
 
-def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -> None:
+def check_encodings(tokenizer: Fairseq2Tokenizer, out_dir: Path, source_dir: Path | None) -> None:
     """The exported tokenizer must encode the probes as lmtune does, plain and as prompts, and
     render the probe chat exactly as the source directory does."""
     from transformers import AutoTokenizer
@@ -175,8 +179,8 @@ def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -
 
     hf_logging.set_verbosity_error()  # the probes may be longer than a tiny model's model_max_length
     hf = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)  # lmtune's own export
-    raw = tokenizer.create_raw_encoder()  # type: ignore[attr-defined]
-    prompt = tokenizer.create_encoder(mode="prompt")  # type: ignore[attr-defined]
+    raw = tokenizer.create_raw_encoder()
+    prompt = tokenizer.create_encoder(mode="prompt")
     for text in PROBE_TEXTS:
         for lmtune_ids, hf_ids, how in (
             (raw(text).tolist(), hf(text, add_special_tokens=False)["input_ids"], "as plain text"),

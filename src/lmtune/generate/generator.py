@@ -31,6 +31,7 @@ from lmtune.catalog.stop_tokens import stop_token_ids
 from lmtune.options.generate import GeneratorOptions
 
 if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
     from fairseq2.generation import SequenceGenerator
     from fairseq2.models.clm import CausalLM
 
@@ -111,12 +112,12 @@ def _fold_stops_into_eos(eos_idx: int, extra: list[int]):
 class Generator:
     """One fairseq2 sequence generator, configured once and called per batch."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, options: GeneratorOptions, stop_ids: Sequence[int] | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, options: GeneratorOptions, stop_ids: Sequence[int] | None = None) -> None:
         from fairseq2.data.tokenizers import VocabularyInfo
         from fairseq2.generation.beam_search import BeamSearchSequenceGenerator
         from fairseq2.generation.sampling import SamplingSequenceGenerator, TopKSampler, TopPSampler
 
-        vocab = tokenizer.vocab_info  # type: ignore[attr-defined]
+        vocab = tokenizer.vocab_info
         self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
         if not self.stop_ids:
             raise ValueError("the tokenizer has no EOS token, so generation would never stop.")

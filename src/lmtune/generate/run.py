@@ -18,9 +18,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
 from lmtune.options.generate import GenerateOptions, check_options
+
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
 
 
 @dataclass(kw_only=True)
@@ -28,7 +32,7 @@ class Inputs:
     """Everything resolved and checked, before a model is loaded."""
 
     model: object  # ModelSpec
-    tokenizer: object  # the fairseq2 tokenizer
+    tokenizer: Tokenizer
     prompts: list[list[int]]
     prompt_texts: list[str]
     references: list[str | None]
@@ -125,7 +129,7 @@ def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], devic
     g = o.generator_config
     model = load_any_model(inputs.model, device=device, dtype=dtype, seed=o.seed)  # type: ignore[arg-type]
     generator = Generator(model, inputs.tokenizer, g)
-    decode = inputs.tokenizer.create_decoder()  # type: ignore[attr-defined]
+    decode = inputs.tokenizer.create_decoder()
     torch.manual_seed(o.seed + int(os.environ.get("RANK", "0")))
     batches = length_batches([len(inputs.prompts[i]) for i in indices], max_gen_len=g.max_gen_len, batch_size=o.batch_size, max_num_tokens=o.max_num_tokens, beam_size=g.beam_size)
     rows: dict[int, dict[str, object]] = {}

@@ -31,6 +31,8 @@ from lmtune.training.validation_plan import continues_after_early_stop, early_st
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
 
 if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
+
     from lmtune.data.encoded_cache import CachePlan
 
 
@@ -96,7 +98,7 @@ def resolve_inputs(o: FinetuneOptions) -> Inputs:
     return Inputs(model=model, tokenizer=tokenizer, train=data.train, valid=valid, task=task, labels=labels)
 
 
-def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: object) -> int:
+def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: Tokenizer) -> int:
     """Checks the tokenizer (``loaded``: the fairseq2 tokenizer) against the model's vocabulary;
     returns max_seq_len capped at the model's maximum."""
     from lmtune.models.fit import check_vocabulary, fitted_max_seq_len
@@ -119,7 +121,7 @@ def _cache_plans(out_dir: Path, o: FinetuneOptions, tokenizer: TokenizerSpec, fi
     return {path: plan_cache(encoded_cache_root(), path, tokenizer) for path in dict.fromkeys(files)}
 
 
-def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: TokenizerSpec) -> None:
+def _write_caches(caches: dict[Path, CachePlan], loaded: Tokenizer, tokenizer: TokenizerSpec) -> None:
     """Rank 0, before fairseq2 starts: the other ranks map the caches once they have all joined."""
     from lmtune.data.encoded_cache import ensure_cache
     from lmtune.data.encoding import ExampleEncoder

@@ -11,11 +11,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.training.valid_metrics import ValidMetric, choose_metric, valid_metrics
+
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
 
 
 @dataclass(kw_only=True)
@@ -29,7 +32,7 @@ class ValidationPlan:
     """early_stopping.metric, when set."""
 
 
-def plan_validation(o: FinetuneOptions, valid: Path | None, card_task: str | None, card_labels: list[str] | None, tokenizer: object, chat_dir: Path | None) -> ValidationPlan:
+def plan_validation(o: FinetuneOptions, valid: Path | None, card_task: str | None, card_labels: list[str] | None, tokenizer: Tokenizer, chat_dir: Path | None) -> ValidationPlan:
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
     from lmtune.score.tasks import check_references
