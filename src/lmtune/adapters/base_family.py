@@ -116,6 +116,6 @@ def register_lora_base_families(container: DependencyContainer) -> None:
     for family in LORA_FAMILIES:
 
         def create(resolver: DependencyResolver, family: str = family) -> ModelFamily:
-            return EmptyLoadModelFamily(resolver.resolve(ModelFamily, key=family))  # type: ignore[type-abstract]  # mypy #4717: an ABC as a key
+            return EmptyLoadModelFamily(resolver.resolve(ModelFamily, key=family))
 
-        container.register(ModelFamily, create, key=lora_base_family_key(family), singleton=True)  # type: ignore[type-abstract]
+        container.register(ModelFamily, create, key=lora_base_family_key(family), singleton=True)

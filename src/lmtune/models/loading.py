@@ -16,10 +16,16 @@ from lmtune.errors import UserError
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fairseq2.data.tokenizers import Tokenizer
+    from fairseq2.models import ModelFamily
     from fairseq2.models.llama import LLaMAConfig
+    from fairseq2.runtime.dependency import DependencyResolver
+    from fairseq2.utils.structured import ValueConverter
 
 
-def resolver():
+def resolver() -> DependencyResolver:
     """fairseq2's dependency resolver (initialising fairseq2 when nothing has), reading tensor
     files with lmtune.safe_load's loader: checkpoint files never run code."""
     from fairseq2.runtime.dependency import get_dependency_resolver
@@ -31,7 +37,7 @@ def resolver():
     return found
 
 
-def model_family(name: str):
+def model_family(name: str) -> ModelFamily:
     from fairseq2.models import ModelFamily
 
     family = resolver().maybe_resolve(ModelFamily, key=name)
@@ -44,6 +50,14 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+
+def _unstructured(converter: ValueConverter, config: object) -> dict[str, Any]:
+    """A config dataclass as the nested dicts fairseq2's converter makes of it."""
+    out = converter.unstructure(config)
+    assert isinstance(out, dict)
     return out
 
 
@@ -60,7 +74,7 @@ def model_config(spec: ModelSpec) -> object:
     if not spec.config:
         return config
     converter = resolver().resolve(ValueConverter)
-    merged = _deep_merge(converter.unstructure(config), spec.config)
+    merged = _deep_merge(_unstructured(converter, config), spec.config)
     try:
         return converter.structure(merged, family.config_kls)
     except Exception as ex:
@@ -90,7 +104,7 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
     return model
 
 
-def iter_model_tensors(spec: ModelSpec):
+def iter_model_tensors(spec: ModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
     """(fairseq2 key, tensor) for each tensor of ``spec``'s weights, one at a time, read by
     fairseq2's checkpoint loader (memory-mapped, converted to fairseq2's keys)."""
     from fairseq2.device import CPU
@@ -106,7 +120,7 @@ def iter_model_tensors(spec: ModelSpec):
         raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
 
 
-def load_tokenizer(spec: TokenizerSpec):
+def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     from fairseq2.data.tokenizers import TokenizerFamily
     from fairseq2.gang import create_fake_gangs
     from fairseq2.device import CPU
@@ -116,5 +130,5 @@ def load_tokenizer(spec: TokenizerSpec):
     if family is None:
         raise UserError(f"tokenizer_family '{spec.family}' is not known to fairseq2.")
     converter = resolver().resolve(ValueConverter)
-    config = converter.structure(_deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)
+    config = converter.structure(_deep_merge(_unstructured(converter, family.config_kls()), spec.config), family.config_kls)
     return family.load_custom_tokenizer(spec.path, config, create_fake_gangs(CPU))
