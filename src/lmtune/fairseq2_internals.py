@@ -17,6 +17,7 @@ from lmtune.errors import UserError
 
 if TYPE_CHECKING:
     from fairseq2.trainer import Trainer
+    from torch import Tensor
 
 WRITTEN_FOR = "0.8.1"
 """The fairseq2 version whose internals this module was written against (and tested with)."""
@@ -49,7 +50,7 @@ def call_before_grad_clip(trainer: Trainer, before: Callable[[], None]) -> None:
     facade = trainer._model_dp_facade  # noqa: SLF001
     clip = facade.clip_grad_norm
 
-    def clip_after(max_norm: float | None):
+    def clip_after(max_norm: float | None) -> Tensor:
         before()
         return clip(max_norm)
 

@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lmtune.errors import UserError
 
@@ -200,7 +201,7 @@ def _jsonl_text(line: bytes, path: Path, offset: int, on_skip: OnSkip) -> str | 
     return record["text"]
 
 
-def _previous_line_blank(f, line_start: int) -> bool:
+def _previous_line_blank(f: BinaryIO, line_start: int) -> bool:
     """Whether the line ending just before ``line_start`` is blank (scans back to its first non-blank byte)."""
     at = line_start - 1  # the previous line's "\n"
     while at > 0:
@@ -216,7 +217,7 @@ def _previous_line_blank(f, line_start: int) -> bool:
     return True
 
 
-def _first_document(f, piece: Piece) -> int:
+def _first_document(f: BinaryIO, piece: Piece) -> int:
     """The offset from which the piece's own documents are read: past a document begun before it."""
     if piece.start == 0:
         return 0

@@ -24,7 +24,9 @@ from lmtune.errors import UserError
 from lmtune.options.generate import GenerateOptions, check_options
 
 if TYPE_CHECKING:
+    import torch
     from fairseq2.data.tokenizers import Tokenizer
+    from fairseq2.gang import Gang
 
 
 @dataclass(kw_only=True)
@@ -92,7 +94,7 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     return Inputs(model=model, tokenizer=tokenizer, prompts=prompts, prompt_texts=texts, references=references, answers=answers, task=task, labels=labels)
 
 
-def _device_and_dtype(o: GenerateOptions):
+def _device_and_dtype(o: GenerateOptions) -> tuple[torch.device, torch.dtype]:
     import torch
     from fairseq2.device import detect_default_device
 
@@ -107,7 +109,7 @@ def _device_and_dtype(o: GenerateOptions):
     return device, torch_dtype(compute_dtype(o.dtype, device.type, warn=is_main_process()))
 
 
-def _root_gang(device):
+def _root_gang(device: torch.device) -> Gang | None:
     """fairseq2's process-group gang under torchrun; None for a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
@@ -120,7 +122,7 @@ def _root_gang(device):
     return ProcessGroupGang.create_default_process_group(device)
 
 
-def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device, dtype, main: bool) -> dict[int, dict[str, object]]:
+def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device: torch.device, dtype: torch.dtype, main: bool) -> dict[int, dict[str, object]]:
     import torch
 
     from lmtune.generate.generator import Generator, length_batches
