@@ -179,7 +179,7 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
     if o.model is None and o.checkpoint_dir is not None:
         o.model = "last_checkpoint"
     check_options(o)
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]  # srun's variables -> torchrun's
+    prepare_distributed_env(os.environ)  # srun's variables -> torchrun's
     inputs = resolve_inputs(o)  # every rank checks the same inputs, so all fail alike
     main = is_main_process()
     if main:

@@ -139,7 +139,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     """``console``: what the run shows (default: the compact console of ``lmtune.training.console``)."""
     console = console or RunConsole()
     _check_numbers(o)
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    prepare_distributed_env(os.environ)
     inputs = resolve_inputs(o)
     model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
     from lmtune.adapters.plan import plan_lora

@@ -183,7 +183,7 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
     """``console``: what the run shows (default: ``PretrainConsole``, the compact console of ``lmtune.training.console``)."""
     console = console or PretrainConsole()
     _check_numbers(o)
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    prepare_distributed_env(os.environ)
     if o.dataset is None:
         raise UserError("config key 'dataset' is not set; give a .txt or .jsonl file, a directory of them, a glob or a list (e.g. dataset=corpus/).")
     model, tokenizer = resolve_model_and_tokenizer(o)
