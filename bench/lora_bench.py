@@ -166,7 +166,7 @@ def write_data(path: Path, count: int, response_share: float) -> tuple[list[list
 
     def record(drawn: list[str]) -> Record:
         split = len(drawn) - round(len(drawn) * response_share)
-        return Record(Path("bench"), 0, src=" ".join(drawn[:split]), tgt=" " + " ".join(drawn[split:]) if response_share > 0 else " #### 42")
+        return Record(file=Path("bench"), line=0, src=" ".join(drawn[:split]), tgt=" " + " ".join(drawn[split:]) if response_share > 0 else " #### 42")
 
     records, rows, masks = [], [], []
     while len(records) < count:

@@ -170,7 +170,7 @@ def encode(records: list[dict[str, str]], data_file: Path, tokenizer) -> list[tu
     encoder = ExampleEncoder(tokenizer, None)
     out = []
     for i, r in enumerate(records, start=1):
-        example = encoder.encode(Record(data_file, i, src=r["src"], tgt=r["tgt"]))
+        example = encoder.encode(Record(file=data_file, line=i, src=r["src"], tgt=r["tgt"]))
         out.append((example.tokens, example.target_mask))
     return out
 

@@ -50,7 +50,7 @@ def skewed_examples(n: int, seed: int, max_seq_len: int):  # type: ignore[no-unt
     for _ in range(n):
         prompt, response = skewed_lengths(rng, max_seq_len)
         tokens = [0] + [rng.randint(6, 470) for _ in range(prompt + response)] + [1]
-        examples.append(Example(tokens, [False] * (prompt + 1) + [True] * (response + 1)))
+        examples.append(Example(tokens=tokens, target_mask=[False] * (prompt + 1) + [True] * (response + 1)))
     return examples
 
 

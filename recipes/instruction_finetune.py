@@ -28,6 +28,7 @@ from typing import final
 from torch.nn import Module
 from typing_extensions import override
 
+from fairseq2.data.tokenizers import Tokenizer
 from fairseq2.datasets import DataPipelineReader, SequenceBatch, SyncMode
 from fairseq2.gang import Gangs
 from fairseq2.logging import log
@@ -253,12 +254,12 @@ class InstructionFinetuneRecipe(Recipe):
         valid_units, valid_readers = [], []
         if data.valid_file is not None:
             task_eval = None
-            if config.eval.task is not None:
-                e = config.eval
+            e = config.eval
+            if e.task is not None:
                 records = read_records(data.valid_file)[: e.max_examples]
                 task_eval = EvalPrompts(
-                    [encoder.encode_prompt(r) for r in records], [encoder.reference(r) or "" for r in records],
-                    e.task, e.labels, e.max_gen_len, data.max_num_tokens,
+                    prompts=[encoder.encode_prompt(r) for r in records], references=[encoder.reference(r) or "" for r in records],
+                    task=e.task, labels=e.labels, max_gen_len=e.max_gen_len, max_num_tokens=data.max_num_tokens,
                 )  # fmt: skip
             valid_units.append(SftValidUnit(context.get_model(), tokenizer, gangs, task_eval))
             valid_readers.append(reader(data.valid_file, data.valid_encoded, False))
@@ -298,7 +299,7 @@ class InstructionFinetuneRecipe(Recipe):
 class SftValidUnit(EvalUnit[SequenceBatch]):
     """NLL loss over the validation batches; then, with a task, the task's scores."""
 
-    def __init__(self, model: Module, tokenizer: object, gangs: Gangs, task_eval: EvalPrompts | None) -> None:
+    def __init__(self, model: Module, tokenizer: Tokenizer, gangs: Gangs, task_eval: EvalPrompts | None) -> None:
         # The model being trained without its data-parallel wrapper: fairseq2 has gathered its
         # parameters for validation, and a rank may run fewer forwards than another, so no
         # forward may wait on collectives.

@@ -117,7 +117,7 @@ class PretrainRecipe(Recipe):
         logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
         def share(paths: list[Path]) -> list[Piece]:  # this rank's, as lmtune.runs.pretrain checked them
-            files = [CorpusFile(p, p.stat().st_size) for p in paths]
+            files = [CorpusFile(path=p, size=p.stat().st_size) for p in paths]
             return shares(files, gangs.dp.size)[gangs.dp.rank]
 
         def reader(paths: list[Path], *, valid: bool) -> TextStreamReader:
@@ -167,7 +167,9 @@ class PretrainValidUnit(EvalUnit[SequenceBatch]):
     def process_metric_values(self, values: MutableMapping[str, object]) -> None:
         loss = values.get("nll_loss")
         if loss is not None:
-            values["perplexity"] = math.exp(min(float(loss.item() if hasattr(loss, "item") else loss), 700.0))  # type: ignore[arg-type, union-attr]
+            nll = loss.item() if hasattr(loss, "item") else loss  # a number or a 0-d tensor
+            assert isinstance(nll, (int, float)), f"nll_loss {loss!r} is not a number"
+            values["perplexity"] = math.exp(min(float(nll), 700.0))
 
     @property
     @override

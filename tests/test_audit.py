@@ -89,7 +89,7 @@ def test_row_fill_by_hand() -> None:
 def _examples(lengths: list[int]):  # type: ignore[no-untyped-def]
     from lmtune.data.encoding import Example
 
-    return [Example(list(range(n)), [False] + [True] * (n - 1)) for n in lengths]
+    return [Example(tokens=list(range(n)), target_mask=[False] + [True] * (n - 1)) for n in lengths]
 
 
 def _pipeline_seq_lens(lengths: list[int], **kw: object) -> list[list[int]]:

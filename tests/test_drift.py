@@ -182,7 +182,7 @@ def test_more_examples_than_the_split_has_uses_all_with_one_line(capsys: pytest.
     from lmtune.data.encoded_examples import EncodedExamples
     from lmtune.training.representations import choose_examples
 
-    examples = EncodedExamples.from_examples([Example([1, 2, 3], [False, True, True]), Example([1] * 9, [True] * 9), Example([4, 5], [False, True])])
+    examples = EncodedExamples.from_examples([Example(tokens=[1, 2, 3], target_mask=[False, True, True]), Example(tokens=[1] * 9, target_mask=[True] * 9), Example(tokens=[4, 5], target_mask=[False, True])])
     assert choose_examples(examples, 8, 2, "valid.jsonl").tolist() == [0, 2]  # the first kept ones (the 9-token one is too long)
     assert capsys.readouterr().err == ""
     assert choose_examples(examples, 8, 5, "valid.jsonl").tolist() == [0, 2]

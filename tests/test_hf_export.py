@@ -226,7 +226,7 @@ def test_exported_chat_template_renders_as_lmtune(exported) -> None:  # type: ig
     got = hf.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
     got = got["input_ids"] if isinstance(got, dict) else list(got)
     if tok.hf_dir is not None:  # lmtune's chat encoding: the tokenizer directory's own template
-        want = ExampleEncoder(ours, tok.hf_dir).encode_prompt(Record(Path("chat.jsonl"), 1, messages=CHAT))
+        want = ExampleEncoder(ours, tok.hf_dir).encode_prompt(Record(file=Path("chat.jsonl"), line=1, messages=CHAT))
         assert got == want
     elif tok.config.get("impl") == "tiktoken":  # an Instruct tiktoken model gets Llama 3's layout
         text = "<|begin_of_text|>" + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in CHAT)

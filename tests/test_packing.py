@@ -118,7 +118,7 @@ def test_packed_pipeline_keeps_its_batches_and_reorders_them_each_epoch() -> Non
 
     rng = random.Random(4)
     lengths = [rng.randint(3, 60) for _ in range(300)]
-    examples = [Example([rng.randint(6, 400) for _ in range(n)], [True] * n) for n in lengths]
+    examples = [Example(tokens=[rng.randint(6, 400) for _ in range(n)], target_mask=[True] * n) for n in lengths]
 
     def epoch(pipeline) -> list[tuple[int, ...]]:  # type: ignore[no-untyped-def]
         return [tuple(b.seqs.tolist()) for b in pipeline]

@@ -22,7 +22,7 @@ def _pairs(rng: random.Random, lengths: list[tuple[int, int, int]]) -> EncodedPa
     for p, c, r in lengths:
         prompt = [0] + [rng.randint(6, 250) for _ in range(p - 1)]
         for n in (c, r):
-            examples.append(Example(prompt + [rng.randint(6, 250) for _ in range(n)], [False] * p + [True] * n))
+            examples.append(Example(tokens=prompt + [rng.randint(6, 250) for _ in range(n)], target_mask=[False] * p + [True] * n))
     n = len(lengths)
     return EncodedPairs(file=Path("pairs.jsonl"), examples=EncodedExamples.from_examples(examples), lines=np.arange(1, n + 1), reference_scores=np.full((n, 2), np.nan))
 

@@ -52,10 +52,10 @@ def _docs(pieces: list[Piece]) -> list[str]:
 def test_documents_are_paragraphs_of_text_and_lines_of_jsonl(tmp_path: Path) -> None:
     txt = tmp_path / "a.txt"
     txt.write_bytes("\ufeffOne line 1\r\nline 2\r\n\r\n  \n\nTwo\n \t \nThree\n  indented\n\n\nno newline at the end".encode())
-    assert _docs([Piece(txt, TEXT, 0, txt.stat().st_size)]) == ["One line 1\nline 2", "Two", "Three\n  indented", "no newline at the end"]
+    assert _docs([Piece(path=txt, format=TEXT, start=0, end=txt.stat().st_size)]) == ["One line 1\nline 2", "Two", "Three\n  indented", "no newline at the end"]
     jsonl = tmp_path / "b.jsonl"
     jsonl.write_text('{"text": "one"}\n\n{"text": ""}\n{"text": "two\\nlines", "meta": 3}\r\n{"text": "  "}\n{"text": "three"}')
-    assert _docs([Piece(jsonl, JSONL, 0, jsonl.stat().st_size)]) == ["one", "two\nlines", "three"]
+    assert _docs([Piece(path=jsonl, format=JSONL, start=0, end=jsonl.stat().st_size)]) == ["one", "two\nlines", "three"]
 
 
 @pytest.mark.parametrize("fmt", [TEXT, JSONL])
@@ -68,11 +68,11 @@ def test_every_way_to_cut_a_file_reads_each_document_exactly_once(tmp_path: Path
         data = b'{"text": "a"}\n\n{"text": "b\\u00e9"}\r\n{"bad json\n{"text": "c"}\n\xff\n{"text": "d"}'
     path.write_bytes(data)
     size = len(data)
-    whole = _docs([Piece(path, fmt, 0, size)])
+    whole = _docs([Piece(path=path, format=fmt, start=0, end=size)])
     assert len(whole) == 4, whole
     for a in range(size + 1):
         for b in range(a, size + 1):
-            pieces = [Piece(path, fmt, lo, hi) for lo, hi in ((0, a), (a, b), (b, size)) if lo < hi]
+            pieces = [Piece(path=path, format=fmt, start=lo, end=hi) for lo, hi in ((0, a), (a, b), (b, size)) if lo < hi]
             got = [d for p in pieces for d in _docs([p])]
             assert got == whole, (a, b, got)
 
@@ -81,7 +81,7 @@ def test_shares_are_whole_files_or_byte_ranges_covering_the_corpus(tmp_path: Pat
     files = []
     for i, size in enumerate([50, 10, 40, 30, 20]):
         (tmp_path / f"f{i}.txt").write_text("x" * size)
-        files.append(CorpusFile(tmp_path / f"f{i}.txt", size))
+        files.append(CorpusFile(path=tmp_path / f"f{i}.txt", size=size))
     by_files = shares(files, 2)
     names = [[p.path.name for p in s] for s in by_files]
     assert sorted(sum(names, [])) == [f"f{i}.txt" for i in range(5)]  # every file once
@@ -98,7 +98,7 @@ def test_every_rank_must_get_a_document_to_train_on(tmp_path: Path) -> None:
 
     path = tmp_path / "one.txt"
     path.write_text("a single paragraph\nof two lines\n")
-    files = [CorpusFile(path, path.stat().st_size)]
+    files = [CorpusFile(path=path, size=path.stat().st_size)]
     assert check_corpus(files, 1, skip_invalid=False, what="dataset").documents == [1]
     with pytest.raises(UserError, match="rank 1 of 2 would read no document"):
         check_corpus(files, 2, skip_invalid=False, what="dataset")
@@ -132,7 +132,7 @@ def _read_all(reader) -> list:  # type: ignore[no-untyped-def]
 def test_reader_streams_the_corpus_as_rows_of_documents_joined_with_eos(tmp_path: Path) -> None:
     paths = write_corpus(tmp_path)
     tok = _tokenizer()
-    pieces = [Piece(paths["a"], TEXT, 0, paths["a"].stat().st_size), Piece(paths["b"], JSONL, 0, paths["b"].stat().st_size)]
+    pieces = [Piece(path=paths["a"], format=TEXT, start=0, end=paths["a"].stat().st_size), Piece(path=paths["b"], format=JSONL, start=0, end=paths["b"].stat().st_size)]
     eos = tok.vocab_info.eos_idx
     encode = tok.create_raw_encoder()
     expected = torch.cat([torch.cat([encode(d), torch.tensor([eos])]) for d in _docs(pieces)])
@@ -153,7 +153,7 @@ def test_reader_streams_the_corpus_as_rows_of_documents_joined_with_eos(tmp_path
 def test_reader_resumes_bit_for_bit_from_its_state(tmp_path: Path) -> None:
     paths = write_corpus(tmp_path)
     tok = _tokenizer()
-    pieces = [Piece(paths["a"], TEXT, 0, paths["a"].stat().st_size), Piece(paths["b"], JSONL, 0, paths["b"].stat().st_size)]
+    pieces = [Piece(path=paths["a"], format=TEXT, start=0, end=paths["a"].stat().st_size), Piece(path=paths["b"], format=JSONL, start=0, end=paths["b"].stat().st_size)]
     reference = _read_all(_reader(pieces, tok, max_seq_len=48, rows=2, num_accumulate=2))
     assert len(reference) > 20
     mid_document = 0
@@ -184,10 +184,10 @@ def test_reader_names_the_file_and_line_of_text_that_turned_invalid(tmp_path: Pa
 
     path = tmp_path / "a.txt"
     path.write_bytes(b"fine text\n\nmore\n\n" * 50 + b"bro\xc3\x28ken\n")
-    reader = _reader([Piece(path, TEXT, 0, path.stat().st_size)], _tokenizer(), max_seq_len=16, rows=2)
+    reader = _reader([Piece(path=path, format=TEXT, start=0, end=path.stat().st_size)], _tokenizer(), max_seq_len=16, rows=2)
     with pytest.raises(CorpusError, match=f"^{path}:201: invalid UTF-8 \\(byte 0xc3 at column 4\\)"):
         _read_all(reader)
-    skipping = _reader([Piece(path, TEXT, 0, path.stat().st_size)], _tokenizer(), max_seq_len=16, rows=2, skip_invalid=True)
+    skipping = _reader([Piece(path=path, format=TEXT, start=0, end=path.stat().st_size)], _tokenizer(), max_seq_len=16, rows=2, skip_invalid=True)
     assert _read_all(skipping)
 
 
@@ -222,7 +222,7 @@ def test_packed_rows_score_each_document_piece_on_its_own(tmp_path: Path) -> Non
 
     paths = write_corpus(tmp_path)
     tok = _tokenizer()
-    batch = next(_reader([Piece(paths["valid"], TEXT, 0, paths["valid"].stat().st_size)], tok, max_seq_len=40, rows=3))[0]
+    batch = next(_reader([Piece(path=paths["valid"], format=TEXT, start=0, end=paths["valid"].stat().st_size)], tok, max_seq_len=40, rows=3))[0]
     assert len(batch.seq_lens) > 4
     before = get_default_sdpa_factory()
     set_default_sdpa_factory(DocumentSDPA)  # what the recipe sets with fairseq2's default attention

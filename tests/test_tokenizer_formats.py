@@ -188,7 +188,7 @@ def test_llama3_hf_directories_match_transformers_and_tiktoken(files: Files, iso
             assert ids == tiktoken_ref.encode(text), text  # the same BPE through both libraries
             assert lm.prompt(text) == ref(text)["input_ids"] == [ref.bos_token_id] + ids, text
             assert lm.response(text) == ids + [ref.eos_token_id], text
-        chat = Record(Path("chat.jsonl"), 1, messages=CHAT)
+        chat = Record(file=Path("chat.jsonl"), line=1, messages=CHAT)
         expected = ref.apply_chat_template(CHAT, add_generation_prompt=True)
         assert ExampleEncoder(lm.tokenizer, spec.hf_dir).encode_prompt(chat) == expected
         assert expected.count(tiktoken_ref.encode_single_token("<|eot_id|>")) == 3
@@ -214,7 +214,7 @@ def test_qwen_hf_directories_match_transformers(files: Files, isolated_user_card
             assert lm.prompt(text) == ids, text
             assert lm.response(text) == ids + [ref.eos_token_id], text
         assert ref("cafe\u0301")["input_ids"] == ref("caf\u00e9")["input_ids"]  # NFC
-        chat = Record(Path("chat.jsonl"), 1, messages=CHAT)
+        chat = Record(file=Path("chat.jsonl"), line=1, messages=CHAT)
         expected = ref.apply_chat_template(CHAT, add_generation_prompt=True)
         assert ExampleEncoder(lm.tokenizer, spec.hf_dir).encode_prompt(chat) == expected
         assert expected.count(n + 1) == 5  # one <|im_start|> each: system, 3 turns, generation prompt

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 
 from lmtune.errors import RunFailed, Stopped, UserError, explain_checkpoint_error, explain_checkpoint_mismatch
 
@@ -40,7 +41,7 @@ COMMANDS = {
 }
 
 
-def _command_module(verb: str):  # type: ignore[no-untyped-def]
+def _command_module(verb: str) -> ModuleType:
     return importlib.import_module(f"lmtune.commands.{COMMANDS[verb]}")
 
 

@@ -16,6 +16,10 @@ from typing import Any
 
 from lmtune.errors import UserError
 
+if TYPE_CHECKING:
+    from fairseq2.trainer import Trainer
+    from torch import Tensor
+
 WRITTEN_FOR = "0.8.1"
 """The fairseq2 version whose internals this module was written against (and tested with)."""
 
@@ -96,10 +100,10 @@ def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:
     count, unscaled) and before fairseq2 0.8.1's trainer clips them and the optimizer zeroes them:
     its ``_do_run_step`` computes ``grad_norm`` through ``self._model_dp_facade.clip_grad_norm``."""
     check_version()
-    facade = trainer._model_dp_facade  # type: ignore[attr-defined]  # noqa: SLF001
+    facade = trainer._model_dp_facade  # noqa: SLF001
     clip = facade.clip_grad_norm
 
-    def clip_after(max_norm: float | None):  # type: ignore[no-untyped-def]
+    def clip_after(max_norm: float | None) -> Tensor:
         before()
         return clip(max_norm)
 

@@ -11,7 +11,7 @@ not to detect the cluster again. torchrun's variables win when both are present
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 from lmtune.errors import UserError
 
@@ -97,7 +97,7 @@ def torch_env_from_slurm(env: Mapping[str, str]) -> dict[str, str] | None:
     }
 
 
-def prepare_distributed_env(environ: dict[str, str]) -> str:
+def prepare_distributed_env(environ: MutableMapping[str, str]) -> str:
     """Sets torch.distributed's variables in ``environ``; returns the launcher's name."""
     slurm = torch_env_from_slurm(environ)
     if slurm is not None:

@@ -119,9 +119,9 @@ def safe_tensor_file_loader(file_system: Any) -> Any:
             options = options or TensorFileLoadOptions()
             try:
                 if options.mmap and file_system.is_local_path(file):
-                    return load_torch_file(file, map_location=options.map_location, mmap=True)  # type: ignore[no-any-return]
+                    return load_torch_file(file, map_location=options.map_location, mmap=True)
                 stream = io.BytesIO(file_system.cat(file))
-                return load_torch_file(stream, map_location=options.map_location, name=file)  # type: ignore[no-any-return]
+                return load_torch_file(stream, map_location=options.map_location, name=file)
             except (RuntimeError, PickleError, EOFError) as ex:
                 raise CorruptFileError(file) from ex
 

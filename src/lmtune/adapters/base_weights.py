@@ -15,6 +15,7 @@ import ctypes
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,7 +65,8 @@ def load_base_weights(model: Module, spec: ModelSpec, tensors: Iterable[tuple[st
         else:
             value = Parameter(value, requires_grad=False) if attr in module._parameters else value
             for m, a in target:
-                (m._parameters if a in m._parameters else m._buffers)[a] = value
+                slots: dict[str, Any] = m._parameters if a in m._parameters else m._buffers
+                slots[a] = value
         del value
         loaded.add(tensor_of[key])
         since_drop += tensor.numel() * tensor.element_size()

@@ -36,7 +36,7 @@ ALIASES = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Card:
     name: str
     fields: dict[str, object]
@@ -96,13 +96,13 @@ def read_card_file(path: Path) -> list[tuple[str, dict[str, object]]]:
         raise UserError(f"{path}{line}: YAML syntax error: {ex.problem or ex.context}.") from None
     except OSError as ex:
         raise UserError(f"{path}: cannot read card file ({ex.strerror}).") from None
-    out = []
+    out: list[tuple[str, dict[str, object]]] = []
     for i, doc in enumerate(docs, start=1):
         if doc is None:
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"].strip():
             raise UserError(f"{path}: document {i} is not a card; every card is a mapping with a 'name:' string.")
-        fields = {ALIASES.get(k, k): v for k, v in doc.items() if k != "name"}
+        fields: dict[str, object] = {(ALIASES.get(k) or k): v for k, v in doc.items() if k != "name"}
         for key in PATH_KEYS:
             value = fields.get(key)
             if isinstance(value, str):
@@ -198,4 +198,4 @@ class CardStore:
             merged.pop("base", None)
             merged["base"] = base
             fields = merged
-        return Card(name, fields, path, files)
+        return Card(name=name, fields=fields, file=path, override_files=files)

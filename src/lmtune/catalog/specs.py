@@ -225,6 +225,11 @@ def _card_checkpoint(card: Card) -> Path | None:
     return path
 
 
+def _mapping(value: object) -> dict[str, object]:
+    """A card's config mapping (``model_config``, ``tokenizer_config``); empty when absent."""
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] | None, key: str) -> ModelSpec:
     """The model of a training run's checkpoint ``step`` (None: the last one; "best": the best scored)."""
     if not is_checkpoint_dir(checkpoint_dir):
@@ -245,11 +250,11 @@ def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] 
     meta, t = read_cards(checkpoint_dir)
     tokenizer = None
     if t is not None:
-        tokenizer = TokenizerSpec(name=str(t["name"]), family=str(t["tokenizer_family"]), path=Path(str(t["tokenizer"])), config=dict(t.get("tokenizer_config") or {}))  # type: ignore[call-overload]
+        tokenizer = TokenizerSpec(name=str(t["name"]), family=str(t["tokenizer_family"]), path=Path(str(t["tokenizer"])), config=_mapping(t.get("tokenizer_config")))
     lora_card = read_lora_card(checkpoint_dir)
     lora = LoraSpec.from_card(lora_card, str(checkpoint_dir)) if lora_card is not None else None
     return ModelSpec(
-        name=name, family=str(meta["model_family"]), arch=None, config=dict(meta.get("model_config") or {}), checkpoint=step_model_dir(checkpoint_dir, step),
+        name=name, family=str(meta["model_family"]), arch=None, config=_mapping(meta.get("model_config")), checkpoint=step_model_dir(checkpoint_dir, step),
         source=str(checkpoint_dir), tokenizer=tokenizer, step=step, run_checkpoints=checkpoint_dir, lora=lora,
     )  # fmt: skip
 

@@ -5,15 +5,20 @@ generation_config.json, so transformers and vLLM stop where lmtune does."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
+
 STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "<|im_end|>", "<|endoftext|>", "</s>")
 
 
-def stop_token_ids(tokenizer: object) -> list[int]:
+def stop_token_ids(tokenizer: Tokenizer) -> list[int]:
     """The ids of a fairseq2 tokenizer's stop tokens, EOS first."""
-    eos = tokenizer.vocab_info.eos_idx  # type: ignore[attr-defined]
+    eos = tokenizer.vocab_info.eos_idx
     ids = [] if eos is None else [int(eos)]
-    encode = tokenizer.create_raw_encoder()  # type: ignore[attr-defined]
-    decode = tokenizer.create_decoder()  # type: ignore[attr-defined]
+    encode = tokenizer.create_raw_encoder()
+    decode = tokenizer.create_decoder()
     for name in STOP_TOKENS:
         try:
             t = encode(name)

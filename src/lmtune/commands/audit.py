@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
+
+if TYPE_CHECKING:
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import ModelSpec
 
 FINETUNE_DEFAULTS = FinetuneOptions()
 BATCH_SIZE = 8  # a typical per-device batch for the padded fixed-size comparison
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
     print(format_report(result, title), end="")
 
 
-def model_card(store, name: str):  # type: ignore[no-untyped-def]
+def model_card(store: CardStore, name: str) -> ModelSpec:
     """A ModelSpec without checking for weights, which counting tokens does not need."""
     from lmtune.catalog.specs import model_from_card
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 from lmtune.errors import UserError
+
+T = TypeVar("T")
 
 OUT_USAGE = "%(prog)s OUT [--config-file F] [--config KEY=VALUE ...] [--dump-config]"
 
@@ -44,7 +47,7 @@ def take_output_dir(args: argparse.Namespace) -> None:
         raise UserError("OUT is missing: " + OUT_USAGE % {"prog": f"lmtune {args.command}"})
 
 
-def load_options(cls: type, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def load_options(cls: type[T], args: argparse.Namespace) -> T | None:
     """The command's options from --config-file and --config; None after printing them for --dump-config."""
     from lmtune.options.load import dump_yaml, load_config
     from lmtune.options.presets import resolve_config_file

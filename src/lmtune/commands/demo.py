@@ -185,14 +185,14 @@ def _accuracy(gen_dir: Path) -> float | None:
     return float(json.loads(path.read_text())["accuracy"]) if path.is_file() else None
 
 
-def _compare_with_transformers(hf_dir: Path, rows: list[dict]) -> int:  # type: ignore[type-arg]
+def _compare_with_transformers(hf_dir: Path, rows: list[dict]) -> int:
     """Greedy completions by transformers on the export against lmtune's; returns the number that differ."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where lmtune generated
     tok = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False).to(device).eval()  # type: ignore[arg-type]  # transformers types the wrapped to() unbound
     mismatches = 0
     for row in rows:
         enc = tok(row["prompt"], return_tensors="pt")  # the tokenizer adds BOS, as lmtune's prompt encoder does

@@ -35,7 +35,7 @@ def percentile(sorted_values: Sequence[int], p: float) -> int:
     return sorted_values[rank - 1]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LengthStats:
     count: int
     mean: float
@@ -45,7 +45,7 @@ class LengthStats:
 
 def length_stats(lengths: Sequence[int]) -> LengthStats:
     s = sorted(lengths)
-    return LengthStats(len(s), sum(s) / len(s), {p: percentile(s, p) for p in PERCENTILES}, s[-1])
+    return LengthStats(count=len(s), mean=sum(s) / len(s), percentiles={p: percentile(s, p) for p in PERCENTILES}, max=s[-1])
 
 
 def suggest_max_seq_len(lengths: Sequence[int], model_max: int | None, coverage: float = COVERAGE, multiple: int = MULTIPLE) -> tuple[int, int]:
@@ -107,7 +107,7 @@ def padded_positions(batches: Sequence[Sequence[int]]) -> int:
     return sum(len(b) * max(b) for b in batches if b)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Strategy:
     name: str
     batches: int  # batches per epoch (rows, for packing)
@@ -120,7 +120,7 @@ class Strategy:
 
 
 def padded_strategy(name: str, batches: Sequence[Sequence[int]]) -> Strategy:
-    return Strategy(name, len(batches), sum(sum(b) for b in batches), padded_positions(batches))
+    return Strategy(name=name, batches=len(batches), tokens=sum(sum(b) for b in batches), positions=padded_positions(batches))
 
 
 def row_fill(rows: Sequence[Sequence[int]], lengths: Sequence[int], capacity: int) -> float:
@@ -140,7 +140,7 @@ def training_order(n: int, seed: int) -> list[int]:
 # ------------------------------------------------------------------ report
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Audit:
     lengths: list[int]  # tokens per example, as instruction_finetune encodes them
     targets: list[int]  # response (loss-carrying) tokens per example
@@ -171,7 +171,7 @@ def audit(lengths: Sequence[int], targets: Sequence[int], *, max_seq_len: int, m
         strategies.append(padded_strategy(f"length batching, <= {max_num_tokens} tokens", length_batches(ordered, sizes)))
         rows = pack_examples(kept, max_seq_len, shuffle_seed)
         total = sum(kept)
-        strategies.append(Strategy(f"packing, rows of {max_seq_len}", len(rows), total, total))  # variable-length attention: no padding
+        strategies.append(Strategy(name=f"packing, rows of {max_seq_len}", batches=len(rows), tokens=total, positions=total))  # variable-length attention: no padding
         fill = row_fill(rows, kept, max_seq_len)
     return Audit(
         lengths=list(lengths),
@@ -208,8 +208,8 @@ def format_report(a: Audit, title: str) -> str:
         label = "batching (one epoch, one rank)"
         width = max(len(label), *(len(s.name) for s in a.strategies))
         lines.append(f"{label:{width}}  {'batches':>9}  {'positions':>10}  {'padding':>8}")
-        for s in a.strategies[:-1]:
-            lines.append(f"{s.name:{width}}  {s.batches:>9}  {s.positions:>10}  {s.padding:>8.1%}")
+        for strategy in a.strategies[:-1]:
+            lines.append(f"{strategy.name:{width}}  {strategy.batches:>9}  {strategy.positions:>10}  {strategy.padding:>8.1%}")
         p = a.strategies[-1]
         lines.append(f"{p.name:{width}}  {str(p.batches) + ' rows':>9}  {p.positions:>10}  {p.padding:>8.1%}  rows {a.fill:.1%} full")
     lines.append("")

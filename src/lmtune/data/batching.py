@@ -13,6 +13,7 @@ arrays (``lmtune.data.encoded_examples``) only when its batch is collated.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from lmtune.data.encoded_examples import EncodedExamples
 from lmtune.data.encoding import Example
 from lmtune.errors import UserError
 from lmtune.data.packing import collate_packed, group_rows, pack_examples
+
+if TYPE_CHECKING:
+    from fairseq2.datasets import SequenceBatch
 
 
 def bucket_sizes(max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]:
@@ -35,17 +39,17 @@ def bucket_sizes(max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]
     return sizes
 
 
-def collate_padded(items: list[dict[str, object]], pad_idx: int):  # type: ignore[no-untyped-def]
+def collate_padded(items: list[dict[str, torch.Tensor]], pad_idx: int) -> SequenceBatch:
     from fairseq2.datasets import SequenceBatch
 
-    seq_lens = [len(x["tokens"]) for x in items]  # type: ignore[arg-type]
+    seq_lens = [len(x["tokens"]) for x in items]
     width = max(seq_lens)
     seqs = torch.full((len(items), width), pad_idx, dtype=torch.int64)
     mask = torch.zeros((len(items), width), dtype=torch.bool)
     for i, x in enumerate(items):
         n = seq_lens[i]
-        seqs[i, :n] = x["tokens"]  # type: ignore[index]
-        mask[i, :n] = x["target_mask"]  # type: ignore[index]
+        seqs[i, :n] = x["tokens"]
+        mask[i, :n] = x["target_mask"]
     return SequenceBatch(seqs, seq_lens, target_mask=mask)
 
 
@@ -61,7 +65,7 @@ def build_pipeline(
     pad_idx: int,
     shuffle_seed: int | None,
     packing: bool = False,
-):  # type: ignore[no-untyped-def]
+):
     """Batches of the examples at ``indices`` (default: all), in that order before shuffling."""
     from fairseq2.data.data_pipeline import read_sequence
 

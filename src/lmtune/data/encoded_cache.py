@@ -154,7 +154,7 @@ def out_of_date(found: dict[str, object], expected: dict[str, object]) -> str | 
     return None if found == expected else "its fingerprint differs"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CachePlan:
     data_file: Path
     directory: Path
@@ -183,10 +183,10 @@ def plan_cache(root: Path, data_file: Path, tokenizer: TokenizerSpec) -> CachePl
     expected = fingerprint(data_file, tokenizer)
     directory = cache_dir(root, data_file, expected)
     if not directory.is_dir():
-        return CachePlan(data_file, directory, expected, "none", tokenizer=tokenizer.name)
+        return CachePlan(data_file=data_file, directory=directory, fingerprint=expected, stale="none", tokenizer=tokenizer.name)
     problem = check_entry(directory, expected)
     stale, damaged = problem if problem is not None else (None, False)
-    return CachePlan(data_file, directory, expected, stale, damaged, tokenizer.name)
+    return CachePlan(data_file=data_file, directory=directory, fingerprint=expected, stale=stale, damaged=damaged, tokenizer=tokenizer.name)
 
 
 @contextlib.contextmanager

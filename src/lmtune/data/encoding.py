@@ -10,14 +10,18 @@ prefix, which works for any template that renders prefixes stably (Llama 3, Qwen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from lmtune.errors import UserError
 from lmtune.fairseq2_internals import encoder_hf_tokenizer, encoder_prefix_suffix
 from lmtune.data.records import Record
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-@dataclass
+
+@dataclass(kw_only=True)
 class Example:
     tokens: list[int]
     target_mask: list[bool]
@@ -29,9 +33,9 @@ class ExampleEncoder:
         self._prompt_encoder = tokenizer.create_encoder(mode="prompt")  # type: ignore[attr-defined]
         self._response_encoder = tokenizer.create_encoder(mode="prompt_response")  # type: ignore[attr-defined]
         self._chat_dir = chat_tokenizer_dir
-        self._hf = None
+        self._hf: PreTrainedTokenizerBase | None = None
 
-    def _chat_tokenizer(self, record: Record):  # type: ignore[no-untyped-def]
+    def _chat_tokenizer(self, record: Record) -> PreTrainedTokenizerBase:
         if self._hf is None:
             if self._chat_dir is None:
                 raise UserError(f"{record.where}: chat records need a Hugging Face tokenizer (tokenizer.json with a chat template); this tokenizer has none, use 'src'/'tgt' records instead.")
@@ -46,7 +50,9 @@ class ExampleEncoder:
 
     def _render(self, record: Record, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         hf = self._chat_tokenizer(record)
-        return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        assert isinstance(text, str)  # tokenize=False renders one conversation to one string
+        return text
 
     def encode(self, record: Record, *, last_turn_only: bool = False) -> Example:
         """``last_turn_only``: loss on the final assistant turn alone (a preference pair's
@@ -54,7 +60,7 @@ class ExampleEncoder:
         if record.messages is None:
             prompt = self._prompt_encoder(record.src).tolist()
             response = self._response_encoder(record.tgt).tolist()
-            return Example(prompt + response, [False] * len(prompt) + [True] * len(response))
+            return Example(tokens=prompt + response, target_mask=[False] * len(prompt) + [True] * len(response))
 
         messages = record.messages
         full = self._render(record, messages, False)
@@ -71,7 +77,7 @@ class ExampleEncoder:
             spans = spans[-1:]
         enc = self._chat_tokenizer(record)(full, add_special_tokens=False, return_offsets_mapping=True)
         mask = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
-        return Example(list(enc["input_ids"]), mask)
+        return Example(tokens=list(enc["input_ids"]), target_mask=mask)
 
     def encode_all(self, records: list[Record]) -> list[Example]:
         """``encode`` of each record; prompt/response records in one call of the Rust tokenizer
@@ -92,7 +98,7 @@ class ExampleEncoder:
             prompt = p_pre + encoded[k].ids + p_suf
             response = r_pre + encoded[k + 1].ids + r_suf
             k += 2
-            examples.append(Example(prompt + response, [False] * len(prompt) + [True] * len(response)))
+            examples.append(Example(tokens=prompt + response, target_mask=[False] * len(prompt) + [True] * len(response)))
         return examples
 
     def encode_prompt(self, record: Record) -> list[int]:
@@ -113,7 +119,7 @@ class ExampleEncoder:
         return None
 
 
-def _rust_tokenizer(*encoders: object):  # type: ignore[no-untyped-def]
+def _rust_tokenizer(*encoders: object):
     """The ``tokenizers.Tokenizer`` under fairseq2's HuggingFaceTokenEncoder, when calling it
     directly gives what ``encoder(text)`` gives: no truncation, padding or special-token
     splitting set on it (transformers turns those off for each call); else None."""

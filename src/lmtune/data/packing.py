@@ -18,9 +18,13 @@ import bisect
 import heapq
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from fairseq2.datasets import SequenceBatch
 
 
 def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -92,7 +96,7 @@ def group_rows(rows: Sequence[Sequence[int]], lengths: Sequence[int], max_num_to
     return batches
 
 
-def collate_packed(items: list[dict[str, torch.Tensor]]):  # type: ignore[no-untyped-def]
+def collate_packed(items: list[dict[str, torch.Tensor]]) -> SequenceBatch:
     from fairseq2.datasets import SequenceBatch
 
     seqs = torch.cat([x["tokens"] for x in items])

@@ -14,6 +14,7 @@ import io
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -111,7 +112,7 @@ class NpyAppender:
         self.fp.close()
 
 
-def _chunks_encoded(path: Path, encoder: ExampleEncoder, chunks: list[Chunk], workers: int):  # type: ignore[no-untyped-def]
+def _chunks_encoded(path: Path, encoder: ExampleEncoder, chunks: list[Chunk], workers: int) -> Iterator[Encoded]:
     """Encoded chunks in file order; up to 2 per worker in flight."""
     if workers <= 1 or len(chunks) <= 1:
         for chunk in chunks:

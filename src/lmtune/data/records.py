@@ -18,7 +18,7 @@ from lmtune.score.qa import answer_list
 ROLES = ("system", "user", "assistant", "tool")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Record:
     file: Path
     line: int
@@ -67,7 +67,7 @@ def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record
         raise UserError(f"{where}: expected a JSON object with 'src'/'tgt' or 'messages', got {type(obj).__name__}.")
     answers = answer_list(obj["answers"], where) if "answers" in obj else None
     if "messages" in obj:
-        return Record(path, line_nr, messages=check_messages(where, obj["messages"], need_target), answers=answers)
+        return Record(file=path, line=line_nr, messages=check_messages(where, obj["messages"], need_target), answers=answers)
     if "src" not in obj:
         raise UserError(f"{where}: record has neither 'src' nor 'messages' (keys: {', '.join(sorted(obj)) or 'none'}).")
     src, tgt = obj["src"], obj.get("tgt")
@@ -77,7 +77,7 @@ def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record
         raise UserError(f"{where}: record has 'src' but no 'tgt'; training needs the response in 'tgt'.")
     if tgt is not None and (not isinstance(tgt, str) or not tgt):
         raise UserError(f"{where}: 'tgt' must be a non-empty string.")
-    return Record(path, line_nr, src=src, tgt=tgt, answers=answers)
+    return Record(file=path, line=line_nr, src=src, tgt=tgt, answers=answers)
 
 
 def check_messages(where: str, messages: object, need_target: bool) -> list[dict[str, str]]:

@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from lmtune.errors import UserError
 
@@ -41,7 +42,7 @@ class CorpusError(UserError):
     """A corpus line or file lmtune cannot read as text (one sentence naming FILE:LINE)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CorpusFile:
     path: Path
     size: int
@@ -51,7 +52,7 @@ class CorpusFile:
         return JSONL if self.path.suffix == ".jsonl" else TEXT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Piece:
     """The bytes [start, end) of a file that one rank reads documents from."""
 
@@ -98,7 +99,7 @@ def list_corpus(refs: str | Sequence[str], key: str, resolve_card: Callable[[str
             continue
         seen.add(real)
         try:
-            files.append(CorpusFile(p, p.stat().st_size))
+            files.append(CorpusFile(path=p, size=p.stat().st_size))
         except OSError as ex:
             raise UserError(f"{p}: cannot be read ({ex.strerror}).") from None
     return files
@@ -128,7 +129,7 @@ def shares(files: Sequence[CorpusFile], num_ranks: int) -> list[list[Piece]]:
             rank = min(range(num_ranks), key=lambda r: (loads[r], r))
             owned[rank].append(i)
             loads[rank] += files[i].size
-        return [[Piece(files[i].path, files[i].format, 0, files[i].size) for i in sorted(o)] for o in owned]
+        return [[Piece(path=files[i].path, format=files[i].format, start=0, end=files[i].size) for i in sorted(o)] for o in owned]
     total = sum(f.size for f in files)
     bounds = [total * r // num_ranks for r in range(num_ranks + 1)]
     out = []
@@ -137,7 +138,7 @@ def shares(files: Sequence[CorpusFile], num_ranks: int) -> list[list[Piece]]:
         for f in files:
             a, b = max(lo, base), min(hi, base + f.size)
             if a < b:
-                pieces.append(Piece(f.path, f.format, a - base, b - base))
+                pieces.append(Piece(path=f.path, format=f.format, start=a - base, end=b - base))
             base += f.size
         out.append(pieces)
     return out
@@ -200,7 +201,7 @@ def _jsonl_text(line: bytes, path: Path, offset: int, on_skip: OnSkip) -> str | 
     return record["text"]
 
 
-def _previous_line_blank(f, line_start: int) -> bool:  # type: ignore[no-untyped-def]
+def _previous_line_blank(f: BinaryIO, line_start: int) -> bool:
     """Whether the line ending just before ``line_start`` is blank (scans back to its first non-blank byte)."""
     at = line_start - 1  # the previous line's "\n"
     while at > 0:
@@ -216,7 +217,7 @@ def _previous_line_blank(f, line_start: int) -> bool:  # type: ignore[no-untyped
     return True
 
 
-def _first_document(f, piece: Piece) -> int:  # type: ignore[no-untyped-def]
+def _first_document(f: BinaryIO, piece: Piece) -> int:
     """The offset from which the piece's own documents are read: past a document begun before it."""
     if piece.start == 0:
         return 0
@@ -281,7 +282,7 @@ def read_documents(pieces: Sequence[Piece], piece: int = 0, offset: int | None =
 # ---------------------------------------------------------------- the check before training
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CorpusCheck:
     files: list[CorpusFile]
     """The files read, in corpus order (binary files skipped with skip_invalid are left out)."""
@@ -317,7 +318,7 @@ def check_corpus(files: Sequence[CorpusFile], num_ranks: int, *, skip_invalid: b
         else:
             skipped_files += 1
             first = first or f"{f.path} (binary)"
-    check = CorpusCheck(kept, [0] * num_ranks, sum(f.size for f in kept), 0, skipped_files, first)
+    check = CorpusCheck(files=kept, documents=[0] * num_ranks, num_bytes=sum(f.size for f in kept), skipped_lines=0, skipped_files=skipped_files, first_skipped=first)
 
     def on_skip(path: Path, offset: int, why: str) -> None:
         check.skipped_lines += 1

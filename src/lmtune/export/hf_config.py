@@ -9,16 +9,21 @@ leave out ``head_dim`` and the RMSNorm epsilon of Qwen models.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from lmtune.errors import UserError
 from lmtune.models.hf_keys import HF_FAMILIES as EXPORTABLE_FAMILIES
+
+if TYPE_CHECKING:
+    from fairseq2.models.llama import LLaMAConfig
+    from fairseq2.models.qwen import QwenConfig
 
 # fairseq2 builds Llama's RMSNorm with its default epsilon and Qwen's with 1e-6.
 LLAMA_RMS_NORM_EPS = 1e-5
 QWEN_RMS_NORM_EPS = 1e-6
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SpecialIds:
     """Token ids the export must agree on with lmtune's tokenizer."""
 
@@ -29,20 +34,20 @@ class SpecialIds:
     """Every id that ends a generation: the tokenizer's EOS first, then the other end-of-turn/text tokens it has."""
 
 
-def llama_ffn_inner_dim(config: object) -> int:
+def llama_ffn_inner_dim(config: LLaMAConfig) -> int:
     """The width fairseq2's Llama factory gives its SwiGLU layers (GLUFeedForwardNetwork's rounding)."""
-    inner = int(config.ffn_inner_dim * config.ffn_inner_dim_multiplier)  # type: ignore[attr-defined]
-    if config.ffn_inner_dim_scale != 1.0:  # type: ignore[attr-defined]
-        inner = int(inner * config.ffn_inner_dim_scale)  # type: ignore[attr-defined]
-    multiple = config.ffn_inner_dim_multiple_of  # type: ignore[attr-defined]
+    inner = int(config.ffn_inner_dim * config.ffn_inner_dim_multiplier)
+    if config.ffn_inner_dim_scale != 1.0:
+        inner = int(inner * config.ffn_inner_dim_scale)
+    multiple = config.ffn_inner_dim_multiple_of
     if multiple != 1:
         inner = multiple * ((inner + multiple - 1) // multiple)
     return inner
 
 
-def qwen_architecture(config: object) -> str:
+def qwen_architecture(config: QwenConfig) -> str:
     """Qwen2 has q/k/v biases and no q/k norms; Qwen3 the reverse. Anything else has no HF class."""
-    bias, q_norm, k_norm = config.qkv_proj_bias, config.q_norm, config.k_norm  # type: ignore[attr-defined]
+    bias, q_norm, k_norm = config.qkv_proj_bias, config.q_norm, config.k_norm
     if bias and not q_norm and not k_norm:
         return "Qwen2ForCausalLM"
     if not bias and q_norm and k_norm:
@@ -50,24 +55,24 @@ def qwen_architecture(config: object) -> str:
     raise UserError(f"a qwen model with qkv_proj_bias={bias}, q_norm={q_norm}, k_norm={k_norm} has no Hugging Face architecture; Qwen2 has q/k/v biases and no q/k norms, Qwen3 has q/k norms and no biases.")
 
 
-def head_dim(family: str, config: object) -> int:
+def head_dim(family: str, config: LLaMAConfig | QwenConfig) -> int:
     explicit = getattr(config, "head_dim", None) if family == "qwen" else None
-    return explicit or config.model_dim // config.num_attn_heads  # type: ignore[attr-defined, no-any-return]
+    return explicit or config.model_dim // config.num_attn_heads
 
 
-def hf_config(family: str, config: object, ids: SpecialIds, dtype: str, transformers_version: str) -> dict[str, object]:
+def hf_config(family: str, config: LLaMAConfig | QwenConfig, ids: SpecialIds, dtype: str, transformers_version: str) -> dict[str, object]:
     c = config
     common: dict[str, object] = {
-        "vocab_size": c.vocab_size,  # type: ignore[attr-defined]
-        "hidden_size": c.model_dim,  # type: ignore[attr-defined]
-        "num_hidden_layers": c.num_layers,  # type: ignore[attr-defined]
-        "num_attention_heads": c.num_attn_heads,  # type: ignore[attr-defined]
-        "num_key_value_heads": c.num_key_value_heads,  # type: ignore[attr-defined]
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.model_dim,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_attn_heads,
+        "num_key_value_heads": c.num_key_value_heads,
         "head_dim": head_dim(family, c),
         "hidden_act": "silu",
-        "max_position_embeddings": c.max_seq_len,  # type: ignore[attr-defined]
-        "rope_theta": float(c.rope_theta),  # type: ignore[attr-defined]
-        "tie_word_embeddings": bool(c.tied_embeddings),  # type: ignore[attr-defined]
+        "max_position_embeddings": c.max_seq_len,
+        "rope_theta": float(c.rope_theta),
+        "tie_word_embeddings": bool(c.tied_embeddings),
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
         "use_cache": True,
@@ -78,9 +83,10 @@ def hf_config(family: str, config: object, ids: SpecialIds, dtype: str, transfor
         "transformers_version": transformers_version,
     }
     if family == "llama":
+        llama = cast("LLaMAConfig", c)
         rope_scaling = None
-        if c.use_scaled_rope:  # type: ignore[attr-defined]
-            scale = c.rope_scale  # type: ignore[attr-defined]
+        if llama.use_scaled_rope:
+            scale = llama.rope_scale
             rope_scaling = {
                 "rope_type": "llama3",
                 "factor": float(scale.factor),
@@ -92,7 +98,7 @@ def hf_config(family: str, config: object, ids: SpecialIds, dtype: str, transfor
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             **common,
-            "intermediate_size": llama_ffn_inner_dim(c),
+            "intermediate_size": llama_ffn_inner_dim(llama),
             "rms_norm_eps": LLAMA_RMS_NORM_EPS,
             "rope_scaling": rope_scaling,
             "attention_bias": False,
@@ -100,17 +106,17 @@ def hf_config(family: str, config: object, ids: SpecialIds, dtype: str, transfor
             "pretraining_tp": 1,
         }
     if family == "qwen":
-        arch = qwen_architecture(c)
+        arch = qwen_architecture(cast("QwenConfig", c))
         out = {
             "architectures": [arch],
             "model_type": "qwen2" if arch == "Qwen2ForCausalLM" else "qwen3",
             **common,
-            "intermediate_size": c.ffn_inner_dim,  # type: ignore[attr-defined]
+            "intermediate_size": c.ffn_inner_dim,
             "rms_norm_eps": QWEN_RMS_NORM_EPS,
             "rope_scaling": None,
             "use_sliding_window": False,
             "sliding_window": None,
-            "max_window_layers": c.num_layers,  # type: ignore[attr-defined]
+            "max_window_layers": c.num_layers,
         }
         if arch == "Qwen3ForCausalLM":
             out["attention_bias"] = False

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
@@ -27,6 +28,10 @@ from lmtune.files import replace_dir
 from lmtune.export.hf_config import EXPORTABLE_FAMILIES, generation_config, head_dim, hf_config, qwen_architecture
 from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, model_from_checkpoint_dir, resolve_model, resolve_tokenizer, tokenizer_from_card
 from lmtune.run_dir import CHECKPOINTS, HF_EXPORT, checkpoint_steps, hf_export_dir, is_checkpoint_dir, is_unfinished_step, step_dir, step_of
+
+if TYPE_CHECKING:
+    from fairseq2.models.llama import LLaMAConfig
+    from fairseq2.models.qwen import QwenConfig
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
@@ -143,7 +148,7 @@ def _check_model_option(spec: ModelSpec, model: str) -> None:
 def _tokenizer_for_name(name: str, family: str) -> TokenizerSpec:
     path = Path(name).expanduser()
     if path.exists():
-        return tokenizer_from_card(Card(path.name, {"tokenizer": str(path.resolve()), "tokenizer_family": family}, path))
+        return tokenizer_from_card(Card(name=path.name, fields={"tokenizer": str(path.resolve()), "tokenizer_family": family}, file=path))
     if "/" in name:
         raise UserError(f"--tokenizer {name}: no such file or directory.")
     return resolve_tokenizer(CardStore(), name)
@@ -192,9 +197,9 @@ def export_hf(
 
     from lmtune.models.loading import model_config
 
-    config = model_config(spec)
+    config = cast("LLaMAConfig | QwenConfig", model_config(spec))  # the exportable families: llama and qwen
     if spec.family == "qwen":
-        qwen_architecture(config)  # refuse a Qwen variant with no HF class before writing anything
+        qwen_architecture(cast("QwenConfig", config))  # refuse a Qwen variant with no HF class before writing anything
 
     start = time.monotonic()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -206,10 +211,10 @@ def export_hf(
 
         from lmtune.export.tokenizer import write_hf_tokenizer
 
-        ids = write_hf_tokenizer(tokenizer, staging, config.max_seq_len)  # type: ignore[attr-defined]
+        ids = write_hf_tokenizer(tokenizer, staging, config.max_seq_len)
         top = max(i for i in (ids.bos, ids.eos, ids.pad, *ids.stops) if i is not None)
-        if top >= config.vocab_size:  # type: ignore[attr-defined]
-            raise UserError(f"tokenizer '{tokenizer.name}' uses token id {top} but model '{spec.name}' has vocab_size={config.vocab_size}; export it with the tokenizer it was trained with.")  # type: ignore[attr-defined]
+        if top >= config.vocab_size:
+            raise UserError(f"tokenizer '{tokenizer.name}' uses token id {top} but model '{spec.name}' has vocab_size={config.vocab_size}; export it with the tokenizer it was trained with.")
         torch_dtype, files, nbytes = _write_weights(spec, config, staging, dtype, max_bytes, lora_weights)
         version = transformers.__version__
         _write_json(staging / "config.json", hf_config(spec.family, config, ids, torch_dtype, version))
@@ -251,7 +256,7 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | None, max_bytes: int, lora_weights: str = "merged") -> tuple[str, list[str], int]:
+def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: Path, dtype: str | None, max_bytes: int, lora_weights: str = "merged") -> tuple[str, list[str], int]:
     """Streams the checkpoint's tensors into safetensors shards; returns (dtype name, files, bytes).
     A LoRA checkpoint's model is built in memory (base + adapters) and its weights merged first."""
     import torch
@@ -266,7 +271,7 @@ def _write_weights(spec: ModelSpec, config: object, out_dir: Path, dtype: str | 
 
     family = model_family(spec.family)
     gangs = create_fake_gangs(CPU)
-    tied = bool(config.tied_embeddings)  # type: ignore[attr-defined]
+    tied = bool(config.tied_embeddings)
     # Names and shapes from a meta-device model: the shard plan before any tensor is read.
     meta = family.create_new_model(config, gangs, torch.float32, True, False)
     planned = [(hf_name(k), tuple(v.shape)) for k, v in meta.state_dict().items() if not (tied and is_lm_head(k))]

@@ -19,9 +19,15 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+import typing
+from typing import TYPE_CHECKING
 
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.errors import UserError
+
+if TYPE_CHECKING:
+    from fairseq2.models.llama import LLaMAConfig
+    from fairseq2.models.qwen import QwenConfig
 
 HF_ADAPTER = "hf_adapter"
 PEFT_PREFIX = "base_model.model."
@@ -60,7 +66,7 @@ def export_peft_adapter(
             raise UserError(f"{path} already exists; pass --force to replace it, or choose another --output.")
 
     export_hf(spec, tokenizer, base_dir, dtype=dtype, force=force, log=log, lora_weights="base")
-    config = model_config(spec)
+    config = typing.cast("LLaMAConfig | QwenConfig", model_config(spec))  # the exportable families: llama and qwen
     hdim = head_dim(spec.family, config)
     target = torch_dtype(dtype) if dtype is not None else torch.float32
     tensors: dict[str, torch.Tensor] = {}

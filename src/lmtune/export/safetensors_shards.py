@@ -40,7 +40,7 @@ def parse_size(text: str) -> int:
     return int(value * SIZE_UNITS[unit])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Slot:
     shard: int
     begin: int  # absolute offset in the shard file
@@ -82,7 +82,7 @@ class ShardedSafetensorsWriter:
             start = 8 + len(raw)
             for name, shape, nbytes in entries:
                 begin = start + header[name]["data_offsets"][0]  # type: ignore[index]
-                self._slots[name] = _Slot(index, begin, shape, nbytes)
+                self._slots[name] = _Slot(shard=index, begin=begin, shape=shape, nbytes=nbytes)
             fp = (out_dir / file).open("wb")
             fp.write(struct.pack("<Q", len(raw)))
             fp.write(raw)
@@ -101,7 +101,7 @@ class ShardedSafetensorsWriter:
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         fp = self._handles[slot.shard]
         fp.seek(slot.begin)
-        fp.write(data)  # type: ignore[arg-type]
+        fp.write(data.data)  # the array's buffer, no copy
         slot.written = True
 
     def finish(self) -> list[str]:

@@ -16,12 +16,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
 from lmtune.fairseq2_internals import tiktoken_encoding
 from lmtune.export.hf_config import SpecialIds
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.catalog.stop_tokens import stop_token_ids
+
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer as Fairseq2Tokenizer
 
 # Copied from a Hugging Face tokenizer directory when present (tokenizer.json and
 # tokenizer_config.json are rewritten).
@@ -118,7 +122,7 @@ def _set_prompt_prefix(backend: object, prefix: list[int]) -> bool:
     return True
 
 
-def _tiktoken_backend(tokenizer: object, path: Path):  # type: ignore[no-untyped-def]
+def _tiktoken_backend(tokenizer: object, path: Path):
     """Byte-level BPE from the tiktoken ranks, with fairseq2's special tokens at fairseq2's ids."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -131,7 +135,7 @@ def _tiktoken_backend(tokenizer: object, path: Path):  # type: ignore[no-untyped
     return backend
 
 
-def _sentencepiece_backend(path: Path):  # type: ignore[no-untyped-def]
+def _sentencepiece_backend(path: Path):
     """transformers' Llama converter for the pieces, with a normalizer rebuilt from the model's own spec."""
     from transformers import LlamaTokenizerFast
     from transformers.convert_slow_tokenizer import import_protobuf
@@ -150,7 +154,7 @@ def _sentencepiece_backend(path: Path):  # type: ignore[no-untyped-def]
     return backend
 
 
-def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, add_dummy_prefix: bool):  # type: ignore[no-untyped-def]
+def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, add_dummy_prefix: bool):
     """SentencePiece's normalization as a `tokenizers` normalizer. The converter keeps only the
     dummy prefix; SentencePiece's default (nmt_nfkc, remove_extra_whitespaces) also maps the text
     through its character map and drops leading, trailing and repeated spaces. Only U+0020 counts
@@ -166,7 +170,7 @@ def sentencepiece_normalizer(charsmap: bytes, remove_extra_whitespaces: bool, ad
     return normalizers.Sequence(steps)
 
 
-def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -> None:
+def check_encodings(tokenizer: Fairseq2Tokenizer, out_dir: Path, source_dir: Path | None) -> None:
     """The exported tokenizer must encode the probes as lmtune does, plain and as prompts, and
     render the probe chat exactly as the source directory does."""
     from transformers import AutoTokenizer
@@ -176,8 +180,8 @@ def check_encodings(tokenizer: object, out_dir: Path, source_dir: Path | None) -
 
     hf_logging.set_verbosity_error()  # the probes may be longer than a tiny model's model_max_length
     hf = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)  # lmtune's own export
-    raw = tokenizer.create_raw_encoder()  # type: ignore[attr-defined]
-    prompt = tokenizer.create_encoder(mode="prompt")  # type: ignore[attr-defined]
+    raw = tokenizer.create_raw_encoder()
+    prompt = tokenizer.create_encoder(mode="prompt")
     for text in PROBE_TEXTS:
         for lmtune_ids, hf_ids, how in (
             (raw(text).tolist(), hf(text, add_special_tokens=False)["input_ids"], "as plain text"),

@@ -29,7 +29,7 @@ def lmtune_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     from fairseq2.nn import BatchLayout
 
     with torch.inference_mode():
-        return model(ids, BatchLayout.of(ids)).float()  # type: ignore[no-any-return]
+        return model(ids, BatchLayout.of(ids)).float()
 
 
 def hf_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def hf_logits(hf_dir: Path, ids: torch.Tensor) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, trust_remote_code=False)
     model.eval()
     with torch.inference_mode():
-        return model(input_ids=ids).logits.float()  # type: ignore[no-any-return]
+        return model(input_ids=ids).logits.float()
 
 
 def verify_export(spec: ModelSpec, hf_dir: Path, export_dtype: str) -> str:

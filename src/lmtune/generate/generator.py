@@ -20,6 +20,7 @@ are cut back to it, and batches of similar length keep that waste small.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +30,14 @@ from torch import Tensor
 from lmtune.catalog.stop_tokens import stop_token_ids
 from lmtune.options.generate import GeneratorOptions
 
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
+    from fairseq2.generation import SequenceGenerator
+    from fairseq2.models.clm import CausalLM
 
 
-@dataclass
+
+@dataclass(kw_only=True)
 class Completion:
     token_ids: list[int]
     """The generated ids, ending with the stop token when the model produced one."""
@@ -88,7 +94,7 @@ class _StopRecorder:
             self.stop_of[int(prompt_indices[row])] = int(sampled[row])
 
 
-def _fold_stops_into_eos(eos_idx: int, extra: list[int]):  # type: ignore[no-untyped-def]
+def _fold_stops_into_eos(eos_idx: int, extra: list[int]):
     """A step processor for beam search: ending on any stop token is ending on EOS."""
     ids = [eos_idx, *extra]
 
@@ -106,12 +112,12 @@ def _fold_stops_into_eos(eos_idx: int, extra: list[int]):  # type: ignore[no-unt
 class Generator:
     """One fairseq2 sequence generator, configured once and called per batch."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, options: GeneratorOptions, stop_ids: Sequence[int] | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, options: GeneratorOptions, stop_ids: Sequence[int] | None = None) -> None:
         from fairseq2.data.tokenizers import VocabularyInfo
         from fairseq2.generation.beam_search import BeamSearchSequenceGenerator
         from fairseq2.generation.sampling import SamplingSequenceGenerator, TopKSampler, TopPSampler
 
-        vocab = tokenizer.vocab_info  # type: ignore[attr-defined]
+        vocab = tokenizer.vocab_info
         self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
         if not self.stop_ids:
             raise ValueError("the tokenizer has no EOS token, so generation would never stop.")
@@ -122,14 +128,17 @@ class Generator:
         self.options = options
         self.model = model
         self._recorder: _StopRecorder | None = None
+        lm = cast("CausalLM", model)  # fairseq2's Llama and Qwen models are CausalLMs
+        self._generator: SequenceGenerator
         budget = options.max_gen_len + 1  # the last step is fairseq2's forced EOS, dropped below
         if options.beam_size > 1:
             self._generator = BeamSearchSequenceGenerator(
-                model, gen_vocab, beam_size=options.beam_size, max_gen_len=budget,
+                lm, gen_vocab, beam_size=options.beam_size, max_gen_len=budget,
                 temperature=options.temperature or 1.0, step_processors=[_fold_stops_into_eos(eos, extra)] if extra else None,
             )  # fmt: skip
             return
         greedy = options.temperature == 0 or options.top_k == 1
+        inner: Sampler
         if greedy:
             inner, temperature = TopKSampler(1), 1.0
         elif options.top_k is not None:
@@ -138,7 +147,7 @@ class Generator:
             inner, temperature = TopPSampler(options.top_p), options.temperature
         sampler = _StopAwareSampler(inner, eos, extra)
         self._generator = SamplingSequenceGenerator(
-            model, gen_vocab, sampler, max_gen_len=budget, temperature=temperature, step_processors=[sampler.keep_eos_probs],
+            lm, gen_vocab, sampler, max_gen_len=budget, temperature=temperature, step_processors=[sampler.keep_eos_probs],
         )
         self._recorder = _StopRecorder(sampler, eos)
         self._generator.register_step_hook(self._recorder)
@@ -165,12 +174,12 @@ class Generator:
     def _finish(self, gen: list[int], prompt_len: int, limit: int, stop_id: int | None) -> Completion:
         n = self.options.max_gen_len
         if prompt_len + len(gen) >= limit:  # ran to the end of the budget: the last id is the forced EOS
-            return Completion(gen[:-1][:n], False)
+            return Completion(token_ids=gen[:-1][:n], stopped=False)
         if len(gen) > n:  # a short prompt in a batch of longer ones ran past max_gen_len
-            return Completion(gen[:n], False)
+            return Completion(token_ids=gen[:n], stopped=False)
         if stop_id is not None:
             gen[-1] = stop_id  # fairseq2 saw EOS; keep the stop id the model produced
-        return Completion(gen, True)
+        return Completion(token_ids=gen, stopped=True)
 
 
 def length_batches(lengths: Sequence[int], *, max_gen_len: int, batch_size: int | None, max_num_tokens: int, beam_size: int = 1) -> list[list[int]]:

@@ -18,18 +18,24 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmtune.errors import UserError
 from lmtune.files import atomic_write
 from lmtune.options.generate import GenerateOptions, check_options
 
+if TYPE_CHECKING:
+    import torch
+    from fairseq2.data.tokenizers import Tokenizer
+    from fairseq2.gang import Gang
 
-@dataclass
+
+@dataclass(kw_only=True)
 class Inputs:
     """Everything resolved and checked, before a model is loaded."""
 
     model: object  # ModelSpec
-    tokenizer: object  # the fairseq2 tokenizer
+    tokenizer: Tokenizer
     prompts: list[list[int]]
     prompt_texts: list[str]
     references: list[str | None]
@@ -86,10 +92,10 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     import torch
 
     texts = [r.src if r.src is not None else decode(torch.tensor(p)) for r, p in zip(records, prompts)]
-    return Inputs(model, tokenizer, prompts, texts, references, answers, task, labels)
+    return Inputs(model=model, tokenizer=tokenizer, prompts=prompts, prompt_texts=texts, references=references, answers=answers, task=task, labels=labels)
 
 
-def _device_and_dtype(o: GenerateOptions):  # type: ignore[no-untyped-def]
+def _device_and_dtype(o: GenerateOptions) -> tuple[torch.device, torch.dtype]:
     import torch
     from fairseq2.device import detect_default_device
 
@@ -104,7 +110,7 @@ def _device_and_dtype(o: GenerateOptions):  # type: ignore[no-untyped-def]
     return device, torch_dtype(compute_dtype(o.dtype, device.type, warn=is_main_process()))
 
 
-def _root_gang(device):  # type: ignore[no-untyped-def]
+def _root_gang(device: torch.device) -> Gang | None:
     """fairseq2's process-group gang under torchrun; None for a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
@@ -117,7 +123,7 @@ def _root_gang(device):  # type: ignore[no-untyped-def]
     return ProcessGroupGang.create_default_process_group(device)
 
 
-def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device, dtype, main: bool) -> dict[int, dict[str, object]]:  # type: ignore[no-untyped-def]
+def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device: torch.device, dtype: torch.dtype, main: bool) -> dict[int, dict[str, object]]:
     import torch
 
     from lmtune.generate.generator import Generator, length_batches
@@ -126,7 +132,7 @@ def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], devic
     g = o.generator_config
     model = load_any_model(inputs.model, device=device, dtype=dtype, seed=o.seed)  # type: ignore[arg-type]
     generator = Generator(model, inputs.tokenizer, g)
-    decode = inputs.tokenizer.create_decoder()  # type: ignore[attr-defined]
+    decode = inputs.tokenizer.create_decoder()
     torch.manual_seed(o.seed + int(os.environ.get("RANK", "0")))
     batches = length_batches([len(inputs.prompts[i]) for i in indices], max_gen_len=g.max_gen_len, batch_size=o.batch_size, max_num_tokens=o.max_num_tokens, beam_size=g.beam_size)
     rows: dict[int, dict[str, object]] = {}
@@ -176,7 +182,7 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
     if o.model is None and o.checkpoint_dir is not None:
         o.model = "last_checkpoint"
     check_options(o)
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]  # srun's variables -> torchrun's
+    prepare_distributed_env(os.environ)  # srun's variables -> torchrun's
     inputs = resolve_inputs(o)  # every rank checks the same inputs, so all fail alike
     main = is_main_process()
     if main:
@@ -192,7 +198,9 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
             box: list[object] = [rows if source == rank else None]
             gang.broadcast_objects(box, source_rank=source)
             if rank == 0 and source != 0:
-                rows.update(box[0])  # type: ignore[arg-type]
+                received = box[0]
+                assert isinstance(received, dict)  # the sender's shard
+                rows.update(received)
     if rank == 0:
         ordered = [rows[i] for i in range(len(inputs.prompts))]
         write_jsonl(out_dir / "generations.jsonl", ordered)
@@ -200,9 +208,13 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
         if inputs.task is not None:
             from lmtune.score.scores_file import save_scores
             from lmtune.score.qa import task_reference
-            from lmtune.score.tasks import score
+            from lmtune.score.tasks import Reference, score
 
-            pairs = [(str(r["completion"]), task_reference(inputs.task, ref, a)) for r, ref, a in zip(ordered, inputs.references, inputs.answers)]
+            pairs: list[tuple[str, Reference]] = []
+            for r, ref, a in zip(ordered, inputs.references, inputs.answers):
+                scored = task_reference(inputs.task, ref, a)
+                assert scored is not None  # read_inputs' check_references refused a record without one
+                pairs.append((str(r["completion"]), scored))
             save_scores(out_dir / "scores.json", score(inputs.task, pairs, inputs.labels))
     if gang is not None:
         gang.barrier()

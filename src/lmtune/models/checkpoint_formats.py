@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lmtune.errors import UserError
+
+if TYPE_CHECKING:
+    from fairseq2.gang import Gangs
+    from fairseq2.models import ModelFamily
+    from fairseq2.models.llama import LLaMAConfig
 
 STALE_ROTARY_KEY = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
@@ -40,7 +46,7 @@ def has_stale_rotary_buffers(path: Path) -> bool:
     return False
 
 
-def load_llama_without_stale_rotary_buffers(family, config: object, gangs, dtype: torch.dtype, path: Path, name: str) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+def load_llama_without_stale_rotary_buffers(family: ModelFamily, config: LLaMAConfig, gangs: Gangs, dtype: torch.dtype, path: Path, name: str) -> torch.nn.Module:
     """A Llama model filled from an HF checkpoint for which has_stale_rotary_buffers is true."""
     from fairseq2.models.llama import convert_llama_state_dict
     from fairseq2.nn.utils.module import reset_non_persistent_buffers, to_empty

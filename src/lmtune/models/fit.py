@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.errors import UserError
 
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
 
-def tokenizer_size(spec: TokenizerSpec, tokenizer: object) -> int:
+
+def tokenizer_size(spec: TokenizerSpec, tokenizer: Tokenizer) -> int:
     """Highest token id + 1. fairseq2's vocab_info leaves out a tokenizer.json's added
     tokens, which the chat template or a user's data may still produce."""
-    size = int(tokenizer.vocab_info.size)  # type: ignore[attr-defined]
+    size = int(tokenizer.vocab_info.size)
     if spec.hf_dir is None:
         return size
     data = json.loads((spec.hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
@@ -24,7 +28,7 @@ def tokenizer_size(spec: TokenizerSpec, tokenizer: object) -> int:
     return max(size, max(ids, default=-1) + 1)
 
 
-def check_vocabulary(model_name: str, model_config: object, spec: TokenizerSpec, tokenizer: object) -> None:
+def check_vocabulary(model_name: str, model_config: object, spec: TokenizerSpec, tokenizer: Tokenizer) -> None:
     vocab_size = getattr(model_config, "vocab_size", None)
     size = tokenizer_size(spec, tokenizer)
     if vocab_size is not None and size > vocab_size:

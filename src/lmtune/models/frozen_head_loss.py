@@ -49,4 +49,4 @@ def frozen_head_nll(hidden: Tensor, weight: Tensor, targets: Tensor, ignore_inde
     """Summed NLL of ``targets`` under ``hidden @ weight.T`` (rows whose target is ``ignore_index``
     count nothing); ``weight`` must not require a gradient."""
     assert not weight.requires_grad
-    return _FrozenHeadNll.apply(hidden, weight, targets, ignore_index)  # type: ignore[no-any-return]
+    return _FrozenHeadNll.apply(hidden, weight, targets, ignore_index)

@@ -7,6 +7,7 @@ else that needs a model in hand: generation, export, tests.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -15,8 +16,17 @@ from lmtune.errors import UserError
 from lmtune.files import deep_merge
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
-def resolver():  # type: ignore[no-untyped-def]
+    from fairseq2.data.tokenizers import Tokenizer
+    from fairseq2.models import ModelFamily
+    from fairseq2.models.llama import LLaMAConfig
+    from fairseq2.runtime.dependency import DependencyResolver
+    from fairseq2.utils.structured import ValueConverter
+
+
+def resolver() -> DependencyResolver:
     """fairseq2's dependency resolver (initialising fairseq2 when nothing has), reading tensor
     files with lmtune.safe_load's loader: checkpoint files never run code."""
     from fairseq2.runtime.dependency import get_dependency_resolver
@@ -28,13 +38,20 @@ def resolver():  # type: ignore[no-untyped-def]
     return found
 
 
-def model_family(name: str):  # type: ignore[no-untyped-def]
+def model_family(name: str) -> ModelFamily:
     from fairseq2.models import ModelFamily
 
     family = resolver().maybe_resolve(ModelFamily, key=name)
     if family is None:
         raise UserError(f"model_family '{name}' is not known to fairseq2 (known: llama, qwen, mistral, ...).")
     return family
+
+
+def _unstructured(converter: ValueConverter, config: object) -> dict[str, Any]:
+    """A config dataclass as the nested dicts fairseq2's converter makes of it."""
+    out = converter.unstructure(config)
+    assert isinstance(out, dict)
+    return out
 
 
 def model_config(spec: ModelSpec) -> object:
@@ -50,7 +67,7 @@ def model_config(spec: ModelSpec) -> object:
     if not spec.config:
         return config
     converter = resolver().resolve(ValueConverter)
-    merged = deep_merge(converter.unstructure(config), spec.config)  # type: ignore[arg-type]
+    merged = deep_merge(_unstructured(converter, config), spec.config)
     try:
         return converter.structure(merged, family.config_kls)
     except Exception as ex:
@@ -73,14 +90,14 @@ def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: to
             torch.manual_seed(seed)
         model = family.create_new_model(config, gangs, dtype, meta=False, init_rank0_only=False)
     elif spec.family == "llama" and has_stale_rotary_buffers(Path(spec.checkpoint)):
-        model = load_llama_without_stale_rotary_buffers(family, config, gangs, dtype, Path(spec.checkpoint), spec.name)
+        model = load_llama_without_stale_rotary_buffers(family, cast("LLaMAConfig", config), gangs, dtype, Path(spec.checkpoint), spec.name)
     else:
         model = family.load_custom_model(Path(spec.checkpoint), config, gangs, dtype, False, False, None)
     model.eval()
     return model
 
 
-def iter_model_tensors(spec: ModelSpec):  # type: ignore[no-untyped-def]
+def iter_model_tensors(spec: ModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
     """(fairseq2 key, tensor) for each tensor of ``spec``'s weights, one at a time, read by
     fairseq2's checkpoint loader (memory-mapped, converted to fairseq2's keys)."""
     from fairseq2.device import CPU
@@ -96,7 +113,7 @@ def iter_model_tensors(spec: ModelSpec):  # type: ignore[no-untyped-def]
         raise UserError(f"model '{spec.name}': checkpoint {spec.checkpoint} cannot be read as a {spec.family} model ({reason}).") from None
 
 
-def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]
+def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     from fairseq2.data.tokenizers import TokenizerFamily
     from fairseq2.gang import create_fake_gangs
     from fairseq2.device import CPU
@@ -106,5 +123,5 @@ def load_tokenizer(spec: TokenizerSpec):  # type: ignore[no-untyped-def]
     if family is None:
         raise UserError(f"tokenizer_family '{spec.family}' is not known to fairseq2.")
     converter = resolver().resolve(ValueConverter)
-    config = converter.structure(deep_merge(converter.unstructure(family.config_kls()), spec.config), family.config_kls)  # type: ignore[arg-type]
+    config = converter.structure(deep_merge(_unstructured(converter, family.config_kls()), spec.config), family.config_kls)
     return family.load_custom_tokenizer(spec.path, config, create_fake_gangs(CPU))

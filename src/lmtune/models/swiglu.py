@@ -10,7 +10,7 @@ products). Same values, same gradients.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,14 +36,14 @@ class _SiluMul(torch.autograd.Function):
 
 def silu_mul(gate: Tensor, inner: Tensor) -> Tensor:
     """``silu(gate) * inner``, keeping ``gate`` and ``inner`` for backward."""
-    return _SiluMul.apply(gate, inner)  # type: ignore[no-any-return]
+    return _SiluMul.apply(gate, inner)
 
 
-def _glu_forward(ffn: Module, seqs: Tensor) -> Tensor:
+def _glu_forward(ffn: GLUFeedForwardNetwork, seqs: Tensor) -> Tensor:
     out = silu_mul(ffn.gate_proj(seqs), ffn.inner_proj(seqs))
     if ffn.inner_dropout is not None:
         out = ffn.inner_dropout(out)
-    return ffn.output_proj(out)  # type: ignore[no-any-return]
+    return ffn.output_proj(out)
 
 
 def use_lean_swiglu(model: Module) -> int:

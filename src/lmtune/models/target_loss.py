@@ -42,21 +42,22 @@ def _target_only_loss(model: Module, full_loss: Callable[..., Tensor]) -> Callab
         reduction: Literal["sum", "mean"] = "sum",
     ) -> Tensor:
         if target_mask is None or reduction not in ("sum", "mean"):
-            return full_loss(decoder_output, targets, label_smoothing=label_smoothing, target_mask=target_mask, reduction=reduction)  # type: ignore[no-any-return]
+            return full_loss(decoder_output, targets, label_smoothing=label_smoothing, target_mask=target_mask, reduction=reduction)
         import torch
         from fairseq2.nn.functional import cross_entropy
 
         rows = target_mask.bool()
         hidden, picked = decoder_output[rows], targets[rows]
-        head = model.final_proj
+        head = lm.final_proj
         if label_smoothing == 0.0 and getattr(head, "bias", None) is None and not head.weight.requires_grad and torch.is_grad_enabled():
             # A frozen head (LoRA): its logits need not outlive the loss (lmtune.models.frozen_head_loss).
             from lmtune.models.frozen_head_loss import frozen_head_nll
 
-            ignore = -100 if model.pad_idx is None else model.pad_idx
+            ignore = -100 if lm.pad_idx is None else lm.pad_idx
+            assert isinstance(head.weight, Tensor)  # Projection declares no weight; Linear and TiedProjection have one
             loss = frozen_head_nll(hidden, head.weight, picked, ignore)
             return loss if reduction == "sum" else loss / (picked != ignore).sum()
         logits = head(hidden)  # (targets, vocab)
-        return cross_entropy(logits, picked, model.pad_idx, label_smoothing=label_smoothing, reduction=reduction)  # type: ignore[arg-type]
+        return cross_entropy(logits, picked, lm.pad_idx, label_smoothing=label_smoothing, reduction=reduction)
 
     return target_only_loss

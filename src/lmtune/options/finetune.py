@@ -13,7 +13,7 @@ from lmtune.options.lora import LoraSettings
 from lmtune.options.training import LRSchedulerOptions, TrainingOptions, after
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EarlyStoppingOptions:
     """Stop when the validation metric has not improved for `patience` evaluations."""
 

@@ -14,7 +14,7 @@ from lmtune.errors import UserError
 from lmtune.score.tasks import TaskName
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GeneratorOptions:
     temperature: float = 0.0
     """0 is greedy decoding; above 0 samples (top_p / top_k)."""
@@ -28,7 +28,7 @@ class GeneratorOptions:
     """Above 1: beam search (deterministic; temperature only rescales scores)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerateOptions:
     checkpoint_dir: Path | None = None
     """OUT/checkpoints of a training run, for model=last_checkpoint, best_checkpoint or checkpoint_step_N."""

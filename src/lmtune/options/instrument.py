@@ -13,7 +13,7 @@ from typing import Any
 from lmtune.errors import UserError
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProfilerOptions:
     """PyTorch's profiler over a window of steps (fairseq2's common.profilers.torch schedule): Chrome traces in OUT/profile/ and the top operators on the console."""
 

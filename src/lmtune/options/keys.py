@@ -40,7 +40,8 @@ def _own_field_docs(cls: type) -> dict[str, tuple[str, str]]:
 
 def describe_keys(cls: type, prefix: str = "") -> str:
     docs = _field_docs(cls)
-    lines, sections = [], []
+    lines: list[str] = []
+    sections: list[tuple[str, type]] = []
     for f in key_fields(cls):
         kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):

@@ -86,7 +86,7 @@ def _check_keys(values: dict[str, Any], kls: type, prefix: str, source: str, key
         if key not in hints:
             raise UserError(f"{source}: unknown config key '{prefix}{key}'; {did_you_mean(prefix + key, [prefix + h for h in hints], see=keys_help)}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise UserError(f"{source}: '{prefix}{key}' is a section; set its keys, e.g. {prefix}{key}.{next(iter(get_type_hints(tp)))}=...")
             _check_keys(value, tp, f"{prefix}{key}.", source, keys_help)

@@ -43,9 +43,9 @@ class PreferencePair:
     def halves(self) -> tuple[Record, Record]:
         """The chosen and the rejected example as SFT records sharing one prompt."""
         if self.prompt is None:
-            return (Record(self.file, self.line, src=self.src, tgt=self.tgt_chosen), Record(self.file, self.line, src=self.src, tgt=self.tgt_rejected))
+            return (Record(file=self.file, line=self.line, src=self.src, tgt=self.tgt_chosen), Record(file=self.file, line=self.line, src=self.src, tgt=self.tgt_rejected))
         assert self.chosen is not None and self.rejected is not None
-        return (Record(self.file, self.line, messages=self.prompt + self.chosen), Record(self.file, self.line, messages=self.prompt + self.rejected))
+        return (Record(file=self.file, line=self.line, messages=self.prompt + self.chosen), Record(file=self.file, line=self.line, messages=self.prompt + self.rejected))
 
 
 @dataclass(kw_only=True)

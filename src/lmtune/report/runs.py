@@ -83,7 +83,7 @@ def by_step(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [last[s] for s in sorted(last)]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunMetrics:
     train: list[dict[str, Any]]
     valid: list[dict[str, Any]]
@@ -106,12 +106,12 @@ def read_run_metrics(out_dir: Path) -> RunMetrics:
     """Both metrics files of a run; a missing one reads as no records."""
     train, valid = out_dir / TRAIN_METRICS, out_dir / VALID_METRICS
     return RunMetrics(
-        by_step(read_jsonl(train)) if train.is_file() else [],
-        by_step(read_jsonl(valid)) if valid.is_file() else [],
+        train=by_step(read_jsonl(train)) if train.is_file() else [],
+        valid=by_step(read_jsonl(valid)) if valid.is_file() else [],
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunSummary:
     name: str
     path: Path
@@ -288,7 +288,7 @@ def find_runs(paths: Sequence[Path]) -> list[tuple[str, Path]]:
 # ---------------------------------------------------------------- groups over seeds
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Group:
     label: str
     """A short name for tables and legends: its settings, or when those are long its run's name (or group N)."""
@@ -318,12 +318,12 @@ def group_runs(runs: Sequence[RunSummary]) -> tuple[list[str], list[Group]]:
     for run in runs:
         groups.setdefault(tuple(_value_text(run.config.get(k)) for k in keys), []).append(run)
     if not keys:
-        return keys, [Group(runs[0].name if len(runs) == 1 else "all runs", "", list(runs))]
+        return keys, [Group(label=runs[0].name if len(runs) == 1 else "all runs", settings="", runs=list(runs))]
     named = []
     for i, (values, members) in enumerate(groups.items(), 1):
         settings = ",".join(f"{k}={v}" for k, v in zip(keys, values))
         label = settings if len(settings) <= MAX_LABEL else members[0].name if len(members) == 1 else f"group {i}"
-        named.append(Group(label, settings, members))
+        named.append(Group(label=label, settings=settings, runs=members))
     return keys, named
 
 

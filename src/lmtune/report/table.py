@@ -16,7 +16,7 @@ from lmtune.report.runs import HEADLINE_SCORES, LOSS, TEST_SCORES, Group, RunSum
 MISSING = "n/a"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Column:
     header: str
     value: Callable[[RunSummary], float | None]
@@ -28,16 +28,16 @@ class Column:
 
 def columns(runs: Sequence[RunSummary]) -> list[Column]:
     """The table's number columns; validation columns only when some run validated."""
-    cols = [Column("steps", lambda r: r.steps, None), Column("train loss", lambda r: r.train_loss, 4)]
+    cols = [Column(header="steps", value=lambda r: r.steps, digits=None), Column(header="train loss", value=lambda r: r.train_loss, digits=4)]
     for column, name in [(LOSS, "valid loss"), *HEADLINE_SCORES.items()]:
         if any(column in r.final for r in runs):
-            cols.append(Column(name, lambda r, c=column: r.final.get(c), 4))  # type: ignore[misc]
-            cols.append(Column(f"best {name}", lambda r, c=column: r.best.get(c), 4))  # type: ignore[misc]
+            cols.append(Column(header=name, value=lambda r, c=column: r.final.get(c), digits=4))  # type: ignore[misc]
+            cols.append(Column(header=f"best {name}", value=lambda r, c=column: r.best.get(c), digits=4))  # type: ignore[misc]
     for key, name in TEST_SCORES.items():
         if any(key in r.test for r in runs):
-            cols.append(Column(name, lambda r, k=key: r.test.get(k), 4, lambda r, k=key: r.test_intervals.get(k)))  # type: ignore[misc]
-    cols.append(Column("tokens/s", lambda r: r.tokens_per_second, 0))
-    cols.append(Column("wall time (s)", lambda r: r.wall_time, 1))
+            cols.append(Column(header=name, value=lambda r, k=key: r.test.get(k), digits=4, interval=lambda r, k=key: r.test_intervals.get(k)))  # type: ignore[misc]
+    cols.append(Column(header="tokens/s", value=lambda r: r.tokens_per_second, digits=0))
+    cols.append(Column(header="wall time (s)", value=lambda r: r.wall_time, digits=1))
     return cols
 
 

@@ -113,7 +113,7 @@ def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]
             config=AdamWConfig(lr=o.learning_rate, betas=o.optimizer.betas, eps=o.optimizer.eps, weight_decay=o.optimizer.weight_decay)
         ),
         "lr_scheduler": LRSchedulerSection(
-            config=CosineAnnealingLRConfig(num_warmup_steps=warmup_steps(o), final_lr_scale=o.lr_scheduler.final_lr_scale)  # type: ignore[arg-type]
+            config=CosineAnnealingLRConfig(num_warmup_steps=warmup_steps(o), final_lr_scale=o.lr_scheduler.final_lr_scale)
         ),
         "common": CommonSection(
             seed=o.seed,
@@ -144,7 +144,7 @@ def lora_section(plan: LoraPlan) -> LoraSection:
     return LoraSection(settings=s.settings, seed=s.seed, base_name=s.base.name, adapter_init=plan.adapter_init)
 
 
-def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):  # type: ignore[no-untyped-def]
+def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):
     """``encoded``: data file -> its cache entry (lmtune.data.encoded_cache), when data_cache is on."""
     from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, RepresentationsSection, SftDataSection, TaskEvalSection
     from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
@@ -192,5 +192,5 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             every_n_steps=o.representations.every_n_steps if valid_file is not None else None, num_examples=o.representations.num_examples,
             layers=o.representations.layers, out_dir=out_dir,
         ),  # fmt: skip
-        **training_sections(o),  # type: ignore[arg-type]
+        **training_sections(o),
     )

@@ -27,10 +27,12 @@ from lmtune.training.validation_plan import continues_after_early_stop, early_st
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
 
 if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
+
     from lmtune.data.encoded_cache import CachePlan
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Inputs:
     model: ModelSpec
     tokenizer: TokenizerSpec
@@ -59,10 +61,10 @@ def resolve_inputs(o: FinetuneOptions) -> Inputs:
         v = resolve_dataset(store, o.valid_dataset, "valid_dataset")
         valid = v.valid or v.test or v.train
         task, labels = (v.task, v.labels) if v.task is not None else (task, labels)
-    return Inputs(model, tokenizer, data.train, valid, task, labels)
+    return Inputs(model=model, tokenizer=tokenizer, train=data.train, valid=valid, task=task, labels=labels)
 
 
-def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: object) -> int:
+def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptions, loaded: Tokenizer) -> int:
     """Checks the tokenizer (``loaded``: the fairseq2 tokenizer) against the model's vocabulary;
     returns max_seq_len capped at the model's maximum."""
     from lmtune.models.fit import check_vocabulary, fitted_max_seq_len
@@ -85,7 +87,7 @@ def _cache_plans(out_dir: Path, o: FinetuneOptions, tokenizer: TokenizerSpec, fi
     return {path: plan_cache(encoded_cache_root(), path, tokenizer) for path in dict.fromkeys(files)}
 
 
-def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: TokenizerSpec) -> None:
+def _write_caches(caches: dict[Path, CachePlan], loaded: Tokenizer, tokenizer: TokenizerSpec) -> None:
     """Rank 0, before fairseq2 starts: the other ranks map the caches once they have all joined."""
     from lmtune.data.encoded_cache import ensure_cache
     from lmtune.data.encoding import ExampleEncoder
@@ -93,14 +95,17 @@ def _write_caches(caches: dict[Path, CachePlan], loaded: object, tokenizer: Toke
 
     encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
     for plan in caches.values():  # reused, or built once while concurrent runs on the same data wait
-        ensure_cache(plan, lambda tmp, p=plan: encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp))
+        def encode(tmp: Path, p: CachePlan = plan) -> object:
+            return encode_jsonl(p.data_file, encoder, workers=default_workers(), directory=tmp)
+
+        ensure_cache(plan, encode)
 
 
 def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunConsole | None = None) -> None:
     """``console``: what the run shows (default: the compact console of ``lmtune.training.console``)."""
     console = console or RunConsole()
     check_training_numbers(o, {"max_eval_examples": o.max_eval_examples, "eval_max_gen_len": o.eval_max_gen_len, "keep_best_n_checkpoints": o.keep_best_n_checkpoints})
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    prepare_distributed_env(os.environ)
     inputs = resolve_inputs(o)
     model, tokenizer, train_file, valid_file = inputs.model, inputs.tokenizer, inputs.train, inputs.valid
     from lmtune.adapters.plan import plan_lora

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmtune.catalog.cards import CardStore
+from lmtune.catalog.cards import Card, CardStore
 from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, resolve_model, resolve_tokenizer
 from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_corpus
 from lmtune.errors import UserError
@@ -33,7 +33,7 @@ from lmtune.training.validation_plan import ValidationPlan
 # (Beside run_dir's layout, which knows only fine-tuning's files.)
 CHECK_CACHE = "corpus_check.json"
 
-PERPLEXITY = ValidMetric("valid.perplexity", "perplexity", "Perplexity", higher_better=False)
+PERPLEXITY = ValidMetric(user_name="valid.perplexity", name="perplexity", display_name="Perplexity", higher_better=False)
 
 # Keys a rerun may change besides run_dir.RESUMABLE_CHANGES: neither moves the reader's position.
 RESUMABLE_HERE = {"skip_invalid", "tokenizer_threads", "max_valid_tokens"}
@@ -42,13 +42,14 @@ RESUMABLE_HERE = {"skip_invalid", "tokenizer_threads", "max_valid_tokens"}
 class PretrainConsole(RunConsole):
     """RunConsole with pretraining's header line."""
 
-    def header(self, o, out_dir, plan, publish_every, *, validates):  # type: ignore[no-untyped-def, override]
+    def header(self, o: FinetuneOptions | PretrainOptions, out_dir: Path, plan: ValidationPlan, publish_every: int, *, validates: bool) -> None:
         shown: list[str] = []
-        self.write = shown.append  # type: ignore[method-assign]  # RunConsole's own header line is replaced below
+        self.write = shown.append  # type: ignore[method-assign, assignment]  # RunConsole's own header line is replaced below
         try:
             super().header(o, out_dir, plan, publish_every, validates=validates)
         finally:
             del self.write
+        assert isinstance(o, PretrainOptions)
         init = " (random initial weights)" if o.init == "random" else ""
         valid = f", validating on {_names(o.valid_dataset)} every {o.validate_every_n_steps} steps" if validates else ""
         self.write(f"lmtune: pretraining {o.model}{init} on {_names(o.dataset)} for {o.max_num_steps} steps{valid}, into {out_dir} (fairseq2's full log: {out_dir / 'logs'})")
@@ -68,6 +69,7 @@ def resolve_model_and_tokenizer(o: PretrainOptions) -> tuple[ModelSpec, Tokenize
     if o.model is None:
         raise UserError("config key 'model' is not set; name a model card whose architecture to train (e.g. model=tiny_llama init=random; see `lmtune assets list --kind model`).")
     store = CardStore()
+    card: Card | None
     if o.init == "random":
         if CHECKPOINT_NAME.match(o.model):
             raise UserError(f"init=random takes a model card's architecture, and model={o.model} names trained weights; name a card, or drop init=random to continue from {o.model}.")
@@ -126,7 +128,7 @@ def check_text(refs: str | list[str], key: str, num_ranks: int, skip_invalid: bo
     if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint:
         result = cached["result"]
         by_path = {str(f.path.resolve()): f for f in files}
-        return CorpusCheck([by_path[p] for p in result["files"]], result["documents"], result["num_bytes"], result["skipped_lines"], result["skipped_files"], result["first_skipped"]), None
+        return CorpusCheck(files=[by_path[p] for p in result["files"]], documents=result["documents"], num_bytes=result["num_bytes"], skipped_lines=result["skipped_lines"], skipped_files=result["skipped_files"], first_skipped=result["first_skipped"]), None
     return check_corpus(files, num_ranks, skip_invalid=skip_invalid, what=what, every_rank=key == "dataset"), fingerprint
 
 
@@ -154,7 +156,7 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
     """``console``: what the run shows (default: ``PretrainConsole``, the compact console of ``lmtune.training.console``)."""
     console = console or PretrainConsole()
     _check_numbers(o)
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    prepare_distributed_env(os.environ)
     if o.dataset is None:
         raise UserError("config key 'dataset' is not set; give a .txt or .jsonl file, a directory of them, a glob or a list (e.g. dataset=corpus/).")
     model, tokenizer = resolve_model_and_tokenizer(o)

@@ -11,7 +11,7 @@ from lmtune.options.pretrain import PretrainOptions
 from lmtune.runs.fairseq2_config import instrument_section, kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
 
 
-def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_files: list[Path], valid_files: list[Path], rows: int):  # type: ignore[no-untyped-def]
+def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_files: list[Path], valid_files: list[Path], rows: int):
     from lmtune.recipes.pretrain import PretrainConfig, TextDataSection
 
     keep, save_model_only = kept_checkpoints(o)
@@ -39,5 +39,5 @@ def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSp
             publish_metrics_every_n_steps=publish_interval(o, validates),  # type: ignore[arg-type]
         ),
         instrument=instrument_section(o),
-        **training_sections(o),  # type: ignore[arg-type]
+        **training_sections(o),
     )

@@ -18,7 +18,7 @@ from lmtune.errors import UserError
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.+\-\[\]:]+$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Point:
     index: int
     name: str
@@ -66,5 +66,5 @@ def grid_points(grid: dict[str, list[str]]) -> list[Point]:
     points = []
     for i, values in enumerate(itertools.product(*(grid[k] for k in keys))):
         pairs = [f"{k}={v}" for k, v in zip(keys, values)]
-        points.append(Point(i, ",".join(pairs), pairs))
+        points.append(Point(index=i, name=",".join(pairs), config=pairs))
     return points

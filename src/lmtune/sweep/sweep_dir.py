@@ -11,6 +11,7 @@ own rules for resuming), but not the grid: other points belong in another OUT.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def is_sweep_dir(path: Path) -> bool:
     return (path / DEFINITION).is_file()
 
 
-def save_definition(out: Path, config_file: str | None, config: list[str], grid: dict[str, list[str]], options: list[object]) -> list[Point]:
+def save_definition(out: Path, config_file: str | None, config: list[str], grid: dict[str, list[str]], options: Sequence[object]) -> list[Point]:
     """Writes OUT/sweep.yaml (refusing another grid than the one already there); returns the points.
     ``options`` are the points' effective options, whose typed values the definition records."""
     import yaml

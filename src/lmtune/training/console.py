@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lmtune.options.finetune import FinetuneOptions
+from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import is_main_process
 from lmtune.training.validation_plan import ValidationPlan
 
@@ -92,7 +93,9 @@ def peak_memory(values: Mapping[str, object]) -> str:
 
 
 def _number(value: object) -> float:
-    return float(value.item() if hasattr(value, "item") else value)  # type: ignore[arg-type, union-attr]
+    number = value.item() if hasattr(value, "item") else value  # fairseq2 hands over numbers and 0-d tensors
+    assert isinstance(number, (int, float)), f"metric value {value!r} is not a number"
+    return float(number)
 
 
 class RunConsole:
@@ -123,7 +126,7 @@ class RunConsole:
 
     # ------------------------------------------------------------ the run's lines
 
-    def header(self, o: FinetuneOptions, out_dir: Path, plan: ValidationPlan, publish_every: int, *, validates: bool) -> None:
+    def header(self, o: FinetuneOptions | PretrainOptions, out_dir: Path, plan: ValidationPlan, publish_every: int, *, validates: bool) -> None:
         self._out, self._total, self._every = out_dir, o.max_num_steps, publish_every
         if self._max_step_lines and o.max_num_steps:
             per_line = math.ceil(o.max_num_steps / self._max_step_lines)

@@ -26,7 +26,7 @@ from typing_extensions import override
 from lmtune.errors import UserError
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StopState:
     reference: float | None = None
     """The score of the last validation that counted as an improvement (by more than min_delta)."""

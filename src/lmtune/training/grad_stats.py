@@ -24,10 +24,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, MutableMapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.nn import Parameter
+
+if TYPE_CHECKING:
+    from fairseq2.gang import Gang
+    from fairseq2.trainer import Trainer
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.([A-Za-z_]+)")
 
@@ -103,7 +108,7 @@ class GradStats:
     """Computes the statistics on publishing steps (from the trainer's clipping hook) and adds
     them to the values fairseq2 publishes for that step (from the train unit, on rank 0)."""
 
-    def __init__(self, model: torch.nn.Module, trainer: object, sharded_gang: object, publish_every: int, max_num_steps: int | None) -> None:
+    def __init__(self, model: torch.nn.Module, trainer: Trainer, sharded_gang: Gang, publish_every: int, max_num_steps: int | None) -> None:
         self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._trainer = trainer
         self._gang = sharded_gang
@@ -113,10 +118,10 @@ class GradStats:
         self._step = -1
 
     def before_clip(self) -> None:
-        step = self._trainer.step_nr  # type: ignore[attr-defined]
+        step = self._trainer.step_nr
         if step % self._every == 0 or step == self._last:  # the steps fairseq2 publishes
             self._values, self._step = gradient_stats(self._params, self._gang), step
 
     def publish(self, values: MutableMapping[str, object]) -> None:
-        if self._step == self._trainer.step_nr:  # type: ignore[attr-defined]
+        if self._step == self._trainer.step_nr:
             values.update(self._values)

@@ -14,6 +14,10 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def peak_rss_bytes() -> int:
@@ -21,10 +25,10 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def publish_memory(values: MutableMapping[str, object], device: object) -> None:
+def publish_memory(values: MutableMapping[str, object], device: torch.device) -> None:
     values["memory/peak_rss_bytes"] = peak_rss_bytes()
     if getattr(device, "type", None) == "cuda":
         import torch
 
-        values["memory/gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)  # type: ignore[arg-type]
-        values["memory/gpu_max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)  # type: ignore[arg-type]
+        values["memory/gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        values["memory/gpu_max_reserved_bytes"] = torch.cuda.max_memory_reserved(device)

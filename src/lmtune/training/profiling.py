@@ -20,9 +20,15 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fairseq2.profilers import Profiler
+
+if TYPE_CHECKING:
+    from fairseq2.recipe.config import TorchProfilerConfig
+    from fairseq2.runtime.dependency import DependencyContainer, DependencyResolver
+
+    from lmtune.training.console import RunConsole
 
 TOP_OPERATORS = 10
 
@@ -47,7 +53,7 @@ def top_operators_table(events: Any, device_type: str, rows: int = TOP_OPERATORS
 class StepProfiler(Profiler):
     """fairseq2's ``Profiler`` interface (start / stop / step) around ``torch.profiler.profile``."""
 
-    def __init__(self, config: Any, out_dir: Path, rank: int, device_type: str, show: Callable[[str], None] | None) -> None:
+    def __init__(self, config: TorchProfilerConfig, out_dir: Path, rank: int, device_type: str, show: Callable[[str], None] | None) -> None:
         from torch.profiler import ProfilerActivity, profile, schedule
 
         self._out, self._rank, self._device_type, self._show = out_dir, rank, device_type, show
@@ -84,16 +90,16 @@ class StepProfiler(Profiler):
                 print(text, file=sys.stderr, flush=True)
 
 
-def register_profiler(container: Any, config_kls: type, console: Any) -> None:
+def register_profiler(container: DependencyContainer, config_kls: type, console: RunConsole | None) -> None:
     """From a recipe's ``register``: adds the profiler to fairseq2's when the config's
     ``instrument.profiler.enabled`` is set."""
     from fairseq2.recipe import RecipeContext
 
     from lmtune.run_dir import PROFILE
 
-    def create(resolver: Any) -> Profiler | None:
+    def create(resolver: DependencyResolver) -> Profiler | None:
         context = RecipeContext(resolver)
-        config = context.get_config_as(config_kls).instrument.profiler
+        config: TorchProfilerConfig = context.get_config_as(config_kls).instrument.profiler
         if not config.enabled:
             return None
         show = console.write if console is not None else None

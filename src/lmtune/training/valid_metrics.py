@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from lmtune.errors import UserError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ValidMetric:
     user_name: str
     """What a user writes: valid.accuracy."""
@@ -27,7 +27,7 @@ class ValidMetric:
     higher_better: bool
 
 
-LOSS = ValidMetric("valid.loss", "nll_loss", "NLL Loss", higher_better=False)
+LOSS = ValidMetric(user_name="valid.loss", name="nll_loss", display_name="NLL Loss", higher_better=False)
 
 # Counts beside the scores, recorded but not for early stopping.
 COUNTS = {"eval_examples": "Eval Examples", "no_answer": "No Answer", "invalid_answers": "Invalid Answers"}
@@ -38,10 +38,10 @@ def valid_metrics(task: str | None, labels: Sequence[str] | None) -> list[ValidM
     metrics = [LOSS]
     if task is None:
         return metrics
-    metrics.append(ValidMetric("valid.accuracy", "accuracy", "Accuracy", higher_better=True))
+    metrics.append(ValidMetric(user_name="valid.accuracy", name="accuracy", display_name="Accuracy", higher_better=True))
     if task == "classification":
-        metrics.append(ValidMetric("valid.macro_f1", "macro_f1", "Macro F1", higher_better=True))
-        metrics += [ValidMetric(f"valid.f1_{label}", f"f1_{label}", f"F1 {label}", higher_better=True) for label in labels or ()]
+        metrics.append(ValidMetric(user_name="valid.macro_f1", name="macro_f1", display_name="Macro F1", higher_better=True))
+        metrics += [ValidMetric(user_name=f"valid.f1_{label}", name=f"f1_{label}", display_name=f"F1 {label}", higher_better=True) for label in labels or ()]
     return metrics
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.training.valid_metrics import ValidMetric, choose_metric, valid_metrics
 
+if TYPE_CHECKING:
+    from fairseq2.data.tokenizers import Tokenizer
 
-@dataclass
+
+@dataclass(kw_only=True)
 class ValidationPlan:
     task: str | None = None
     """The task scored on greedy completions at each validation; None: loss only."""
@@ -29,7 +32,7 @@ class ValidationPlan:
     """early_stopping.metric, when set."""
 
 
-def plan_validation(o: FinetuneOptions, valid: Path | None, card_task: str | None, card_labels: list[str] | None, tokenizer: object, chat_dir: Path | None) -> ValidationPlan:
+def plan_validation(o: FinetuneOptions, valid: Path | None, card_task: str | None, card_labels: list[str] | None, tokenizer: Tokenizer, chat_dir: Path | None) -> ValidationPlan:
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
     from lmtune.score.tasks import check_references
@@ -68,7 +71,7 @@ def plan_validation(o: FinetuneOptions, valid: Path | None, card_task: str | Non
         raise UserError(f"config key 'early_stopping.patience' must be at least 1 (or null: never stop), got {es.patience}.")
     if es.min_delta < 0:
         raise UserError(f"config key 'early_stopping.min_delta' must be 0 or more, got {es.min_delta}.")
-    return ValidationPlan(task, labels, metrics, metric)
+    return ValidationPlan(task=task, labels=labels, metrics=metrics, metric=metric)
 
 
 def continues_after_early_stop(record: dict[str, Any], o: FinetuneOptions, last_step: int) -> bool:
