@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmtune.errors import UserError
 
@@ -64,7 +64,7 @@ def encoder_prefix_suffix(encoder: object) -> tuple[list[int], list[int]] | None
     check_version()
     if not (hasattr(encoder, "_prefix_indices") and hasattr(encoder, "_suffix_indices")):
         return None
-    return encoder._prefix_indices, encoder._suffix_indices  # type: ignore[attr-defined]  # noqa: SLF001
+    return encoder._prefix_indices, encoder._suffix_indices  # noqa: SLF001
 
 
 def encoder_hf_tokenizer(encoder: object) -> Any:
@@ -95,7 +95,7 @@ def replace_forward(module: object, forward: Callable[..., Any]) -> None:
     module.forward = forward.__get__(module)  # type: ignore[attr-defined]
 
 
-def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:
+def call_before_grad_clip(trainer: Trainer, before: Callable[[], None]) -> None:
     """Calls ``before()`` in each step once the gradients are final (normalized by the target
     count, unscaled) and before fairseq2 0.8.1's trainer clips them and the optimizer zeroes them:
     its ``_do_run_step`` computes ``grad_norm`` through ``self._model_dp_facade.clip_grad_norm``."""
@@ -107,7 +107,7 @@ def call_before_grad_clip(trainer: object, before: Callable[[], None]) -> None:
         before()
         return clip(max_norm)
 
-    facade.clip_grad_norm = clip_after  # an instance attribute: only this trainer's facade is swapped
+    facade.clip_grad_norm = clip_after  # type: ignore[method-assign]  # an instance attribute: only this trainer's facade is swapped
 
 
 # ------------------------------------------------------------ the dependency container

@@ -18,6 +18,9 @@ from torch.nn import Module, SiLU
 
 from lmtune.fairseq2_internals import replace_forward
 
+if TYPE_CHECKING:
+    from fairseq2.models.transformer.ffn import GLUFeedForwardNetwork
+
 
 class _SiluMul(torch.autograd.Function):
     @staticmethod

@@ -19,12 +19,15 @@ dropped chunk by chunk as soon as the loss and its gradient are known
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from torch import Tensor
 from torch.nn import Module
 
 from lmtune.fairseq2_internals import replace_fused_loss
+
+if TYPE_CHECKING:
+    from fairseq2.models.transformer_lm import TransformerLM
 
 
 def use_target_only_loss(model: Module) -> None:
@@ -33,6 +36,8 @@ def use_target_only_loss(model: Module) -> None:
 
 
 def _target_only_loss(model: Module, full_loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    lm = cast("TransformerLM", model)  # the recipe's hook hands over a Module; Llama and Qwen are TransformerLMs
+
     def target_only_loss(
         decoder_output: Tensor,
         targets: Tensor,

@@ -43,7 +43,7 @@ def describe_keys(cls: type, prefix: str = "") -> str:
     lines: list[str] = []
     sections: list[tuple[str, type]] = []
     for f in key_fields(cls):
-        kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        kind: object = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             sections.append((f.name, kind))
             continue

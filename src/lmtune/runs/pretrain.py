@@ -22,6 +22,7 @@ from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_
 from lmtune.errors import UserError
 from lmtune.files import atomic_write_text
 from lmtune.launch import prepare_distributed_env
+from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import is_main_process
 from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
