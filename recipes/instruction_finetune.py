@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
 
-from torch.nn import Module
-from typing_extensions import override
-
 from fairseq2.data.tokenizers import Tokenizer
 from fairseq2.datasets import DataPipelineReader, SequenceBatch, SyncMode
 from fairseq2.gang import Gangs
@@ -35,7 +32,7 @@ from fairseq2.logging import log
 from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float, format_as_int
 from fairseq2.metrics.recorders import MetricDescriptor
-from fairseq2.runtime.dependency import DependencyContainer
+from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe import Recipe, RecipeContext
 from fairseq2.recipe.config import (
     CommonSection,
@@ -47,29 +44,36 @@ from fairseq2.recipe.config import (
     TokenizerSection,
     TrainerSection,
 )
-from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe.evaluator import EvalUnit
+from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.task import Task
+from torch.nn import Module
+from typing_extensions import override
 
+from lmtune.adapters.base_family import register_lora_base_families
 from lmtune.data.batching import build_pipeline
 from lmtune.data.encoded_examples import EncodedExamples
-from lmtune.training.console import RunConsole
-from lmtune.training.early_stopping import PatienceStopper
-from lmtune.training.task_eval import EvalPrompts, evaluate_task
-from lmtune.training.valid_metrics import COUNTS, ValidMetric
-from lmtune.models.document_attention import DocumentSDPA
-from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
-from lmtune.adapters.base_family import register_lora_base_families
-from lmtune.models.swiglu import use_lean_swiglu
-from lmtune.models.target_loss import use_target_only_loss
-from lmtune.training.instruments import InstrumentSection
-from lmtune.training.profiling import register_profiler
-from lmtune.training.training_task import training_task
-from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
+from lmtune.fairseq2_internals import set_early_stopper
+from lmtune.models.document_attention import DocumentSDPA
+from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.models.target_loss import use_target_only_loss
 from lmtune.options.lora import LoraSettings
 from lmtune.safe_load import use_safe_tensor_loader
+from lmtune.training.console import RunConsole
+from lmtune.training.early_stopping import PatienceStopper
+from lmtune.training.instruments import InstrumentSection
+from lmtune.training.nll_unit import (
+    NllTrainUnit,
+    prepare_nll_metrics,
+    record_nll,
+    target_nll,
+)
+from lmtune.training.profiling import register_profiler
+from lmtune.training.task_eval import EvalPrompts, evaluate_task
+from lmtune.training.training_task import training_task
+from lmtune.training.valid_metrics import COUNTS, ValidMetric
 
 
 @dataclass(kw_only=True)
@@ -268,7 +272,10 @@ class InstructionFinetuneRecipe(Recipe):
         trainer = context.create_trainer(unit, train_reader, valid_units, valid_readers)
         reps = config.representations
         if reps.every_n_steps is not None and reps.out_dir is not None and data.valid_file is not None and gangs.root.rank == 0:
-            from lmtune.training.representations import RepresentationProbe, choose_examples
+            from lmtune.training.representations import (
+                RepresentationProbe,
+                choose_examples,
+            )
 
             examples = prepare_examples(data.valid_file, data.valid_encoded, encoder, data.encode_workers)
             indices = choose_examples(examples, data.max_seq_len, reps.num_examples, str(data.valid_file))

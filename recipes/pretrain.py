@@ -22,9 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
 
-from torch.nn import Module
-from typing_extensions import override
-
 from fairseq2.datasets import SequenceBatch
 from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float
@@ -44,17 +41,24 @@ from fairseq2.recipe.config import (
 from fairseq2.recipe.evaluator import EvalUnit
 from fairseq2.runtime.dependency import DependencyContainer
 from fairseq2.task import Task
+from torch.nn import Module
+from typing_extensions import override
 
 from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
-from lmtune.training.console import RunConsole
 from lmtune.models.document_attention import DocumentSDPA
-from lmtune.training.nll_unit import NllTrainUnit, prepare_nll_metrics, record_nll, target_nll
 from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.safe_load import use_safe_tensor_loader
+from lmtune.training.console import RunConsole
 from lmtune.training.instruments import InstrumentSection
+from lmtune.training.nll_unit import (
+    NllTrainUnit,
+    prepare_nll_metrics,
+    record_nll,
+    target_nll,
+)
 from lmtune.training.profiling import register_profiler
 from lmtune.training.training_task import training_task
-from lmtune.safe_load import use_safe_tensor_loader
 
 
 @dataclass(kw_only=True)

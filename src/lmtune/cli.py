@@ -13,7 +13,13 @@ import logging
 import sys
 from types import ModuleType
 
-from lmtune.errors import RunFailed, Stopped, UserError, explain_checkpoint_error, explain_checkpoint_mismatch
+from lmtune.errors import (
+    RunFailed,
+    Stopped,
+    UserError,
+    explain_checkpoint_error,
+    explain_checkpoint_mismatch,
+)
 
 DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 

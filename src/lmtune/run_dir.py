@@ -62,7 +62,7 @@ def is_main_process() -> bool:
 
 def lock_output_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    fp = open(out_dir / ".lmtune.lock", "a+")
+    fp = open(out_dir / ".lmtune.lock", "a+")  # noqa: SIM115  # held open for the run: the flock lives as long as the file
     try:
         fcntl.flock(fp, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

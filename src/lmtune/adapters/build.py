@@ -25,7 +25,12 @@ from lmtune.adapters.base_weights import load_base_weights
 from lmtune.adapters.lora import apply_lora, load_adapters
 from lmtune.catalog.specs import LoraSpec, ModelSpec
 from lmtune.errors import UserError
-from lmtune.models.loading import iter_model_tensors, load_model, model_config, model_family
+from lmtune.models.loading import (
+    iter_model_tensors,
+    load_model,
+    model_config,
+    model_family,
+)
 from lmtune.options.lora import LoraSettings
 
 if TYPE_CHECKING:

@@ -16,8 +16,15 @@ from typing import Any, Literal
 from lmtune.catalog.cards import Card, CardStore
 from lmtune.errors import UserError, did_you_mean
 from lmtune.options.lora import LoraSettings
+from lmtune.run_dir import (
+    best_step,
+    checkpoint_steps,
+    is_checkpoint_dir,
+    read_cards,
+    read_lora_card,
+    step_model_dir,
+)
 from lmtune.safe_load import check_hf_dir
-from lmtune.run_dir import best_step, checkpoint_steps, is_checkpoint_dir, read_cards, read_lora_card, step_model_dir
 
 # What a user may write for model= to mean a checkpoint of a training run.
 CHECKPOINT_NAME = re.compile(r"^(last_checkpoint|best_checkpoint|checkpoint_step_(\d+))$")

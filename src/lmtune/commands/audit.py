@@ -43,10 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lmtune.data.audit import audit, format_report
     from lmtune.catalog.cards import CardStore
-    from lmtune.data.records import read_records
     from lmtune.catalog.specs import resolve_dataset, resolve_tokenizer
+    from lmtune.data.audit import audit, format_report
+    from lmtune.data.records import read_records
 
     if args.model is None:
         raise UserError("--model is not set; name a model card (e.g. --model tiny_llama; see `lmtune assets list --kind model`).")

@@ -32,7 +32,13 @@ def run(args: argparse.Namespace) -> None:
     import json
 
     from lmtune.files import atomic_write_text
-    from lmtune.score.run_comparison import COMPARE, choose_task, compare_runs, format_comparison, read_generation_run
+    from lmtune.score.run_comparison import (
+        COMPARE,
+        choose_task,
+        compare_runs,
+        format_comparison,
+        read_generation_run,
+    )
 
     if args.resamples < 1:
         raise UserError(f"--resamples must be at least 1, got {args.resamples}.")

@@ -25,7 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmtune.commands.common import add_config_arguments, add_out_argument, add_verbose_argument
+from lmtune.commands.common import (
+    add_config_arguments,
+    add_out_argument,
+    add_verbose_argument,
+)
 from lmtune.errors import RunFailed
 
 SUMMARY = "the built-in tiny default end to end on CPU: fine-tune, generate and score, export to Hugging Face"
@@ -61,8 +65,8 @@ def run_demo(out_dir: Path, overrides: list[str] | None = None, *, verbose: bool
     from lmtune.options.load import load_config
     from lmtune.options.presets import resolve_config_file
     from lmtune.run_dir import checkpoint_steps
-    from lmtune.training.console import RunConsole
     from lmtune.runs.finetune import run_instruction_finetune
+    from lmtune.training.console import RunConsole
 
     start = time.monotonic()
     overrides = list(overrides or [])

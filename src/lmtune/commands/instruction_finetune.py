@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from lmtune.commands.common import add_config_arguments, add_out_argument, add_verbose_argument, load_options
+from lmtune.commands.common import (
+    add_config_arguments,
+    add_out_argument,
+    add_verbose_argument,
+    load_options,
+)
 
 SUMMARY = "fine-tune on prompt/response or chat JSONL; rerun on the same OUT to resume"
 
@@ -26,7 +31,7 @@ def run(args: argparse.Namespace) -> None:
     options = load_options(FinetuneOptions, args)
     if options is None:
         return
-    from lmtune.training.console import RunConsole
     from lmtune.runs.finetune import run_instruction_finetune
+    from lmtune.training.console import RunConsole
 
     run_instruction_finetune(args.output_dir, options, RunConsole(verbose=args.verbose))

@@ -30,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lmtune.report.runs import find_runs, group_runs, is_run, is_sweep, summarize_run
+    from lmtune.report.runs import (
+        find_runs,
+        group_runs,
+        is_run,
+        is_sweep,
+        summarize_run,
+    )
     from lmtune.report.table import format_text, group_table, report_markdown
 
     report_dir = args.report_dir or (args.runs[0] if is_sweep(args.runs[0]) else DEFAULT_OUTPUT)

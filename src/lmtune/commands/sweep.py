@@ -15,7 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lmtune.commands.common import add_config_arguments, add_out_argument, add_verbose_argument
+from lmtune.commands.common import (
+    add_config_arguments,
+    add_out_argument,
+    add_verbose_argument,
+)
 from lmtune.errors import RunFailed, Stopped, UserError
 
 SUMMARY = "instruction_finetune over a grid of config values (seeds, learning rates, ...), locally or as a SLURM job array"

@@ -20,8 +20,8 @@ import torch
 
 from lmtune.data.encoded_examples import EncodedExamples
 from lmtune.data.encoding import Example
-from lmtune.errors import UserError
 from lmtune.data.packing import collate_packed, group_rows, pack_examples
+from lmtune.errors import UserError
 
 if TYPE_CHECKING:
     from fairseq2.datasets import SequenceBatch

@@ -85,7 +85,7 @@ def leftover_names(root: Path) -> set[str]:
 
 def _try_lock(directory: Path) -> tuple[bool, IO[str] | None]:
     """(free, the held lock file): (False, None) while a build holds it; (True, None) without flock."""
-    fp = open(lock_path(directory), "a+")
+    fp = open(lock_path(directory), "a+")  # noqa: SIM115  # held open: the flock lives as long as the file
     try:
         fcntl.flock(fp, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -195,7 +195,7 @@ def entry_lock(directory: Path, waiting: Callable[[str], None] = lambda holder: 
     ``waiting(holder)`` is called once when another process holds it."""
     path = lock_path(directory)
     while True:
-        fp = open(path, "a+")
+        fp = open(path, "a+")  # noqa: SIM115  # held open: the flock lives as long as the file
         try:
             try:
                 fcntl.flock(fp, fcntl.LOCK_EX | fcntl.LOCK_NB)

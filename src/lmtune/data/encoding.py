@@ -10,12 +10,12 @@ prefix, which works for any template that renders prefixes stably (Llama 3, Qwen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lmtune.data.records import Record
 from lmtune.errors import UserError
 from lmtune.fairseq2_internals import encoder_hf_tokenizer, encoder_prefix_suffix
-from lmtune.data.records import Record
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

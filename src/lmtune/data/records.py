@@ -8,8 +8,8 @@ A record is either ``{"src": ..., "tgt": ...}`` (prompt/response) or
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.errors import UserError

@@ -23,14 +23,13 @@ already read, so a resumed run reads exactly the batches an uninterrupted one re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, final
+from typing import Any, Self, final
 
 import torch
-from typing_extensions import Self, override
-
 from fairseq2.data.data_pipeline import DataPipelineError, read_iterator
 from fairseq2.datasets import DataReader, SequenceBatch
 from fairseq2.gang import Gangs, ReduceOperation
+from typing_extensions import override
 
 from lmtune.data.text_corpus import CorpusError, Piece, read_documents
 

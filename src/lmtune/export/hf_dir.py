@@ -23,11 +23,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from lmtune.catalog.cards import Card, CardStore
+from lmtune.catalog.specs import (
+    CHECKPOINT_NAME,
+    ModelSpec,
+    TokenizerSpec,
+    model_from_card,
+    model_from_checkpoint_dir,
+    resolve_model,
+    resolve_tokenizer,
+    tokenizer_from_card,
+)
 from lmtune.errors import UserError, did_you_mean
+from lmtune.export.hf_config import (
+    EXPORTABLE_FAMILIES,
+    generation_config,
+    head_dim,
+    hf_config,
+    qwen_architecture,
+)
 from lmtune.files import replace_dir
-from lmtune.export.hf_config import EXPORTABLE_FAMILIES, generation_config, head_dim, hf_config, qwen_architecture
-from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, model_from_checkpoint_dir, resolve_model, resolve_tokenizer, tokenizer_from_card
-from lmtune.run_dir import CHECKPOINTS, HF_EXPORT, checkpoint_steps, hf_export_dir, is_checkpoint_dir, is_unfinished_step, step_dir, step_of
+from lmtune.run_dir import (
+    CHECKPOINTS,
+    HF_EXPORT,
+    checkpoint_steps,
+    hf_export_dir,
+    is_checkpoint_dir,
+    is_unfinished_step,
+    step_dir,
+    step_of,
+)
 
 if TYPE_CHECKING:
     from fairseq2.models.llama import LLaMAConfig
@@ -181,8 +205,8 @@ def export_hf(
     """Writes the directory beside ``output`` and renames it into place; returns ``output``.
     For a LoRA checkpoint, ``lora_weights`` is "merged" (W + B @ A * scale) or "base" (the frozen
     base alone, as the run used it: an NF4 base dequantized)."""
-    from lmtune.export.safetensors_shards import parse_size
     from lmtune.dtypes import DTYPES
+    from lmtune.export.safetensors_shards import parse_size
 
     _check_family(spec.family, spec.name)
     if dtype is not None and dtype not in DTYPES:
@@ -264,8 +288,11 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
     from fairseq2.gang import create_fake_gangs
     from fairseq2.model_checkpoint import CorruptModelCheckpointError
 
-    from lmtune.export.safetensors_shards import SAFETENSORS_DTYPES, ShardedSafetensorsWriter
     from lmtune.dtypes import torch_dtype
+    from lmtune.export.safetensors_shards import (
+        SAFETENSORS_DTYPES,
+        ShardedSafetensorsWriter,
+    )
     from lmtune.models.hf_keys import cast, hf_name, is_lm_head, to_hf_tensor
     from lmtune.models.loading import model_family
 

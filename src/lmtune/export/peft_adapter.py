@@ -17,9 +17,9 @@ import json
 import os
 import shutil
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
-import typing
 from typing import TYPE_CHECKING
 
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
@@ -46,13 +46,13 @@ def export_peft_adapter(
     from safetensors.torch import save_file
 
     from lmtune.adapters.build import load_any_model
-    from lmtune.models.loading import model_config
+    from lmtune.adapters.lora import lora_modules
     from lmtune.dtypes import DTYPES, torch_dtype
     from lmtune.export.hf_config import head_dim
     from lmtune.export.hf_dir import export_hf
     from lmtune.files import replace_dir
     from lmtune.models.hf_keys import cast, hf_name, to_hf_tensor
-    from lmtune.adapters.lora import lora_modules
+    from lmtune.models.loading import model_config
 
     if spec.lora is None:
         raise UserError(f"--adapter exports LoRA adapters, and {spec.source} is a full fine-tuning checkpoint; export it without --adapter.")

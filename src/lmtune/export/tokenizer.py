@@ -18,11 +18,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmtune.errors import UserError
-from lmtune.fairseq2_internals import tiktoken_encoding
-from lmtune.export.hf_config import SpecialIds
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.catalog.stop_tokens import stop_token_ids
+from lmtune.errors import UserError
+from lmtune.export.hf_config import SpecialIds
+from lmtune.fairseq2_internals import tiktoken_encoding
 
 if TYPE_CHECKING:
     from fairseq2.data.tokenizers import Tokenizer as Fairseq2Tokenizer

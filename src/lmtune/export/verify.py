@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from lmtune.errors import UserError
 from lmtune.catalog.specs import ModelSpec
+from lmtune.errors import UserError
 
 TOLERANCE = 1e-4
 BATCH, LENGTH, SEED = 2, 32, 0

@@ -20,8 +20,8 @@ are cut back to it, and batches of similar length keep that waste small.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from fairseq2.generation.sampling import Sampler
@@ -115,7 +115,11 @@ class Generator:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, options: GeneratorOptions, stop_ids: Sequence[int] | None = None) -> None:
         from fairseq2.data.tokenizers import VocabularyInfo
         from fairseq2.generation.beam_search import BeamSearchSequenceGenerator
-        from fairseq2.generation.sampling import SamplingSequenceGenerator, TopKSampler, TopPSampler
+        from fairseq2.generation.sampling import (
+            SamplingSequenceGenerator,
+            TopKSampler,
+            TopPSampler,
+        )
 
         vocab = tokenizer.vocab_info
         self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)

@@ -47,13 +47,13 @@ class Inputs:
 
 def resolve_inputs(o: GenerateOptions) -> Inputs:
     from lmtune.catalog.cards import CardStore
-    from lmtune.models.fit import check_vocabulary
+    from lmtune.catalog.specs import resolve_dataset, resolve_model, resolve_tokenizer
     from lmtune.data.encoding import ExampleEncoder
-    from lmtune.models.loading import load_tokenizer, model_config
     from lmtune.data.records import read_records
+    from lmtune.models.fit import check_vocabulary
+    from lmtune.models.loading import load_tokenizer, model_config
     from lmtune.score.qa import task_reference
     from lmtune.score.tasks import check_references
-    from lmtune.catalog.specs import resolve_dataset, resolve_model, resolve_tokenizer
 
     store = CardStore()
     model = resolve_model(store, o.model, o.checkpoint_dir, key="checkpoint_dir")  # type: ignore[arg-type]
@@ -81,7 +81,7 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     if task is not None:
         labels = check_references(task, [(r.where, ref) for r, ref in zip(records, scored)], labels)
 
-    max_seq_len = int(getattr(config, "max_seq_len"))
+    max_seq_len = int(config.max_seq_len)  # type: ignore[attr-defined]  # every fairseq2 decoder config has one
     prompts = []
     for r in records:
         tokens = encoder.encode_prompt(r)
@@ -99,8 +99,8 @@ def _device_and_dtype(o: GenerateOptions) -> tuple[torch.device, torch.dtype]:
     import torch
     from fairseq2.device import detect_default_device
 
-    from lmtune.models.loading import resolver
     from lmtune.dtypes import compute_dtype, torch_dtype
+    from lmtune.models.loading import resolver
     from lmtune.run_dir import is_main_process
 
     resolver()  # fairseq2 initialised
@@ -126,8 +126,8 @@ def _root_gang(device: torch.device) -> Gang | None:
 def generate_shard(o: GenerateOptions, inputs: Inputs, indices: list[int], device: torch.device, dtype: torch.dtype, main: bool) -> dict[int, dict[str, object]]:
     import torch
 
-    from lmtune.generate.generator import Generator, length_batches
     from lmtune.adapters.build import load_any_model
+    from lmtune.generate.generator import Generator, length_batches
 
     g = o.generator_config
     model = load_any_model(inputs.model, device=device, dtype=dtype, seed=o.seed)  # type: ignore[arg-type]
@@ -175,8 +175,8 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
 
 
 def run_generate(out_dir: Path, o: GenerateOptions) -> None:
-    from lmtune.options.load import dump_yaml
     from lmtune.launch import prepare_distributed_env
+    from lmtune.options.load import dump_yaml
     from lmtune.run_dir import is_main_process, lock_output_dir
 
     if o.model is None and o.checkpoint_dir is not None:
@@ -206,8 +206,8 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
         write_jsonl(out_dir / "generations.jsonl", ordered)
         print(f"lmtune: wrote {out_dir / 'generations.jsonl'}", file=sys.stderr)
         if inputs.task is not None:
-            from lmtune.score.scores_file import save_scores
             from lmtune.score.qa import task_reference
+            from lmtune.score.scores_file import save_scores
             from lmtune.score.tasks import Reference, score
 
             pairs: list[tuple[str, Reference]] = []

@@ -15,14 +15,17 @@ from __future__ import annotations
 from typing import final
 
 import torch
-from torch import Tensor
-from torch.nn.functional import scaled_dot_product_attention
-from typing_extensions import override
-
-from fairseq2.models.transformer.attention_bias import AttentionBias, AttentionBiasCache, CausalAttentionBias
+from fairseq2.models.transformer.attention_bias import (
+    AttentionBias,
+    AttentionBiasCache,
+    CausalAttentionBias,
+)
 from fairseq2.models.transformer.sdpa.base import SDPA
 from fairseq2.models.transformer.sdpa.torch import TorchSDPA
 from fairseq2.nn import BatchLayout
+from torch import Tensor
+from torch.nn.functional import scaled_dot_product_attention
+from typing_extensions import override
 
 
 @final

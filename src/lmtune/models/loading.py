@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from lmtune.models.checkpoint_formats import has_stale_rotary_buffers, load_llama_without_stale_rotary_buffers
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.errors import UserError
 from lmtune.files import deep_merge
-from lmtune.catalog.specs import ModelSpec, TokenizerSpec
+from lmtune.models.checkpoint_formats import (
+    has_stale_rotary_buffers,
+    load_llama_without_stale_rotary_buffers,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -115,8 +118,8 @@ def iter_model_tensors(spec: ModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
 
 def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     from fairseq2.data.tokenizers import TokenizerFamily
-    from fairseq2.gang import create_fake_gangs
     from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
     from fairseq2.utils.structured import ValueConverter
 
     family = resolver().maybe_resolve(TokenizerFamily, key=spec.family)

@@ -24,7 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmtune.files import atomic_write
-from lmtune.report.runs import GRAD_NORM, HEADLINE_SCORES, LOSS, LR, MEMORY, PLOTS, TOKENS_PER_SECOND, Group, RunMetrics, read_run_metrics
+from lmtune.report.runs import (
+    GRAD_NORM,
+    HEADLINE_SCORES,
+    LOSS,
+    LR,
+    MEMORY,
+    PLOTS,
+    TOKENS_PER_SECOND,
+    Group,
+    RunMetrics,
+    read_run_metrics,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

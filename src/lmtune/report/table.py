@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtune.report.runs import HEADLINE_SCORES, LOSS, TEST_SCORES, Group, RunSummary, mean_std
+from lmtune.report.runs import (
+    HEADLINE_SCORES,
+    LOSS,
+    TEST_SCORES,
+    Group,
+    RunSummary,
+    mean_std,
+)
 
 MISSING = "n/a"
 

@@ -22,17 +22,17 @@ from fairseq2.recipe.config import (
     OptimizerSection,
     RegimeSection,
     TensorBoardConfig,
-    TorchProfilerConfig,
     TokenizerSection,
+    TorchProfilerConfig,
     TrainerSection,
     WandbConfig,
 )
 
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.dtypes import compute_dtype, torch_dtype
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.instrument import warmup_steps as instrument_warmup_steps
 from lmtune.options.pretrain import PretrainOptions
-from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.training.instruments import InstrumentSection
 from lmtune.training.validation_plan import ValidationPlan
 
@@ -146,7 +146,13 @@ def lora_section(plan: LoraPlan) -> LoraSection:
 
 def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_file: Path, valid_file: Path | None, plan: ValidationPlan | None = None, out_dir: Path | None = None, encoded: dict[Path, Path] | None = None, encode_workers: int = 1):
     """``encoded``: data file -> its cache entry (lmtune.data.encoded_cache), when data_cache is on."""
-    from lmtune.recipes.instruction_finetune import EarlyStoppingSection, FinetuneConfig, RepresentationsSection, SftDataSection, TaskEvalSection
+    from lmtune.recipes.instruction_finetune import (
+        EarlyStoppingSection,
+        FinetuneConfig,
+        RepresentationsSection,
+        SftDataSection,
+        TaskEvalSection,
+    )
     from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, early_stop_history
 
     plan = plan or ValidationPlan()

@@ -16,15 +16,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmtune.catalog.cards import CardStore
-from lmtune.launch import prepare_distributed_env
-from lmtune.errors import UserError
-from lmtune.options.finetune import FinetuneOptions
+from lmtune.catalog.specs import (
+    ModelSpec,
+    TokenizerSpec,
+    resolve_dataset,
+    resolve_model,
+    resolve_tokenizer,
+)
 from lmtune.data.records import check_records
-from lmtune.run_dir import checkpoint_dir as run_checkpoint_dir, clear_early_stop, encoded_cache_root, is_main_process, read_early_stop, write_early_stop, write_lora_card
-from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
+from lmtune.errors import UserError
+from lmtune.launch import prepare_distributed_env
+from lmtune.options.finetune import FinetuneOptions
+from lmtune.run_dir import checkpoint_dir as run_checkpoint_dir
+from lmtune.run_dir import (
+    clear_early_stop,
+    encoded_cache_root,
+    is_main_process,
+    read_early_stop,
+    write_early_stop,
+    write_lora_card,
+)
+from lmtune.runs.lifecycle import (
+    check_saved_steps,
+    check_training_numbers,
+    open_run_dir,
+    run_training,
+)
 from lmtune.training.console import RunConsole
-from lmtune.training.validation_plan import continues_after_early_stop, early_stop_message, plan_validation
-from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
+from lmtune.training.validation_plan import (
+    continues_after_early_stop,
+    early_stop_message,
+    plan_validation,
+)
 
 if TYPE_CHECKING:
     from fairseq2.data.tokenizers import Tokenizer

@@ -24,11 +24,19 @@ from typing import TYPE_CHECKING
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.errors import RunFailed, Stopped, UserError
 from lmtune.launch import explain_distributed_failure
-from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.instrument import check_instrument_options
+from lmtune.options.load import dump_yaml, to_dict
 from lmtune.options.training import TrainingOptions
-from lmtune.run_dir import check_rerun, check_resume_checkpoint, checkpoint_dir, checkpoint_steps, is_main_process, lock_output_dir, save_config, write_tokenizer_card
-from lmtune.safe_load import check_checkpoint_objects
+from lmtune.run_dir import (
+    check_rerun,
+    check_resume_checkpoint,
+    checkpoint_dir,
+    checkpoint_steps,
+    is_main_process,
+    lock_output_dir,
+    save_config,
+    write_tokenizer_card,
+)
 
 if TYPE_CHECKING:
     from lmtune.training.console import RunConsole

@@ -17,7 +17,14 @@ import sys
 from pathlib import Path
 
 from lmtune.catalog.cards import Card, CardStore
-from lmtune.catalog.specs import CHECKPOINT_NAME, ModelSpec, TokenizerSpec, model_from_card, resolve_model, resolve_tokenizer
+from lmtune.catalog.specs import (
+    CHECKPOINT_NAME,
+    ModelSpec,
+    TokenizerSpec,
+    model_from_card,
+    resolve_model,
+    resolve_tokenizer,
+)
 from lmtune.data.text_corpus import CorpusCheck, CorpusFile, check_corpus, list_corpus
 from lmtune.errors import UserError
 from lmtune.files import atomic_write_text
@@ -25,7 +32,12 @@ from lmtune.launch import prepare_distributed_env
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.pretrain import PretrainOptions
 from lmtune.run_dir import is_main_process
-from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
+from lmtune.runs.lifecycle import (
+    check_saved_steps,
+    check_training_numbers,
+    open_run_dir,
+    run_training,
+)
 from lmtune.training.console import RunConsole
 from lmtune.training.valid_metrics import LOSS, ValidMetric
 from lmtune.training.validation_plan import ValidationPlan

@@ -8,7 +8,14 @@ from fairseq2.recipe.config import RegimeSection
 
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.options.pretrain import PretrainOptions
-from lmtune.runs.fairseq2_config import instrument_section, kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
+from lmtune.runs.fairseq2_config import (
+    instrument_section,
+    kept_checkpoints,
+    model_section,
+    publish_interval,
+    tokenizer_section,
+    training_sections,
+)
 
 
 def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSpec, train_files: list[Path], valid_files: list[Path], rows: int):

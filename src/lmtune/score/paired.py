@@ -15,7 +15,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from lmtune.score.bootstrap import LEVEL, RESAMPLES, SEED, percentile_interval, resampled_statistics
+from lmtune.score.bootstrap import (
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    percentile_interval,
+    resampled_statistics,
+)
 from lmtune.score.confusion_scores import ScorePath
 from lmtune.score.example_scores import ExampleScores
 

@@ -13,17 +13,21 @@ import json
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
 from lmtune.errors import UserError
-from lmtune.score.bootstrap import LEVEL, RESAMPLES, SEED  # numpy-free: options import TaskName
+from lmtune.score.bootstrap import (  # numpy-free: options import TaskName
+    LEVEL,
+    RESAMPLES,
+    SEED,
+)
 
 if TYPE_CHECKING:  # numpy is imported only when something is scored
     from lmtune.score.example_scores import ExampleScores
 
 TASKS = ("gsm8k", "classification", "exact_match", "qa")
 TaskName = Literal["gsm8k", "classification", "exact_match", "qa"]
-Reference = Union[str, Sequence[str]]
+Reference = str | Sequence[str]
 """A reference text; for qa also a list of reference answers (empty: unanswerable)."""
 INVALID = "(invalid)"  # the confusion-matrix column of completions that name no label
 

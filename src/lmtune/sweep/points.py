@@ -34,7 +34,7 @@ def is_finished(run_out: Path, o: FinetuneOptions) -> bool:
 
 
 def run_point(out: Path, config_file: str | None, config: list[str], point: Point, verbose: bool = False) -> None:
-    from lmtune.training.console import RunConsole
     from lmtune.runs.finetune import run_instruction_finetune
+    from lmtune.training.console import RunConsole
 
     run_instruction_finetune(run_dir(out, point), point_options(config_file, config, point), RunConsole(verbose=verbose))

@@ -12,7 +12,12 @@ from typing import final
 
 from fairseq2.datasets import SequenceBatch
 from fairseq2.metrics import MetricBag
-from fairseq2.metrics.common import add_nll_loss_metric, add_seq_batch_metrics, update_nll_loss_metric, update_seq_batch_metrics
+from fairseq2.metrics.common import (
+    add_nll_loss_metric,
+    add_seq_batch_metrics,
+    update_nll_loss_metric,
+    update_seq_batch_metrics,
+)
 from fairseq2.recipe.trainer import TrainUnit
 from torch import Tensor
 from torch.nn import Module

@@ -14,11 +14,10 @@ import signal
 from types import FrameType
 
 import torch
-from typing_extensions import override
-
 from fairseq2.gang import Gang, ReduceOperation
 from fairseq2.task import Task, TaskStopException
 from fairseq2.trainer import Trainer
+from typing_extensions import override
 
 from lmtune.fairseq2_internals import drop_step_limit
 
