@@ -5,6 +5,7 @@ for a checkpoint), they leave training's losses as they were, and drift reads th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 def _first_examples(out: Path, k: int) -> list[list[int]]:
-    """The token ids of the first k validation examples, from the run's own encoded cache."""
+    """The token ids of the first k validation examples, from the encoded cache the run used (the
+    test's own cache directory, or the module's for a module-scoped run)."""
     from lmtune.data.encoded_examples import EncodedExamples
 
-    (cache,) = (out / "cache/encoded").glob("test-*")
+    roots = dict.fromkeys(Path(os.environ[v]) for v in ("LMTUNE_CACHE_DIR", "LMTUNE_MODULE_CACHE_DIR"))
+    (cache, *_) = [c for root in roots for c in (root / "encoded").glob("test-*")]
     examples = EncodedExamples.load(cache)
     kept = examples.trainable(128, "test")[:k]
     return [examples.item(int(i))["tokens"].tolist() for i in kept]
