@@ -37,6 +37,7 @@ from lmtune.run_dir import (
     save_config,
     write_tokenizer_card,
 )
+from lmtune.safe_load import check_checkpoint_objects
 
 if TYPE_CHECKING:
     from lmtune.training.console import RunConsole
@@ -79,8 +80,10 @@ def saved_steps(out_dir: Path) -> list[int]:
 
 def check_saved_steps(out_dir: Path) -> list[int]:
     """Every rank, before OUT is touched: ``saved_steps``, with the checkpoint a resume starts
-    from checked whole (a damaged one is named in one sentence, run_dir.check_resume_checkpoint)."""
+    from checked whole (a damaged one is named in one sentence, run_dir.check_resume_checkpoint) and
+    holding nothing lmtune will not unpickle (a planted file is refused, lmtune.safe_load)."""
     check_resume_checkpoint(checkpoint_dir(out_dir))
+    check_checkpoint_objects(checkpoint_dir(out_dir))
     return saved_steps(out_dir)
 
 
