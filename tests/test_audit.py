@@ -219,8 +219,8 @@ def _handmade(tmp_path: Path) -> Path:
 
 
 def test_handmade_jsonl_with_chat_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lmtune.data.audit import training_order
     from lmtune.cli import main
+    from lmtune.data.audit import training_order
 
     path = _handmade(tmp_path)
     lengths, targets = _reference_lengths(path)

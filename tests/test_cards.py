@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from lmtune.catalog.cards import CardStore
+from lmtune.catalog.specs import resolve_dataset, resolve_model, resolve_tokenizer
 from lmtune.errors import UserError
 from lmtune.resources import assets_dir
-from lmtune.catalog.specs import resolve_dataset, resolve_model, resolve_tokenizer
 
 SHIPPED_MODELS = [
     "llama3_2_1b", "llama3_2_1b_instruct", "llama3_2_3b", "llama3_1_8b", "llama2_7b",
@@ -29,9 +29,10 @@ def test_shipped_model_cards_name_family_arch_and_tokenizer_family() -> None:
         assert card.get("tokenizer_family") in ("llama", "qwen")
 
 
+@pytest.mark.slow
 def test_shipped_archs_exist_in_fairseq2() -> None:
-    from lmtune.models.loading import model_config
     from lmtune.catalog.specs import ModelSpec
+    from lmtune.models.loading import model_config
 
     store = CardStore()
     for name in SHIPPED_MODELS:

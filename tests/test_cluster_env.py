@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from lmtune.launch import expand_nodelist, expand_tasks_per_node, prepare_distributed_env, torch_env_from_slurm
 from lmtune.errors import UserError
+from lmtune.launch import (
+    expand_nodelist,
+    expand_tasks_per_node,
+    prepare_distributed_env,
+    torch_env_from_slurm,
+)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +120,7 @@ def _closed_port() -> str:
         return str(s.getsockname()[1])
 
 
+@pytest.mark.slow  # each waits for a connection to fail
 @pytest.mark.parametrize(
     "nodelist, rank, reason",
     [

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lmtune.options.load import load_config
 from lmtune.errors import UserError
 from lmtune.options.finetune import FinetuneOptions
+from lmtune.options.load import load_config
 
 
 def test_tutorial_command_keys_parse() -> None:

@@ -15,9 +15,14 @@ import pytest
 
 from helpers import metric_rows, run_lmtune
 from lmtune.options.finetune import FinetuneOptions
-from lmtune.training.console import RunConsole, _drop_fairseq2_deprecations, clock, step_stats
-from lmtune.training.validation_plan import ValidationPlan
+from lmtune.training.console import (
+    RunConsole,
+    _drop_fairseq2_deprecations,
+    clock,
+    step_stats,
+)
 from lmtune.training.valid_metrics import valid_metrics
+from lmtune.training.validation_plan import ValidationPlan
 
 RUN = [
     "--config-file", "tiny_gsm8k", "--config", "max_num_steps=20", "publish_metrics_every_n_steps=5", "checkpoint_every_n_steps=10",

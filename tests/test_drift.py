@@ -16,6 +16,8 @@ import yaml
 from helpers import assert_user_error, run_lmtune
 from lora_runs import BASE_CONFIG, losses, train, write_base
 
+pytestmark = pytest.mark.slow  # trains runs with saved representations
+
 EVERY = 3
 K = 6
 # Dropout makes the losses depend on the RNG draws and on train mode: a probe that drew random
@@ -181,8 +183,8 @@ def test_drift_without_saved_representations_is_one_sentence(tmp_path: Path) -> 
 
 
 def test_more_examples_than_the_split_has_uses_all_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from lmtune.data.encoding import Example
     from lmtune.data.encoded_examples import EncodedExamples
+    from lmtune.data.encoding import Example
     from lmtune.training.representations import choose_examples
 
     examples = EncodedExamples.from_examples([Example(tokens=[1, 2, 3], target_mask=[False, True, True]), Example(tokens=[1] * 9, target_mask=[True] * 9), Example(tokens=[4, 5], target_mask=[False, True])])

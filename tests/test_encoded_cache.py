@@ -23,8 +23,8 @@ TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=8", "publish_m
 
 def _tiny_tokenizer():  # type: ignore[no-untyped-def]
     from lmtune.catalog.cards import CardStore
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_model
+    from lmtune.models.loading import load_tokenizer
 
     spec = resolve_model(CardStore(), "tiny_llama", None).tokenizer
     return spec, load_tokenizer(spec)
@@ -49,11 +49,9 @@ def _mixed_data(tmp_path: Path) -> Path:
 
 def test_parallel_arrays_equal_one_by_one_encoding(tmp_path: Path) -> None:
     from lmtune.data.encoded_examples import EncodedExamples
-    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.encoding import ExampleEncoder, _rust_tokenizer
     from lmtune.data.parallel_encoding import encode_jsonl, line_chunks
     from lmtune.data.records import read_records
-
-    from lmtune.data.encoding import _rust_tokenizer
 
     spec, tokenizer = _tiny_tokenizer()
     encoder = ExampleEncoder(tokenizer, spec.hf_dir)
@@ -224,7 +222,13 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_half_written_cache(tmp_path: 
 
 
 def test_a_killed_build_is_never_used_and_its_leftovers_are_removed(tmp_path: Path) -> None:
-    from lmtune.data.encoded_cache import FINGERPRINT, cache_dir, ensure_cache, fingerprint, plan_cache
+    from lmtune.data.encoded_cache import (
+        FINGERPRINT,
+        cache_dir,
+        ensure_cache,
+        fingerprint,
+        plan_cache,
+    )
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.parallel_encoding import encode_jsonl
 
@@ -285,6 +289,7 @@ def test_a_rank_that_finds_the_entry_damaged_says_so_in_one_sentence(tmp_path: P
         load_encoded(tmp_path)
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_on_the_same_data_build_it_once_and_train_the_same_losses(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     outs = [tmp_path / "a", tmp_path / "b"]

@@ -6,8 +6,8 @@ import re
 import types
 
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from lmtune import fairseq2_internals
 from lmtune.errors import UserError
 

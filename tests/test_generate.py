@@ -46,10 +46,10 @@ def random_tiny_llama(seed: int = 0):  # type: ignore[no-untyped-def]
     """The tiny_llama architecture with seeded weights at a scale where greedy
     output varies from token to token (fairseq2's init at this size repeats one
     token) while the top two logits stay > 1e-3 apart, far above float32 noise."""
-    from lmtune.catalog.cards import CardStore
     from lmtune.adapters.build import load_any_model
-    from lmtune.models.loading import model_config
+    from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_model
+    from lmtune.models.loading import model_config
 
     spec = resolve_model(CardStore(), "tiny_llama", None)
     model = load_any_model(spec, seed=seed)
@@ -170,11 +170,11 @@ def test_stop_token_ends_a_short_prompt_in_a_mixed_length_batch(as_eos: bool) ->
     """A stop id ends a sequence on the step it is produced, for a short prompt
     batched with longer ones: as an extra stop id (which fairseq2 alone ignores), and
     as fairseq2's EOS (which fairseq2 alone bans until the longest prompt is read)."""
-    from lmtune.options.generate import GeneratorOptions
-    from lmtune.generate.generator import Generator
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_tokenizer
+    from lmtune.generate.generator import Generator
+    from lmtune.models.loading import load_tokenizer
+    from lmtune.options.generate import GeneratorOptions
 
     model, config = random_tiny_llama()
     hf_model = to_transformers({k: v.clone() for k, v in model.state_dict().items()}, config)
@@ -196,11 +196,11 @@ def test_stop_token_ends_a_short_prompt_in_a_mixed_length_batch(as_eos: bool) ->
 
 
 def test_length_limit_drops_fairseq2s_forced_eos() -> None:
-    from lmtune.options.generate import GeneratorOptions
-    from lmtune.generate.generator import Generator
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_tokenizer
+    from lmtune.generate.generator import Generator
+    from lmtune.models.loading import load_tokenizer
+    from lmtune.options.generate import GeneratorOptions
 
     model, config = random_tiny_llama(seed=3)
     hf_model = to_transformers({k: v.clone() for k, v in model.state_dict().items()}, config)
@@ -306,10 +306,10 @@ def test_beam_search_stops_on_an_extra_stop_id() -> None:
     """Beam search folds the extra stop ids into fairseq2's EOS: a hypothesis that
     reaches one ends there (reported with the EOS id), so none runs past it."""
     from lmtune.catalog.cards import CardStore
-    from lmtune.options.generate import GeneratorOptions
+    from lmtune.catalog.specs import resolve_tokenizer
     from lmtune.generate.generator import Generator
     from lmtune.models.loading import load_tokenizer
-    from lmtune.catalog.specs import resolve_tokenizer
+    from lmtune.options.generate import GeneratorOptions
 
     model, _ = random_tiny_llama()
     tokenizer = load_tokenizer(resolve_tokenizer(CardStore(), "tiny_tokenizer"))
@@ -325,8 +325,8 @@ def test_beam_search_stops_on_an_extra_stop_id() -> None:
 
 def test_random_init_model_is_the_same_for_the_same_seed() -> None:
     """model=tiny_llama (init: random) scores the untrained model reproducibly."""
-    from lmtune.catalog.cards import CardStore
     from lmtune.adapters.build import load_any_model
+    from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_model
 
     spec = resolve_model(CardStore(), "tiny_llama", None)

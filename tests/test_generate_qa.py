@@ -11,6 +11,8 @@ import pytest
 from lmtune.cli import main
 from lmtune.score.qa import best_over_answers
 
+pytestmark = pytest.mark.slow  # generates with a tiny model
+
 RECORDS = [
     {"src": "Where is the Eiffel Tower?", "answers": ["Paris", "in Paris"]},
     {"src": "Who wrote Hamlet?", "answers": {"text": ["Shakespeare"], "answer_start": [0]}},

@@ -20,14 +20,22 @@ import torch
 import yaml
 
 from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
+from lmtune.adapters.build import load_any_model
+from lmtune.catalog.specs import TokenizerSpec
 from lmtune.errors import UserError
 from lmtune.export.hf_dir import export_hf, resolve_export
-from lmtune.adapters.build import load_any_model
 from lmtune.models.loading import load_tokenizer, resolver
-from lmtune.catalog.specs import TokenizerSpec
 from tiny_builders import (
-    QWEN2_SPLIT, TinyModel, bpe_ranks, build_tiny_model, train_sentencepiece_model, write_hf_dir, write_hf_llama3_tokenizer,
-    write_hf_qwen_tokenizer, write_meta_reference, write_tiktoken_model,
+    QWEN2_SPLIT,
+    TinyModel,
+    bpe_ranks,
+    build_tiny_model,
+    train_sentencepiece_model,
+    write_hf_dir,
+    write_hf_llama3_tokenizer,
+    write_hf_qwen_tokenizer,
+    write_meta_reference,
+    write_tiktoken_model,
 )
 
 TOLERANCE = 1e-4

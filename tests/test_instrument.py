@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_user_error, run_lmtune
-from tiny_builders import float64_model, tiny_llama, tiny_qwen3
 
+from helpers import assert_user_error, run_lmtune
 from lmtune.training.grad_stats import gradient_stats, parameter_group
 from lmtune.training.memory_stats import peak_rss_bytes
+from tiny_builders import float64_model, tiny_llama, tiny_qwen3
+
+pytestmark = pytest.mark.slow  # trains runs with the instruments on and off
 
 STEPS, RATIO, LR = 8, 0.3, 3e-3  # tiny_gsm8k's learning_rate
 RUN = [

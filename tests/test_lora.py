@@ -14,7 +14,15 @@ import torch
 import yaml
 
 from helpers import assert_user_error, run_lmtune
-from lora_runs import BASE_CONFIG, LORA_ARGS, RUN_ARGS, dir_bytes, losses, train, write_base
+from lora_runs import (
+    BASE_CONFIG,
+    LORA_ARGS,
+    RUN_ARGS,
+    dir_bytes,
+    losses,
+    train,
+    write_base,
+)
 
 pytestmark = pytest.mark.slow  # trains LoRA runs
 
@@ -261,10 +269,10 @@ def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> Non
     from fairseq2.nn import BatchLayout
 
     from lmtune.adapters.build import load_any_model
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import model_from_checkpoint_dir
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
+    from lmtune.models.loading import load_tokenizer
     from lmtune.resources import assets_dir
 
     valid = tmp_path / "valid.jsonl"

@@ -11,14 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmtune.adapters.base_weights import (
+    drop_file_pages,
+    load_base_weights,
+    mapped_files,
+)
 from lmtune.adapters.build import load_any_model
-from lmtune.models.loading import iter_model_tensors, model_config, model_family
+from lmtune.adapters.lora import TARGET_MODULES, LoraLinear, apply_lora
 from lmtune.catalog.specs import ModelSpec
 from lmtune.errors import UserError
+from lmtune.models.loading import iter_model_tensors, model_config, model_family
 from lmtune.options.lora import LoraSettings
-from lmtune.adapters.lora import TARGET_MODULES, LoraLinear, apply_lora
-from lmtune.adapters.base_weights import drop_file_pages, load_base_weights, mapped_files
-from tiny_builders import TinyModel, tiny_llama, tiny_qwen25, write_hf_dir, write_meta_reference
+from tiny_builders import (
+    TinyModel,
+    tiny_llama,
+    tiny_qwen25,
+    write_hf_dir,
+    write_meta_reference,
+)
 
 SEED = 3
 

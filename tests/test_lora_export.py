@@ -53,10 +53,10 @@ def exported(request: pytest.FixtureRequest, cards: Path, tmp_path_factory: pyte
 
 def _lmtune_model_and_prompts(exported: dict[str, object]):  # type: ignore[no-untyped-def]
     from lmtune.adapters.build import load_any_model
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import model_from_checkpoint_dir
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
+    from lmtune.models.loading import load_tokenizer
 
     spec = model_from_checkpoint_dir(exported["out"] / "checkpoints", None, "test")  # type: ignore[operator]
     assert spec.lora is not None and spec.lora.settings.quantize == ("nf4" if exported["kind"] == "qlora" else "none")
@@ -163,12 +163,18 @@ def test_qwen_adapters_export_to_peft_and_merged(base_card: str, arch: str, over
     from transformers import AutoModelForCausalLM
 
     from lmtune.adapters.build import load_any_model
+    from lmtune.adapters.lora import apply_lora, lora_modules, target_names
     from lmtune.catalog.specs import LoraSpec, ModelSpec, TokenizerSpec
-    from lmtune.options.lora import LoraSettings
     from lmtune.export.hf_dir import export_hf
     from lmtune.export.peft_adapter import export_peft_adapter
-    from lmtune.adapters.lora import apply_lora, lora_modules, target_names
-    from tiny_builders import QWEN2_SPLIT, bpe_ranks, build_tiny_model, write_hf_dir, write_hf_qwen_tokenizer
+    from lmtune.options.lora import LoraSettings
+    from tiny_builders import (
+        QWEN2_SPLIT,
+        bpe_ranks,
+        build_tiny_model,
+        write_hf_dir,
+        write_hf_qwen_tokenizer,
+    )
 
     tiny = build_tiny_model("qwen", base_card, overrides, seed=5)
     base = ModelSpec(name=base_card, family="qwen", arch=arch, config=overrides, checkpoint=write_hf_dir(tiny, tmp_path / "base"), source="test")

@@ -34,10 +34,10 @@ print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outputs]))
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import model_from_checkpoint_dir
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.data.records import read_records
+    from lmtune.models.loading import load_tokenizer
 
     root = tmp_path_factory.mktemp("lora_vllm")
     cards = write_base(root)

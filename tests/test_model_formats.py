@@ -14,12 +14,21 @@ import pytest
 import torch
 import yaml
 
-from lmtune.catalog.cards import CardStore
-from lmtune.errors import UserError
 from lmtune.adapters.build import load_any_model
-from lmtune.models.loading import model_config
+from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import ModelSpec, model_from_checkpoint_dir, resolve_model
-from tiny_builders import TinyModel, tiny_llama, tiny_qwen3, tiny_qwen25, train_tiny_checkpoint, unique_state_dict, write_hf_dir, write_meta_reference
+from lmtune.errors import UserError
+from lmtune.models.loading import model_config
+from tiny_builders import (
+    TinyModel,
+    tiny_llama,
+    tiny_qwen3,
+    tiny_qwen25,
+    train_tiny_checkpoint,
+    unique_state_dict,
+    write_hf_dir,
+    write_meta_reference,
+)
 
 TOLERANCE = 1e-4
 

@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from lmtune.catalog.cards import CardStore
 from lmtune.adapters.build import load_any_model
-from lmtune.data.packing import best_fit_bins, collate_packed, group_rows, pack_examples
+from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import resolve_model
+from lmtune.data.packing import best_fit_bins, collate_packed, group_rows, pack_examples
 
 
 def test_best_fit_fills_bins_and_keeps_every_example_once() -> None:
@@ -43,7 +43,11 @@ def test_rows_are_grouped_into_batches_in_order_by_hand() -> None:
 
 
 def _tiny_model(sdpa: str) -> torch.nn.Module:
-    from fairseq2.models.transformer import TorchSDPA, get_default_sdpa_factory, set_default_sdpa_factory
+    from fairseq2.models.transformer import (
+        TorchSDPA,
+        get_default_sdpa_factory,
+        set_default_sdpa_factory,
+    )
 
     from lmtune.models.document_attention import DocumentSDPA
 

@@ -17,7 +17,14 @@ import pytest
 import torch
 
 from helpers import assert_user_error, losses, metric_rows, run_lmtune
-from lmtune.data.text_corpus import JSONL, TEXT, CorpusFile, Piece, read_documents, shares
+from lmtune.data.text_corpus import (
+    JSONL,
+    TEXT,
+    CorpusFile,
+    Piece,
+    read_documents,
+    shares,
+)
 
 WORDS = "the cat dog sat on a mat and ran to big red blue house tree sun moon over under".split()
 
@@ -110,8 +117,8 @@ def test_every_rank_must_get_a_document_to_train_on(tmp_path: Path) -> None:
 
 def _tokenizer():  # type: ignore[no-untyped-def]
     from lmtune.catalog.cards import CardStore
-    from lmtune.models.loading import load_tokenizer
     from lmtune.catalog.specs import resolve_model
+    from lmtune.models.loading import load_tokenizer
 
     return load_tokenizer(resolve_model(CardStore(), "tiny_llama", None).tokenizer)  # type: ignore[arg-type]
 
@@ -209,16 +216,20 @@ def test_a_rerun_reuses_the_corpus_check_until_a_file_changes(tmp_path: Path) ->
     assert changed[1] is not None and sum(changed[0].documents) == 21
 
 
+@pytest.mark.slow
 def test_packed_rows_score_each_document_piece_on_its_own(tmp_path: Path) -> None:
     """The training loss of a batch equals the sum of each document piece run alone (per-document attention)."""
     from fairseq2.datasets import SequenceBatch
-    from fairseq2.models.transformer import get_default_sdpa_factory, set_default_sdpa_factory
+    from fairseq2.models.transformer import (
+        get_default_sdpa_factory,
+        set_default_sdpa_factory,
+    )
 
-    from lmtune.catalog.cards import CardStore
     from lmtune.adapters.build import load_any_model
+    from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import resolve_model
-    from lmtune.training.nll_unit import target_nll as token_nll
     from lmtune.models.document_attention import DocumentSDPA
+    from lmtune.training.nll_unit import target_nll as token_nll
 
     paths = write_corpus(tmp_path)
     tok = _tokenizer()
@@ -358,8 +369,8 @@ def test_the_gpt2_small_card_has_gpt2_smalls_shape_and_size() -> None:
     from fairseq2.gang import create_fake_gangs
 
     from lmtune.catalog.cards import CardStore
-    from lmtune.models.loading import model_config, model_family
     from lmtune.catalog.specs import model_from_card
+    from lmtune.models.loading import model_config, model_family
 
     store = CardStore()
     config = model_config(model_from_card(store, store.require("llama_gpt2_small", "model"), need_weights=False))

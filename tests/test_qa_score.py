@@ -11,7 +11,13 @@ import pytest
 from lmtune.cli import main
 from lmtune.data.records import read_records
 from lmtune.errors import UserError
-from lmtune.score.qa import answer_list, best_over_answers, exact_match, normalize_answer, token_f1
+from lmtune.score.qa import (
+    answer_list,
+    best_over_answers,
+    exact_match,
+    normalize_answer,
+    token_f1,
+)
 from lmtune.score.tasks import check_references, score
 
 

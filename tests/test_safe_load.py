@@ -20,6 +20,8 @@ import yaml
 
 from helpers import REPO, assert_user_error, run_lmtune
 
+pytestmark = pytest.mark.slow  # trains a run, then resumes it once per planted file
+
 RUN = [
     "--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "checkpoint_every_n_steps=2", "tensorboard=false",
     "max_num_tokens=1024", "lr_scheduler.num_warmup_steps=0", "validate_every_n_steps=2", "valid_dataset=tiny_gsm8k",

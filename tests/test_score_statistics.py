@@ -10,7 +10,12 @@ from math import comb
 import numpy as np
 import pytest
 
-from lmtune.score.bootstrap import bootstrap_intervals, percentile_interval, resampled_indices, resampled_statistics
+from lmtune.score.bootstrap import (
+    bootstrap_intervals,
+    percentile_interval,
+    resampled_indices,
+    resampled_statistics,
+)
 from lmtune.score.confusion_scores import confusion_scores
 from lmtune.score.example_scores import binary_scores
 from lmtune.score.paired import bootstrap_p, compare_scores, mcnemar_exact_p

@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from helpers import run_lmtune_in_process
-from lmtune.score.confusion_png import confusion_figure, row_shares, write_confusion_png
 from lmtune.errors import UserError
-from lmtune.score.tasks import INVALID, check_references, format_table, gsm8k_answer, parse_label, score
+from lmtune.score.confusion_png import confusion_figure, row_shares, write_confusion_png
+from lmtune.score.tasks import (
+    INVALID,
+    check_references,
+    format_table,
+    gsm8k_answer,
+    parse_label,
+    score,
+)
 
 LABELS = ["World", "Sports", "Business"]
 

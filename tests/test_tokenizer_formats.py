@@ -15,14 +15,21 @@ import pytest
 import yaml
 
 from lmtune.catalog.cards import CardStore
+from lmtune.catalog.specs import TokenizerSpec, resolve_tokenizer
 from lmtune.data.encoding import ExampleEncoder
+from lmtune.data.records import Record
 from lmtune.errors import UserError
 from lmtune.models.loading import load_tokenizer
-from lmtune.data.records import Record
-from lmtune.catalog.specs import TokenizerSpec, resolve_tokenizer
 from tiny_builders import (
-    LLAMA3_SPECIAL, LLAMA3_SPLIT, QWEN2_SPLIT, bpe_ranks, train_sentencepiece_model, write_hf_llama2_tokenizer,
-    write_hf_llama3_tokenizer, write_hf_qwen_tokenizer, write_tiktoken_model,
+    LLAMA3_SPECIAL,
+    LLAMA3_SPLIT,
+    QWEN2_SPLIT,
+    bpe_ranks,
+    train_sentencepiece_model,
+    write_hf_llama2_tokenizer,
+    write_hf_llama3_tokenizer,
+    write_hf_qwen_tokenizer,
+    write_tiktoken_model,
 )
 
 TEXTS = [

@@ -60,10 +60,10 @@ def vllm_env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The export of a briefly fine-tuned tiny model, and lmtune's own prompts and greedy ids."""
-    from lmtune.data.encoding import ExampleEncoder
-    from lmtune.models.loading import load_tokenizer
-    from lmtune.data.records import read_records
     from lmtune.catalog.specs import model_from_checkpoint_dir
+    from lmtune.data.encoding import ExampleEncoder
+    from lmtune.data.records import read_records
+    from lmtune.models.loading import load_tokenizer
 
     tmp = tmp_path_factory.mktemp("vllm")
     run = tmp / "run"

@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import run_lmtune
+
+pytestmark = pytest.mark.slow  # trains a run with W&B offline
 
 
 def _wandb_losses(run_file: Path) -> dict[int, float]:

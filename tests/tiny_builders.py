@@ -67,10 +67,10 @@ def _random_state_dict(model: torch.nn.Module, seed: int) -> dict[str, torch.Ten
 
 
 def build_tiny_model(family: str, base_card: str, overrides: dict[str, object], seed: int = 0) -> TinyModel:
-    from lmtune.catalog.cards import CardStore
     from lmtune.adapters.build import load_any_model
-    from lmtune.models.loading import model_config
+    from lmtune.catalog.cards import CardStore
     from lmtune.catalog.specs import ModelSpec
+    from lmtune.models.loading import model_config
 
     arch = CardStore().get(base_card).get("model_arch")  # type: ignore[union-attr]
     spec = ModelSpec(name=base_card, family=family, arch=str(arch), config=dict(overrides), checkpoint=None, source="tiny_builders")
