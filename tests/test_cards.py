@@ -114,6 +114,7 @@ def test_fairseq2_user_dir_variable_replaces_its_default(monkeypatch: pytest.Mon
     assert CardStore().get("in_default") is None  # as in fairseq2: the variable names the directory instead
 
 
+@pytest.mark.slow
 def test_init_random_reads_no_inherited_checkpoint(isolated_user_cards: Path) -> None:
     """A card that inherits a checkpoint through base: and says init: random starts from random weights;
     a card that sets its own checkpoint over an inherited init: random reads that checkpoint."""

@@ -253,6 +253,7 @@ def test_a_killed_build_is_never_used_and_its_leftovers_are_removed(tmp_path: Pa
     assert (final / FINGERPRINT).is_file() and plan_cache(root, data, spec).stale is None
 
 
+@pytest.mark.slow
 def test_a_damaged_entry_is_rebuilt_saying_which_file_and_trains_the_same_losses(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     r = run_lmtune("instruction_finetune", str(reference), *TINY)
