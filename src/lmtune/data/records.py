@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmtune.errors import UserError
 from lmtune.score.qa import answer_list
@@ -57,14 +58,20 @@ def check_records(path: Path) -> int:
     return sum(1 for _ in iter_records(path))
 
 
-def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record:
-    where = f"{path}:{line_nr}"
+def json_object(where: str, line: str, expected: str) -> dict[str, Any]:
+    """One JSONL line as a JSON object; ``expected`` names the fields a valid one has."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as ex:
         raise UserError(f"{where}: not valid JSON ({ex.msg} at column {ex.colno}); each line must be one JSON object.") from None
     if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object with 'src'/'tgt' or 'messages', got {type(obj).__name__}.")
+        raise UserError(f"{where}: expected a JSON object with {expected}, got {type(obj).__name__}.")
+    return obj
+
+
+def parse_line(path: Path, line_nr: int, line: str, need_target: bool) -> Record:
+    where = f"{path}:{line_nr}"
+    obj = json_object(where, line, "'src'/'tgt' or 'messages'")
     answers = answer_list(obj["answers"], where) if "answers" in obj else None
     if "messages" in obj:
         return Record(file=path, line=line_nr, messages=check_messages(where, obj["messages"], need_target), answers=answers)

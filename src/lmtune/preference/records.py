@@ -12,12 +12,11 @@ A pair whose chosen response equals its rejected one teaches nothing and is skip
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtune.data.records import Record, check_messages
+from lmtune.data.records import Record, check_messages, json_object
 from lmtune.errors import UserError
 
 FORMS = "'src'/'tgt_chosen'/'tgt_rejected' or 'prompt'/'chosen'/'rejected'"
@@ -80,12 +79,7 @@ def _same_responses(pair: PreferencePair) -> bool:
 
 def parse_pair(path: Path, line_nr: int, line: str) -> PreferencePair:
     where = f"{path}:{line_nr}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as ex:
-        raise UserError(f"{where}: not valid JSON ({ex.msg} at column {ex.colno}); each line must be one JSON object.") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object with {FORMS}, got {type(obj).__name__}.")
+    obj = json_object(where, line, FORMS)
     ref_chosen, ref_rejected = _reference_scores(where, obj)
     if "src" in obj:
         for key in ("src", "tgt_chosen", "tgt_rejected"):
