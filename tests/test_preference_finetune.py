@@ -46,7 +46,7 @@ def write_pairs(directory: Path, num_train: int, num_valid: int) -> Path:
 @pytest.fixture(scope="module")
 def sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUT/checkpoints of a tiny GSM8K SFT run: the policy's (and dpo's reference's) start."""
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("sft") / "out", steps=150, every=150)
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("sft") / "out", steps=400, every=400)  # greedy accuracy about 0.34
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +120,13 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Pat
 
 def test_dpo_on_sft_checkpoint_prefers_right_answers(tmp_path: Path, sft: Path, pairs: Path) -> None:
     out = tmp_path / "dpo"
-    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, "max_num_tokens=2048", "max_num_steps=40", "checkpoint_every_n_steps=40", "validate_every_n_steps=20", "publish_metrics_every_n_steps=10"))
+    # A small learning rate: larger ones (3e-4, 1e-3) reach the same reward accuracy but cost
+    # a few points of greedy accuracy on this tiny model.
+    more = ["learning_rate=1e-4", "max_num_tokens=2048", "max_num_steps=40", "checkpoint_every_n_steps=40", "validate_every_n_steps=20", "publish_metrics_every_n_steps=10"]
+    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, *more))
     assert r.returncode == 0, r.stderr[-3000:]
     valid = _metrics(out, "valid")
-    assert valid[20]["Reward Accuracy"] < valid[40]["Reward Accuracy"]
+    assert 0 < valid[20]["Reward Margin"] < valid[40]["Reward Margin"]
     assert valid[40]["Reward Accuracy"] >= 0.9, valid
     scores = {}
     for name, checkpoints in (("sft", sft), ("dpo", out / "checkpoints")):
