@@ -85,6 +85,21 @@ def test_each_criterion_trains(tmp_path: Path, sft: Path, pairs: Path, criterion
         # The reference is the starting policy: every pair's h is 0, so the loss is log 2 at step 1.
         assert train[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)
         assert abs(train[1]["Reward Margin"]) < 1e-5
+        # lmtune report and OUT/plots read the preference loss as the run's loss.
+        from lmtune.report.runs import LOSS, read_run_metrics
+
+        assert read_run_metrics(out).series("train", LOSS) == ([1, 2, 3], [train[s]["Preference Loss"] for s in (1, 2, 3)])
+
+
+def test_lora_dpo_scores_against_the_base_without_adapters(tmp_path: Path, sft: Path, pairs: Path) -> None:
+    out = tmp_path / "out"
+    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, "lora.rank=4", "max_num_steps=2", "checkpoint_every_n_steps=2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    train = _metrics(out)
+    # New adapters start at zero: the policy is the base, which is the reference, so the loss is log 2.
+    assert train[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert train[2]["Preference Loss"] != train[1]["Preference Loss"]
+    assert (out / "checkpoints/lora.yaml").is_file()
 
 
 def _complete_steps(out: Path) -> list[int]:
