@@ -224,3 +224,21 @@ def test_identical_pairs_are_skipped_with_a_count_and_stale_reference_is_rebuilt
     r = run_lmtune("preference_finetune", str(tmp_path / "b"), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("lmtune: recomputing the reference log-probs") == 1 and "they are unreadable" in r.stderr, r.stderr[-3000:]
+
+
+def test_reference_model_with_another_tokenizer_is_refused(tmp_path: Path, sft: Path, pairs: Path, isolated_user_cards: Path) -> None:
+    import shutil
+
+    from lmtune.resources import assets_dir
+
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(assets_dir() / "tiny/tokenizer", tok_dir)
+    data = json.loads((tok_dir / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": 476, "content": "<|tool|>", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    (tok_dir / "tokenizer.json").write_text(json.dumps(data))
+    cards = f"name: tok_plus\ntokenizer: {tok_dir}\ntokenizer_family: llama\ntokenizer_config:\n  impl: hg\n  use_eot: true\n---\n"
+    cards += f"name: other_ref\nbase: tiny_llama\ntokenizer_ref: tok_plus\ncheckpoint: {sft / 'step_400/model'}\n"
+    (isolated_user_cards / "ref.yaml").write_text(cards)
+    r = run_lmtune("preference_finetune", str(tmp_path / "out"), *_args(sft, pairs, "reference_model=other_ref"))
+    assert_user_error(r, "reference_model", "tok_plus", "its tokenizer files differ")
+    assert not (tmp_path / "out").exists()

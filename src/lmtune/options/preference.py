@@ -46,6 +46,12 @@ class CriterionOptions:
         return {"beta": self.beta, "nll_scale": self.nll_scale}
 
 
+@dataclass
+class PreferenceEarlyStoppingOptions(EarlyStoppingOptions):
+    metric: str | None = None
+    """A validation metric on the held-out pairs: valid.loss, valid.reward_accuracy, valid.reward_margin, valid.chosen_reward or valid.chosen_logps; also ranks checkpoints for keep_best_n_checkpoints and model=best_checkpoint."""
+
+
 @dataclass(kw_only=True)
 class PreferenceOptions(TrainingOptions):
     model: str | None = None
@@ -71,5 +77,5 @@ class PreferenceOptions(TrainingOptions):
     """Also keep the K checkpoints with the best early_stopping.metric (e.g. valid.reward_accuracy)."""
     criterion: CriterionOptions = field(default_factory=CriterionOptions)
     lr_scheduler: LRSchedulerOptions = field(default_factory=LRSchedulerOptions)
-    early_stopping: EarlyStoppingOptions = field(default_factory=EarlyStoppingOptions)
+    early_stopping: PreferenceEarlyStoppingOptions = field(default_factory=PreferenceEarlyStoppingOptions)
     lora: LoraSettings = field(default_factory=LoraSettings)
