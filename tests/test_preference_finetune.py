@@ -218,7 +218,7 @@ def test_identical_pairs_are_skipped_with_a_count_and_stale_reference_is_rebuilt
     r = run_lmtune("preference_finetune", str(tmp_path / "a"), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped 2 pairs whose chosen response equals the rejected one" in r.stderr, r.stderr[-3000:]
-    records = list(Path(os.environ["LMTUNE_CACHE_DIR"], "encoded").glob("train-*/reference/reference.json"))
+    records = list(Path(os.environ["LMTUNE_CACHE_DIR"], "encoded").glob("train-*/reference/*/reference.json"))
     assert len(records) == 1
     records[0].write_text("{not json")  # damaged: rebuilt with one line, not a traceback
     r = run_lmtune("preference_finetune", str(tmp_path / "b"), *args)

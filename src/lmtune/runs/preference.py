@@ -14,6 +14,8 @@ resumed run or a sweep point on the same data reads them. The run's lifecycle is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -103,14 +105,22 @@ def reference_spec(o: PreferenceOptions, model: ModelSpec, tokenizer: TokenizerS
     return spec
 
 
-def plan_splits(out_dir: Path, o: PreferenceOptions, tokenizer: TokenizerSpec, files: dict[str, Path]) -> dict[str, Split]:
+def reference_key(ref: ModelSpec | None) -> str:
+    """One folder per reference model (its card and checkpoint path), so runs on the same data with
+    different references keep theirs; what the files hold is checked by their fingerprint."""
+    what = json.dumps([ref.name, str(Path(ref.checkpoint).resolve()) if ref.checkpoint else None]) if ref is not None else "none"
+    return hashlib.sha256(what.encode()).hexdigest()[:12]
+
+
+def plan_splits(out_dir: Path, o: PreferenceOptions, tokenizer: TokenizerSpec, files: dict[str, Path], ref: ModelSpec | None) -> dict[str, Split]:
     splits = {}
+    key = reference_key(ref)
     for name, path in files.items():
         if o.data_cache:
             from lmtune.data.encoded_cache import plan_cache
 
             plan = plan_cache(encoded_cache_root(), path, tokenizer)
-            splits[name] = Split(file=path, encoded=plan.directory, reference_dir=plan.directory / "reference", cache=plan)
+            splits[name] = Split(file=path, encoded=plan.directory, reference_dir=plan.directory / "reference" / key, cache=plan)
         else:
             splits[name] = Split(file=path, encoded=None, reference_dir=out_dir / "reference" / name)
     return splits
@@ -243,7 +253,7 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
         raise UserError(f"max_num_tokens={o.max_num_tokens} is below twice max_seq_len={o.max_seq_len}; a batch holds both halves of a pair, so raise max_num_tokens to at least {2 * o.max_seq_len} or lower max_seq_len.")
     plan = plan_preference_validation(o, valid_file)
     files = {"train": data.train} | ({"valid": valid_file} if valid_file is not None else {})
-    splits = plan_splits(out_dir, o, tokenizer, files)
+    splits = plan_splits(out_dir, o, tokenizer, files, ref)
     from lmtune.preference.records import read_preference_pairs
 
     for split in splits.values():
