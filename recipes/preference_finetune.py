@@ -50,17 +50,28 @@ from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.options.preference import CriterionOptions
-from lmtune.preference.losses import PreferenceLoss, SequenceLogps, criterion_loss, needs_reference
+from lmtune.preference.losses import (
+    PreferenceLoss,
+    SequenceLogps,
+    criterion_loss,
+    needs_reference,
+)
 from lmtune.preference.packing import PreferenceBatch, pair_pipeline
 from lmtune.preference.pairs import EncodedPairs, encode_pair_file
+from lmtune.recipes.instruction_finetune import EarlyStoppingSection, LoraSection
 from lmtune.safe_load import use_safe_tensor_loader
 from lmtune.training.console import RunConsole
 from lmtune.training.early_stopping import PatienceStopper
 from lmtune.training.instruments import InstrumentSection
-from lmtune.training.preference_unit import MEANS, PreferenceTrainUnit, prepare_preference_metrics, preference_step, record_preference
+from lmtune.training.preference_unit import (
+    MEANS,
+    PreferenceTrainUnit,
+    preference_step,
+    prepare_preference_metrics,
+    record_preference,
+)
 from lmtune.training.profiling import register_profiler
 from lmtune.training.training_task import training_task
-from lmtune.recipes.instruction_finetune import EarlyStoppingSection, LoraSection
 
 # Display names and direction of the preference metrics (train and valid alike).
 METRICS = {
@@ -123,7 +134,7 @@ def kept_pairs(pairs: EncodedPairs, max_seq_len: int) -> np.ndarray:
     return kept
 
 
-def make_criterion(c: CriterionOptions):  # type: ignore[no-untyped-def]
+def make_criterion(c: CriterionOptions):
     params = c.params()
 
     def criterion(policy: SequenceLogps, reference: SequenceLogps | None) -> PreferenceLoss:
@@ -216,7 +227,7 @@ class PreferenceValidUnit(EvalUnit[PreferenceBatch]):
     """The training metrics on held-out pairs, with the model without its data-parallel wrapper
     (a rank may run fewer batches than another, so no forward may wait on collectives)."""
 
-    def __init__(self, model: Module, criterion, gangs: Gangs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model: Module, criterion, gangs: Gangs) -> None:
         self._model = model
         self._criterion = criterion
         self._gangs = gangs

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from lmtune.commands.common import add_config_arguments, add_out_argument, add_verbose_argument, load_options
+from lmtune.commands.common import (
+    add_config_arguments,
+    add_out_argument,
+    add_verbose_argument,
+    load_options,
+)
 
 SUMMARY = "preference-tune (dpo, simpo, orpo, cpo) on chosen/rejected pairs; rerun on the same OUT to resume"
 

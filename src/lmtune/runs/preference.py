@@ -22,17 +22,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmtune.catalog.cards import CardStore
-from lmtune.catalog.specs import ModelSpec, TokenizerSpec, resolve_dataset, resolve_model, resolve_tokenizer
+from lmtune.catalog.specs import (
+    ModelSpec,
+    TokenizerSpec,
+    resolve_dataset,
+    resolve_model,
+    resolve_tokenizer,
+)
 from lmtune.errors import UserError
 from lmtune.launch import prepare_distributed_env
 from lmtune.options.preference import PreferenceOptions
 from lmtune.preference.losses import check_criterion, needs_reference
-from lmtune.run_dir import EARLY_STOP_FILE, checkpoint_dir, clear_early_stop, early_stop_history, encoded_cache_root, is_main_process, read_early_stop, write_early_stop, write_lora_card
+from lmtune.run_dir import (
+    EARLY_STOP_FILE,
+    checkpoint_dir,
+    clear_early_stop,
+    early_stop_history,
+    encoded_cache_root,
+    is_main_process,
+    read_early_stop,
+    write_early_stop,
+    write_lora_card,
+)
 from lmtune.runs.finetune import check_model_fit
-from lmtune.runs.lifecycle import check_saved_steps, check_training_numbers, open_run_dir, run_training
+from lmtune.runs.lifecycle import (
+    check_saved_steps,
+    check_training_numbers,
+    open_run_dir,
+    run_training,
+)
 from lmtune.training.console import RunConsole
 from lmtune.training.valid_metrics import ValidMetric
-from lmtune.training.validation_plan import ValidationPlan, continues_after_early_stop, early_stop_message
+from lmtune.training.validation_plan import (
+    ValidationPlan,
+    continues_after_early_stop,
+    early_stop_message,
+)
 
 # The validation metrics by the names users give them (early_stopping.metric).
 VALID_METRICS = [
@@ -135,7 +160,7 @@ def prepare_data(splits: dict[str, Split], loaded: object, tokenizer: TokenizerS
     encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
     for split in splits.values():
         if split.cache is not None:
-            ensure_cache(split.cache, lambda tmp, s=split: encode_pair_file(encoder, s.file, tmp))  # type: ignore[arg-type]
+            ensure_cache(split.cache, lambda tmp, s=split: encode_pair_file(encoder, s.file, tmp))  # type: ignore[arg-type, misc]
 
 
 def reference_values_path(split: Split) -> Path:
@@ -154,7 +179,12 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
     from lmtune.data.encoding import ExampleEncoder
     from lmtune.dtypes import compute_dtype, torch_dtype
     from lmtune.preference.pairs import EncodedPairs, encode_pair_file
-    from lmtune.preference.reference import cached_reference_logps, compute_reference_logps, model_fingerprint, reference_fingerprint
+    from lmtune.preference.reference import (
+        cached_reference_logps,
+        compute_reference_logps,
+        model_fingerprint,
+        reference_fingerprint,
+    )
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
     dtype = torch_dtype(compute_dtype(o.dtype, device.type))
@@ -166,22 +196,29 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
         needed = pairs.trainable(o.max_seq_len)
         fp = reference_fingerprint(data_fingerprint(split.file, tokenizer), model_print)
 
-        def compute(ids, p=pairs, s=split):  # type: ignore[no-untyped-def]
+        def compute(ids, p=pairs, s=split):
             print(f"lmtune: computing the reference log-probs of {len(ids):,} pairs of {s.file.name} with {ref.name} -> {s.reference_dir}", file=sys.stderr)
             return compute_reference_logps(model, p, ids, max_num_tokens=o.max_num_tokens)
 
         cached_reference_logps(split.reference_dir, fp, pairs, needed, compute)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
-def preference_config(o: PreferenceOptions, model: ModelSpec, tokenizer: TokenizerSpec, splits: dict[str, Split], plan: ValidationPlan, out_dir: Path):  # type: ignore[no-untyped-def]
+def preference_config(o: PreferenceOptions, model: ModelSpec, tokenizer: TokenizerSpec, splits: dict[str, Split], plan: ValidationPlan, out_dir: Path):
     from fairseq2.recipe.config import RegimeSection
 
     from lmtune.recipes.instruction_finetune import EarlyStoppingSection
-    from lmtune.recipes.preference_finetune import PreferenceConfig, PreferenceDataSection
-    from lmtune.runs.fairseq2_config import instrument_section, kept_checkpoints, model_section, publish_interval, tokenizer_section, training_sections
+    from lmtune.recipes.preference_finetune import (
+        PreferenceConfig,
+        PreferenceDataSection,
+    )
+    from lmtune.runs.fairseq2_config import (
+        instrument_section,
+        kept_checkpoints,
+        model_section,
+        publish_interval,
+        tokenizer_section,
+        training_sections,
+    )
 
     train, valid = splits["train"], splits.get("valid")
     uses_reference = needs_reference(o.criterion.name)
@@ -287,6 +324,10 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
         prepare_data(splits, loaded, tokenizer)
         if ref is not None:
             compute_references(o, splits, ref, lora is not None and model.lora is None, loaded, tokenizer)
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the reference model is gone: its memory goes back before training
 
     def record_early_stop() -> None:
         record = read_early_stop(out_dir) if plan.metric is not None else None
@@ -297,4 +338,4 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
 
     from lmtune.recipes.preference_finetune import PreferenceFinetuneRecipe
 
-    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console), config=config, console=console, plan=plan, before_run=before_run, after_run=record_early_stop)  # type: ignore[arg-type]
+    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console), config=config, console=console, plan=plan, before_run=before_run, after_run=record_early_stop)
