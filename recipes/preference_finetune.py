@@ -145,13 +145,16 @@ def make_criterion(c: CriterionOptions):
 
 @final
 class PreferenceFinetuneRecipe(Recipe):
-    def __init__(self, console: RunConsole | None = None) -> None:
+    def __init__(self, console: RunConsole | None = None, higher_better: dict[str, bool] | None = None) -> None:
+        """``higher_better``: a metric's direction as early_stopping.mode sets it (it ranks the checkpoints)."""
         self._console = console
+        self._higher_better = higher_better or {}
 
     @override
     def register(self, container: DependencyContainer) -> None:
         use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
         for order, (name, (display, higher)) in enumerate(METRICS.items()):
+            higher = self._higher_better.get(name, higher)
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display, 100 + order, format_as_float, higher_better=higher))
         if self._console is not None:
             self._console.attach(container)

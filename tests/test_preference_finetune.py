@@ -242,3 +242,24 @@ def test_reference_model_with_another_tokenizer_is_refused(tmp_path: Path, sft: 
     r = run_lmtune("preference_finetune", str(tmp_path / "out"), *_args(sft, pairs, "reference_model=other_ref"))
     assert_user_error(r, "reference_model", "tok_plus", "its tokenizer files differ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", ["auto", "min"])
+def test_best_checkpoint_is_ranked_by_held_out_reward_accuracy(tmp_path: Path, sft: Path, pairs: Path, mode: str) -> None:
+    """auto: higher is better; min (perverse, but it tells the best step from the last one here,
+    where the accuracy rises at every validation) ranks the lowest first."""
+    out = tmp_path / "out"
+    ranked = [
+        "max_num_steps=6", "checkpoint_every_n_steps=2", "validate_every_n_steps=2", "learning_rate=3e-3", "early_stopping.metric=valid.reward_accuracy",
+        f"early_stopping.mode={mode}", "early_stopping.patience=null", "keep_best_n_checkpoints=1",
+    ]  # fmt: skip
+    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, *ranked))
+    assert r.returncode == 0, r.stderr[-3000:]
+    from lmtune.run_dir import best_step
+
+    valid = _metrics(out, "valid")
+    assert sorted(valid) == [2, 4, 6]
+    sign = -1 if mode == "min" else 1
+    best = max(valid, key=lambda step: (sign * valid[step]["Reward Accuracy"], -step))  # the first of equals
+    assert best_step(out / "checkpoints") == best, valid
+    assert (out / f"checkpoints/step_{best}").is_dir()

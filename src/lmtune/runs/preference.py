@@ -338,4 +338,4 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
 
     from lmtune.recipes.preference_finetune import PreferenceFinetuneRecipe
 
-    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console), config=config, console=console, plan=plan, before_run=before_run, after_run=record_early_stop)
+    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console, {plan.metric.name: plan.metric.higher_better} if plan.metric else None), config=config, console=console, plan=plan, before_run=before_run, after_run=record_early_stop)
