@@ -25,6 +25,7 @@ DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 
   lmtune demo OUT                                 tiny default: fine-tune, generate, export (CPU, minutes)
   lmtune instruction_finetune OUT --config model=NAME dataset=PATH ...
+  lmtune preference_finetune OUT --config model=NAME dataset=PAIRS criterion.name=dpo ...
   lmtune assets list | lmtune assets show NAME
   lmtune cache list | lmtune cache clear          the encoded data runs share
 """
@@ -32,6 +33,7 @@ DESCRIPTION = """Fine-tune language models with one command, on fairseq2.
 # verb -> module in lmtune.commands, in the order --help lists them
 COMMANDS = {
     "instruction_finetune": "instruction_finetune",
+    "preference_finetune": "preference_finetune",
     "pretrain": "pretrain",
     "sweep": "sweep",
     "demo": "demo",

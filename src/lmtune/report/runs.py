@@ -45,7 +45,9 @@ STEP, LOSS, LR, TOKENS_PER_SECOND = "Step", "NLL Loss", "Learning Rate", "Elemen
 GRAD_NORM, GRAD_GROUP = "grad_norm/total", "grad_norm/"
 MEMORY = {"memory/peak_rss_bytes": "peak RSS", "memory/gpu_max_allocated_bytes": "GPU max allocated", "memory/gpu_max_reserved_bytes": "GPU max reserved"}
 # Task scores in valid.jsonl (lmtune.training.valid_metrics): these two are the table's; "F1 LABEL" are plotted per run.
-HEADLINE_SCORES = {"Accuracy": "accuracy", "Macro F1": "macro F1"}  # column -> name in tables and titles
+HEADLINE_SCORES = {"Accuracy": "accuracy", "Macro F1": "macro F1", "Reward Accuracy": "reward accuracy"}  # column -> name in tables and titles
+# A preference run's loss (lmtune.training.preference_unit) reads as the run's loss in tables and plots.
+PREFERENCE_LOSS = "Preference Loss"
 UNGROUPED_KEYS = {"seed"}
 # Scores of the run's test generations (scores.json): key -> name in tables; qa's "f1" is its token F1.
 TEST_SCORES = {"accuracy": "test accuracy", "macro_f1": "test macro F1", "f1": "test F1"}
@@ -71,6 +73,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{i} is not valid JSON; a metrics file holds one JSON object per line.") from None
         if not isinstance(row, dict) or not isinstance(row.get(STEP), int):
             raise UserError(f"{path}:{i} is not a metrics record (a JSON object with an integer 'Step').")
+        if PREFERENCE_LOSS in row and LOSS not in row:
+            row[LOSS] = row[PREFERENCE_LOSS]
         rows.append(row)
     return rows
 

@@ -64,6 +64,11 @@ def step_stats(values: Mapping[str, object]) -> str:
     parts = []
     if "nll_loss" in values:
         parts.append(f"loss {_number(values['nll_loss']):.3f}")
+    if "preference_loss" in values:  # preference tuning (lmtune.training.preference_unit)
+        parts.append(f"loss {_number(values['preference_loss']):.3f}")
+        for name, label in (("reward_accuracy", "acc"), ("reward_margin", "margin"), ("chosen_logps", "logp+"), ("rejected_logps", "logp-")):
+            if name in values:
+                parts.append(f"{label} {_number(values[name]):.3f}")
     if "lr" in values:
         lr = values["lr"]
         parts.append(f"lr {_number(lr[0] if isinstance(lr, (list, tuple)) else lr):.1e}")
@@ -159,8 +164,9 @@ class RunConsole:
     def record(self, category: str, values: Mapping[str, object], step_nr: int | None) -> None:
         """fairseq2's metric values (rank 0 only): train at each publish interval, valid at each validation."""
         if category == "train" and step_nr is not None:
-            if "nll_loss" in values:
-                self._losses.append((step_nr, _number(values["nll_loss"])))
+            loss = next((name for name in ("nll_loss", "preference_loss") if name in values), None)
+            if loss is not None:
+                self._losses.append((step_nr, _number(values[loss])))
             self._memory = peak_memory(values) or self._memory
             if self._bar is not None:
                 self._bar.update(self._bar_task, stats=step_stats(values))

@@ -10,7 +10,7 @@ reward accuracy (chosen reward above rejected), and the policy's chosen and reje
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import final
 
 import torch
@@ -74,6 +74,22 @@ class PreferenceTrainUnit(TrainUnit[PreferenceBatch]):
     def __init__(self, model: Module, criterion: Criterion) -> None:
         self._model = model
         self._criterion = criterion
+        # The hooks of NllTrainUnit, which lmtune.training.training_task and instruments set.
+        self.on_step: Callable[[], None] | None = None
+        self.publishers: list[Callable[[MutableMapping[str, object]], None]] = []
+        self.on_publish: Callable[[], None] | None = None
+
+    @override
+    def set_step_nr(self, step_nr: int) -> None:
+        if self.on_step is not None:
+            self.on_step()
+
+    @override
+    def process_metric_values(self, values: MutableMapping[str, object]) -> None:
+        for publish in self.publishers:
+            publish(values)
+        if self.on_publish is not None:
+            self.on_publish()
 
     @override
     def prepare_metric_bag(self, metric_bag: MetricBag) -> None:
