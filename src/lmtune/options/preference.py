@@ -46,7 +46,7 @@ class CriterionOptions:
         return {"beta": self.beta, "nll_scale": self.nll_scale}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PreferenceEarlyStoppingOptions(EarlyStoppingOptions):
     metric: str | None = None
     """A validation metric on the held-out pairs: valid.loss, valid.reward_accuracy, valid.reward_margin, valid.chosen_reward or valid.chosen_logps; also ranks checkpoints for keep_best_n_checkpoints and model=best_checkpoint."""

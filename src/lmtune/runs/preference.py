@@ -61,11 +61,11 @@ from lmtune.training.validation_plan import (
 
 # The validation metrics by the names users give them (early_stopping.metric).
 VALID_METRICS = [
-    ValidMetric("valid.loss", "preference_loss", "Preference Loss", higher_better=False),
-    ValidMetric("valid.reward_accuracy", "reward_accuracy", "Reward Accuracy", higher_better=True),
-    ValidMetric("valid.reward_margin", "reward_margin", "Reward Margin", higher_better=True),
-    ValidMetric("valid.chosen_reward", "chosen_reward", "Chosen Reward", higher_better=True),
-    ValidMetric("valid.chosen_logps", "chosen_logps", "Chosen Log-prob", higher_better=True),
+    ValidMetric(user_name="valid.loss", name="preference_loss", display_name="Preference Loss", higher_better=False),
+    ValidMetric(user_name="valid.reward_accuracy", name="reward_accuracy", display_name="Reward Accuracy", higher_better=True),
+    ValidMetric(user_name="valid.reward_margin", name="reward_margin", display_name="Reward Margin", higher_better=True),
+    ValidMetric(user_name="valid.chosen_reward", name="chosen_reward", display_name="Chosen Reward", higher_better=True),
+    ValidMetric(user_name="valid.chosen_logps", name="chosen_logps", display_name="Chosen Log-prob", higher_better=True),
 ]
 
 
@@ -113,7 +113,7 @@ def plan_preference_validation(o: PreferenceOptions, valid: Path | None) -> Vali
     if o.keep_best_n_checkpoints is not None and o.validate_every_n_steps is not None and o.checkpoint_every_n_steps % o.validate_every_n_steps:
         raise UserError(f"keep_best_n_checkpoints needs every checkpoint validated: checkpoint_every_n_steps={o.checkpoint_every_n_steps} must be a multiple of validate_every_n_steps={o.validate_every_n_steps}.")
     metrics = [metric if metric is not None and m.name == metric.name else m for m in VALID_METRICS] if valid is not None else []
-    return ValidationPlan(None, None, metrics, metric)
+    return ValidationPlan(task=None, labels=None, metrics=metrics, metric=metric)
 
 
 def reference_spec(o: PreferenceOptions, model: ModelSpec, tokenizer: TokenizerSpec, store: CardStore) -> ModelSpec:
@@ -258,7 +258,7 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
     console = console or RunConsole()
     check_training_numbers(o, {"keep_best_n_checkpoints": o.keep_best_n_checkpoints})
     check_preference_options(o)
-    prepare_distributed_env(os.environ)  # type: ignore[arg-type]
+    prepare_distributed_env(os.environ)
     if o.model is None:
         raise UserError("config key 'model' is not set; name a model card or an SFT run's checkpoint (model=last_checkpoint resume_checkpoint_dir=SFT_OUT/checkpoints).")
     if o.dataset is None:
