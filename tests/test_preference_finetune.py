@@ -25,6 +25,8 @@ import pytest
 from helpers import REPO, assert_user_error, run_lmtune
 from tiny_builders import train_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # trains an SFT checkpoint, then preference runs on it
+
 TRAIN = REPO / "assets/tiny/gsm8k/sft/train.jsonl"
 
 
