@@ -77,11 +77,15 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
 def test_srun_variables_match_torchrun(tmp_path: Path, parallelism: str) -> None:
+    # Both checkpoints kept whole: fairseq2 0.8.1 lists the checkpoints to thin on each rank from the file
+    # system after a save, and a rank that lists after rank 0 has thinned one skips the deletion's barrier,
+    # so the ranks part ways ("lost contact"; seen once in CI under load). That race is not what this tests.
+    keep = "keep_last_n_checkpoints=2"
     by_torchrun = tmp_path / "torchrun"
-    r = _torchrun(by_torchrun, f"data_parallelism={parallelism}")
+    r = _torchrun(by_torchrun, f"data_parallelism={parallelism}", keep)
     assert r.returncode == 0, r.stderr[-3000:]
     by_srun = tmp_path / "srun"
-    _wait_all(_srun_like(by_srun, f"data_parallelism={parallelism}"))
+    _wait_all(_srun_like(by_srun, f"data_parallelism={parallelism}", keep))
     assert _losses(by_srun) == _losses(by_torchrun)
     # Checkpoints are written once, by all ranks together, at the expected steps.
     assert sorted(p.name for p in (by_srun / "checkpoints").iterdir() if p.name.startswith("step_")) == ["step_12", "step_6"]
