@@ -193,8 +193,11 @@ def test_two_outs_on_the_same_data_share_one_entry_that_cache_list_shows_and_cle
     assert said.startswith("lmtune: freed 0 ") and train.is_dir()
     from lmtune.errors import UserError
 
-    with pytest.raises(UserError, match=rf"no encoded data 'train-0' in {_cache_root()}; valid: {train.name}\."):
-        clear_cache(_cache_root(), "train-0", None)
+    # A name with no letter in common with any entry, so the error lists the valid ones (a near name would get "did you mean").
+    with pytest.raises(UserError, match=rf"no encoded data 'zz' in {_cache_root()}; valid: {train.name}\."):
+        clear_cache(_cache_root(), "zz", None)
+    with pytest.raises(UserError, match=rf"no encoded data '{train.name}0' in {_cache_root()}; did you mean '{train.name}'\?"):
+        clear_cache(_cache_root(), train.name + "0", None)
     said = clear_cache(_cache_root(), train.name, None)
     assert said == f"lmtune: freed 1 encoded data file(s), {size_text(on_disk)}, in {_cache_root()}" and list(_cache_root().iterdir()) == []
     (_cache_root() / f".{train.name}.tmp-4242").mkdir()  # what a killed build leaves: `clear` removes it too
