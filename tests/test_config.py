@@ -59,7 +59,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
     "item, message",
     [
         ("max_num_steps=ten", "'max_num_steps' must be an integer or null, got 'ten'"),
-        ("dtype=fp8", "'dtype' must be 'float32' or 'bfloat16' or 'float16', got 'fp8'"),
+        ("dtype=fp8", "'dtype' must be 'auto' or 'float32' or 'bfloat16' or 'float16', got 'fp8'"),
         ("learning_rate=fast", "'learning_rate' must be a number, got 'fast'"),
         ("compile=maybe", "'compile' must be true or false"),
         ("optimizer=1", "'optimizer' is a section"),

@@ -14,7 +14,7 @@ SRC = REPO / "src" / "lmtune"
 # Top-level modules are layers of their own (``errors``, ``run_dir``, ...); ``recipes`` is lmtune.recipes.
 LAYERS: list[set[str]] = [
     {"errors", "files"},
-    {"dtypes", "resources", "fairseq2_internals", "launch", "run_dir", "safe_load"},
+    {"dtypes", "precision", "resources", "fairseq2_internals", "launch", "run_dir", "safe_load"},
     {"score"},
     {"options"},
     {"catalog"},

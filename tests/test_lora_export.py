@@ -45,7 +45,7 @@ def exported(request: pytest.FixtureRequest, cards: Path, tmp_path_factory: pyte
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(line + "\n" for line in lines))
     r = run_lmtune("generate", str(root / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=last_checkpoint",
-                   f"dataset={prompts}", f"generator_config.max_gen_len={MAX_GEN_LEN}", "score=none", env=env)
+                   f"dataset={prompts}", f"generator_config.max_gen_len={MAX_GEN_LEN}", "score=none", "dtype=float32", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (root / "gen/generations.jsonl").read_text().splitlines()]
     return {"kind": request.param, "out": out, "step": out / "checkpoints/step_6", "rows": rows, "cards": cards}

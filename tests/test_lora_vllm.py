@@ -50,7 +50,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     prompts_file = root / "prompts.jsonl"
     prompts_file.write_text("".join(line + "\n" for line in test_file.read_text().splitlines()[:4]))
     r = run_lmtune("generate", str(root / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=last_checkpoint",
-                   f"dataset={prompts_file}", f"generator_config.max_gen_len={MAX_TOKENS}", "score=none", env=env)
+                   f"dataset={prompts_file}", f"generator_config.max_gen_len={MAX_TOKENS}", "score=none", "dtype=float32", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     spec = model_from_checkpoint_dir(out / "checkpoints", None, "test")
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]

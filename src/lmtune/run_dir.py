@@ -41,8 +41,11 @@ ENCODED_CACHE = "encoded"
 PROFILE = "profile"  # the profiler's traces (lmtune.training.profiling)
 REPRESENTATIONS = "representations"
 
-# Keys a rerun may change and still resume the same run.
+# Keys a rerun may change and still resume the same run. dtype: weights and optimizer state are
+# float32 in every precision (lmtune.precision), so a checkpoint resumes under any; runs from before
+# dtype=auto became the default saved dtype: bfloat16 or float32 and would otherwise be refused.
 RESUMABLE_CHANGES = {
+    "dtype",
     "max_num_steps", "max_num_data_epochs", "checkpoint_every_n_steps", "keep_last_n_checkpoints",
     "keep_last_n_models", "validate_every_n_steps", "publish_metrics_every_n_steps", "tensorboard",
     "wandb", "compile", "activation_checkpointing", "data_parallelism", "distributed_timeout_minutes", "export_hf",

@@ -95,19 +95,23 @@ def resolve_inputs(o: GenerateOptions) -> Inputs:
     return Inputs(model=model, tokenizer=tokenizer, prompts=prompts, prompt_texts=texts, references=references, answers=answers, task=task, labels=labels)
 
 
-def _device_and_dtype(o: GenerateOptions) -> tuple[torch.device, torch.dtype]:
-    import torch
+def _device_and_dtype(o: GenerateOptions, inputs: Inputs) -> tuple[torch.device, torch.dtype]:
+    """The device, and the dtype the model's weights are loaded in (lmtune.precision; said on rank 0)."""
     from fairseq2.device import detect_default_device
 
-    from lmtune.dtypes import compute_dtype, torch_dtype
-    from lmtune.models.loading import resolver
+    from lmtune.dtypes import torch_dtype
+    from lmtune.models.loading import model_width, resolver
+    from lmtune.precision import choose_precision
     from lmtune.run_dir import is_main_process
 
     resolver()  # fairseq2 initialised
     device = detect_default_device()
-    if o.dtype == "auto":
-        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-    return device, torch_dtype(compute_dtype(o.dtype, device.type, warn=is_main_process()))
+    main = is_main_process()
+    precision = choose_precision(o.dtype, device.type, model_width(inputs.model), warn=main)  # type: ignore[arg-type]
+    if main:
+        weights = "float32" if precision.dtype == "float32" else f"{precision.dtype} weights"
+        print(f"lmtune: precision: {weights} ({precision.reason})", file=sys.stderr)
+    return device, torch_dtype(precision.dtype)
 
 
 def _root_gang(device: torch.device) -> Gang | None:
@@ -188,7 +192,7 @@ def run_generate(out_dir: Path, o: GenerateOptions) -> None:
     if main:
         lock_output_dir(out_dir)
         (out_dir / "generate.yaml").write_text(dump_yaml(o))
-    device, dtype = _device_and_dtype(o)
+    device, dtype = _device_and_dtype(o, inputs)
     gang = _root_gang(device)
     rank, size = (gang.rank, gang.size) if gang is not None else (0, 1)
     rows = generate_shard(o, inputs, list(range(rank, len(inputs.prompts), size)), device, dtype, main)

@@ -77,6 +77,13 @@ def model_config(spec: ModelSpec) -> object:
         raise UserError(f"model '{spec.name}': model_config does not fit a {spec.family} model ({ex}).") from None
 
 
+def model_width(spec: ModelSpec) -> int | None:
+    """The model's ``model_dim`` (a LoRA checkpoint's: its base's), which lmtune.precision weighs on a CPU."""
+    config = model_config(spec.lora.base if spec.lora is not None else spec)
+    width = getattr(config, "model_dim", None)
+    return width if isinstance(width, int) else None
+
+
 def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32, seed: int | None = None) -> torch.nn.Module:
     """The model in eval mode; randomly initialised when the spec has no checkpoint
     (``init: random``), the same weights for the same ``seed``."""

@@ -49,7 +49,7 @@ class GenerateOptions:
     labels: list[str] | None = None
     """Class labels for score=classification; default: the dataset card's labels."""
     dtype: Literal["auto", DtypeName] = "auto"
-    """auto: bfloat16 on GPU, float32 on CPU."""
+    """auto: bfloat16 where the device computes it fast, else float32 (lmtune.precision)."""
     generator_config: GeneratorOptions = field(default_factory=GeneratorOptions)
 
 

@@ -91,8 +91,10 @@ class TrainingOptions:
     """Checkpoints kept in all; those beyond keep_last_n_checkpoints keep only the model."""
     validate_every_n_steps: int | None = None
     publish_metrics_every_n_steps: int = 10
-    dtype: DtypeName = "bfloat16"
-    """Training precision on GPU (mixed precision over float32 weights); always float32 on CPU."""
+    dtype: Literal["auto", DtypeName] = "auto"
+    """Training precision: bf16/fp16 autocast over float32 weights, or float32. auto: bf16 where the device
+    computes it fast (GPUs with bf16; CPUs with AMX-BF16 or AVX512-BF16, for models 256 wide or wider),
+    else float32 (lmtune.precision)."""
     seed: int = 2
     data_parallelism: Literal["ddp", "fsdp"] = "ddp"
     distributed_timeout_minutes: int = 15

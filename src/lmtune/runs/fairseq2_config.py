@@ -29,10 +29,11 @@ from fairseq2.recipe.config import (
 )
 
 from lmtune.catalog.specs import ModelSpec, TokenizerSpec
-from lmtune.dtypes import compute_dtype, torch_dtype
+from lmtune.dtypes import torch_dtype
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.instrument import warmup_steps as instrument_warmup_steps
 from lmtune.options.pretrain import PretrainOptions
+from lmtune.precision import Precision, choose_precision
 from lmtune.training.instruments import InstrumentSection
 from lmtune.training.validation_plan import ValidationPlan
 
@@ -41,12 +42,21 @@ if TYPE_CHECKING:
     from lmtune.recipes.instruction_finetune import LoraSection
 
 
-def training_precision(dtype: str) -> MixedPrecisionConfig:
-    """Weights stay float32; on GPU forward/backward run in `dtype` (float32 on CPU, see lmtune.dtypes)."""
-    dtype = compute_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "float32":
+def run_precision(o: FinetuneOptions | PretrainOptions, model: ModelSpec) -> Precision:
+    """What this run computes in (lmtune.precision): ``o.dtype`` on this machine's device, for ``model``'s width."""
+    from lmtune.models.loading import model_width
+    from lmtune.run_dir import is_main_process
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return choose_precision(o.dtype, device_type, model_width(model), warn=is_main_process())
+
+
+def training_precision(precision: Precision) -> MixedPrecisionConfig:
+    """Weights and optimizer state stay float32; forward and backward (training and validation) autocast
+    to ``precision.dtype`` (fairseq2's "auto" mode: autocast on the gangs' device, the CPU included)."""
+    if precision.dtype == "float32":
         return MixedPrecisionConfig(mode="off")
-    return MixedPrecisionConfig(mode="static", dtype=torch_dtype(dtype))
+    return MixedPrecisionConfig(mode="auto", dtype=torch_dtype(precision.dtype))
 
 
 def warmup_steps(o: FinetuneOptions | PretrainOptions) -> int:
@@ -97,14 +107,14 @@ def kept_checkpoints(o: FinetuneOptions | PretrainOptions) -> tuple[int | None, 
     return keep, save_model_only
 
 
-def training_sections(o: FinetuneOptions | PretrainOptions) -> dict[str, object]:
+def training_sections(o: FinetuneOptions | PretrainOptions, precision: Precision) -> dict[str, object]:
     """The sections both recipes set alike from the keys they share: gang, trainer, optimizer,
     lr_scheduler, common."""
     return {
         "gang": GangSection(timeout=o.distributed_timeout_minutes),
         "trainer": TrainerSection(
             data_parallelism=o.data_parallelism,
-            mixed_precision=training_precision(o.dtype),
+            mixed_precision=training_precision(precision),
             grad_accumulation=GradAccumulationConfig(num_batches=o.gradient_accumulation_steps),
             activation_checkpointing=ActivationCheckpointingConfig(mode="layerwise" if o.activation_checkpointing else "off"),
             max_grad_norm=o.max_grad_norm,
@@ -198,5 +208,5 @@ def finetune_config(o: FinetuneOptions, model: ModelSpec, tokenizer: TokenizerSp
             every_n_steps=o.representations.every_n_steps if valid_file is not None else None, num_examples=o.representations.num_examples,
             layers=o.representations.layers, out_dir=out_dir,
         ),  # fmt: skip
-        **training_sections(o),
+        **training_sections(o, run_precision(o, model)),
     )

@@ -165,7 +165,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
             write_lora_card(run_checkpoint_dir(out_dir), lora.spec.as_card())
 
     from lmtune.data.parallel_encoding import default_workers
-    from lmtune.runs.fairseq2_config import finetune_config, lora_section
+    from lmtune.runs.fairseq2_config import finetune_config, lora_section, run_precision
 
     encoded = {path: c.directory for path, c in caches.items()}
     workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -193,7 +193,7 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
     from lmtune.recipes.instruction_finetune import InstructionFinetuneRecipe
 
     run_training(
-        out_dir, o, recipe=InstructionFinetuneRecipe(plan.metrics, console), config=config, console=console, plan=plan,
+        out_dir, o, recipe=InstructionFinetuneRecipe(plan.metrics, console), config=config, console=console, plan=plan, precision=run_precision(o, model),
         before_run=lambda: _write_caches(caches, loaded, tokenizer),  # before fairseq2, whose ranks map the caches
         after_run=record_early_stop,
     )  # fmt: skip

@@ -40,6 +40,7 @@ from lmtune.run_dir import (
 from lmtune.safe_load import check_checkpoint_objects
 
 if TYPE_CHECKING:
+    from lmtune.precision import Precision
     from lmtune.training.console import RunConsole
     from lmtune.training.validation_plan import ValidationPlan
 
@@ -109,11 +110,13 @@ def run_training(
     config: object,
     console: RunConsole,
     plan: ValidationPlan,
+    precision: Precision,
     before_run: Callable[[], None] | None = None,
     after_run: Callable[[], None] | None = None,
 ) -> None:
     """Runs ``recipe`` on ``config`` with fairseq2 into OUT, and what follows a run.
 
+    ``precision``: what the config's trainer section computes in, said under the header.
     ``before_run`` and ``after_run`` (rank 0): the recipe's own steps after the console's header
     and after a completed run, before the summary."""
     if o.release_freed_memory:
@@ -129,6 +132,7 @@ def run_training(
     main = is_main_process()
     regime = config.regime  # type: ignore[attr-defined]
     console.header(o, out_dir, plan, regime.publish_metrics_every_n_steps, validates=regime.validate_every_n_steps is not None)  # type: ignore[arg-type]
+    console.write(f"lmtune: {precision.line}")
     if main and before_run is not None:  # after the header, so the run's first line says what runs
         before_run()
     try:

@@ -177,7 +177,9 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
     from lmtune.adapters.build import load_any_model
     from lmtune.data.encoded_cache import fingerprint as data_fingerprint
     from lmtune.data.encoding import ExampleEncoder
-    from lmtune.dtypes import compute_dtype, torch_dtype
+    from lmtune.dtypes import torch_dtype
+    from lmtune.models.loading import model_width
+    from lmtune.precision import choose_precision
     from lmtune.preference.pairs import EncodedPairs, encode_pair_file
     from lmtune.preference.reference import (
         cached_reference_logps,
@@ -187,7 +189,7 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
     )
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
-    dtype = torch_dtype(compute_dtype(o.dtype, device.type))
+    dtype = torch_dtype(choose_precision(o.dtype, device.type, model_width(ref)).dtype)
     model = load_any_model(ref, device=device, dtype=dtype)
     model_print = model_fingerprint(name=ref.name, checkpoint=Path(ref.checkpoint) if ref.checkpoint else None, model=model, dtype=dtype, lora_base=lora_base)
     encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
@@ -216,6 +218,7 @@ def preference_config(o: PreferenceOptions, model: ModelSpec, tokenizer: Tokeniz
         kept_checkpoints,
         model_section,
         publish_interval,
+        run_precision,
         tokenizer_section,
         training_sections,
     )
@@ -250,7 +253,7 @@ def preference_config(o: PreferenceOptions, model: ModelSpec, tokenizer: Tokeniz
         ),  # fmt: skip
         early_stopping=stopping,
         instrument=instrument_section(o),  # type: ignore[arg-type]
-        **training_sections(o),  # type: ignore[arg-type]
+        **training_sections(o, run_precision(o, model)),  # type: ignore[arg-type]
     )
 
 
@@ -337,5 +340,6 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
             print(f"lmtune: {message}.", file=sys.stderr)
 
     from lmtune.recipes.preference_finetune import PreferenceFinetuneRecipe
+    from lmtune.runs.fairseq2_config import run_precision
 
-    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console, {plan.metric.name: plan.metric.higher_better} if plan.metric else None), config=config, console=console, plan=plan, before_run=before_run, after_run=record_early_stop)
+    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console, {plan.metric.name: plan.metric.higher_better} if plan.metric else None), config=config, console=console, plan=plan, precision=run_precision(o, model), before_run=before_run, after_run=record_early_stop)  # type: ignore[arg-type]

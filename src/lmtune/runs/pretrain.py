@@ -203,11 +203,12 @@ def run_pretrain(out_dir: Path, o: PretrainOptions, console: RunConsole | None =
         _write_check_cache(out_dir, checks)
 
     from lmtune.recipes.pretrain import PretrainRecipe
+    from lmtune.runs.fairseq2_config import run_precision
     from lmtune.runs.pretrain_config import pretrain_config
 
     config = pretrain_config(o, model, tokenizer, _paths(train.files), _paths(valid.files) if valid else [], rows)
     plan = ValidationPlan(metrics=[LOSS, PERPLEXITY])
-    run_training(out_dir, o, recipe=PretrainRecipe(console), config=config, console=console, plan=plan)
+    run_training(out_dir, o, recipe=PretrainRecipe(console), config=config, console=console, plan=plan, precision=run_precision(o, model))
 
 
 def _paths(files: list[CorpusFile]) -> list[Path]:

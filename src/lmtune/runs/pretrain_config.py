@@ -13,6 +13,7 @@ from lmtune.runs.fairseq2_config import (
     kept_checkpoints,
     model_section,
     publish_interval,
+    run_precision,
     tokenizer_section,
     training_sections,
 )
@@ -46,5 +47,5 @@ def pretrain_config(o: PretrainOptions, model: ModelSpec, tokenizer: TokenizerSp
             publish_metrics_every_n_steps=publish_interval(o, validates),  # type: ignore[arg-type]
         ),
         instrument=instrument_section(o),
-        **training_sections(o),
+        **training_sections(o, run_precision(o, model)),
     )
