@@ -68,9 +68,11 @@ def test_console_lines_carry_the_metrics_files_numbers(run: tuple[Path, subproce
     # The data's one event: tiny_gsm8k's training file encoded into the shared cache (its validation file is the test split).
     encoded = [line for line in lines if line.startswith("lmtune: encoded ")]
     assert len(encoded) == 2 and all((Path(line.split(" -> ")[1]) / "fingerprint.json").is_file() for line in encoded), lines
-    assert lines.index(encoded[0]) == 1, lines  # right after the header, before the first step
+    # Under the header, the precision and why (lmtune.precision): tiny_llama is float32 on any CPU.
+    assert lines[1].startswith("lmtune: precision: float32 (dtype=auto; "), lines
+    assert lines.index(encoded[0]) == 2, lines  # right after the header's lines, before the first step
     # Nothing else: no config dump, no module tree, no metric blocks, no deprecation warnings.
-    others = [line for line in lines[1:-1] if not (STEP.match(line) or VALID.match(line) or line.startswith("checkpoint saved: ") or line in encoded)]
+    others = [line for line in lines[2:-1] if not (STEP.match(line) or VALID.match(line) or line.startswith("checkpoint saved: ") or line in encoded)]
     assert all(line.startswith(("fairseq2: warning: ", "lmtune: warning: ")) for line in others), others
     assert "DeprecationWarning" not in r.stderr and "hg_exporter" not in r.stderr
 

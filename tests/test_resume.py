@@ -54,6 +54,16 @@ def test_killed_length_batched_run_resumes_to_identicallosses(tmp_path: Path) ->
     _kill_resume_and_compare(tmp_path / "killed", reference, args)
 
 
+def test_killed_bf16_run_resumes_to_identical_losses(tmp_path: Path) -> None:
+    """Within one precision a resume is exact: bf16 autocast over float32 weights and optimizer state."""
+    args = [*ARGS, "dtype=bfloat16"]
+    reference = tmp_path / "reference"
+    r = run_lmtune("instruction_finetune", str(reference), *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "lmtune: precision: bf16 autocast over float32 weights (dtype=bfloat16; " in r.stderr
+    _kill_resume_and_compare(tmp_path / "killed", reference, args)
+
+
 def _kill_resume_and_compare(out: Path, reference: Path, args: list[str]) -> None:
     proc = _start(out, args)
     deadline = time.monotonic() + 300
