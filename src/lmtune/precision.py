@@ -14,8 +14,12 @@ and bf16 weights for generation. Where it pays differs by machine and by model:
   64, 2048 tokens 90 / 127 (0.7x); model_dim 96, 2048 tokens 125 / 156 (0.8x); model_dim 128
   (the tiny default), 512 tokens 63 / 69 (0.9x), 2048 tokens 189 / 145 and 263 / 237 (1.1-1.3x,
   two runs on a shared machine); model_dim 256, 4 layers, 2048 tokens 1082 / 631 (1.7x); model_dim
-  512, 8 layers (~25M weights), 4096 tokens 16.0 s / 12.4 s (1.3x). So ``auto`` on a CPU keeps
-  float32 below ``CPU_BF16_MIN_MODEL_DIM``, where the gain is none or within the noise.
+  512, 8 layers (~25M weights), 4096 tokens 16.0 s / 12.4 s (1.3x). Whole 100-step runs of the tiny
+  default (128 wide, 2048 tokens a batch) on that shared machine took 112 / 70 s once and 73 / 160 s
+  the next time: no settled gain. Greedy generation of the 200 tiny_gsm8k test prompts (bf16 weights):
+  1.0x at 128 wide (1.8 / 1.8 s), 2.2x at 256 wide (11.7 / 5.3 s), 1.6x at 512 wide (32.0 / 19.9 s).
+  So ``auto`` on a CPU keeps float32 below ``CPU_BF16_MIN_MODEL_DIM``, where the gain is none or not
+  settled, and the tiny default and the tests' tiny models run in float32 on every CPU.
 
 An explicit dtype is honoured; a slow explicit choice says so once, with the measured rates.
 """
