@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from helpers import losses, run_lmtune
-from lmtune.precision import CPU_BF16_MIN_MODEL_DIM, DeviceFacts, cpu_info, decide_precision
+from lmtune.precision import (
+    CPU_BF16_MIN_MODEL_DIM,
+    DeviceFacts,
+    cpu_info,
+    decide_precision,
+)
 
 X86 = {"fpu", "sse2", "avx", "avx2", "fma"}
 AVX2_ONLY = DeviceFacts(type="cpu", name="Intel Xeon E5", cpu_flags=frozenset(X86), cpu_capability="AVX2", rates={"float32": 137.0, "bfloat16": 0.3})
