@@ -51,12 +51,13 @@ def run_precision(o: FinetuneOptions | PretrainOptions, model: ModelSpec) -> Pre
     return choose_precision(o.dtype, device_type, model_width(model), warn=is_main_process())
 
 
-def training_precision(precision: Precision) -> MixedPrecisionConfig:
+def training_precision(precision: Precision, data_parallelism: str) -> MixedPrecisionConfig:
     """Weights and optimizer state stay float32; forward and backward (training and validation) autocast
-    to ``precision.dtype`` (fairseq2's "auto" mode: autocast on the gangs' device, the CPU included)."""
+    to ``precision.dtype`` (fairseq2's "auto" mode: autocast on the gangs' device, the CPU included).
+    Under FSDP, fairseq2's "static" mode: FSDP's own mixed precision across ranks (autocast on one)."""
     if precision.dtype == "float32":
         return MixedPrecisionConfig(mode="off")
-    return MixedPrecisionConfig(mode="auto", dtype=torch_dtype(precision.dtype))
+    return MixedPrecisionConfig(mode="static" if data_parallelism == "fsdp" else "auto", dtype=torch_dtype(precision.dtype))
 
 
 def warmup_steps(o: FinetuneOptions | PretrainOptions) -> int:
@@ -114,7 +115,7 @@ def training_sections(o: FinetuneOptions | PretrainOptions, precision: Precision
         "gang": GangSection(timeout=o.distributed_timeout_minutes),
         "trainer": TrainerSection(
             data_parallelism=o.data_parallelism,
-            mixed_precision=training_precision(precision),
+            mixed_precision=training_precision(precision, o.data_parallelism),
             grad_accumulation=GradAccumulationConfig(num_batches=o.gradient_accumulation_steps),
             activation_checkpointing=ActivationCheckpointingConfig(mode="layerwise" if o.activation_checkpointing else "off"),
             max_grad_norm=o.max_grad_norm,
