@@ -161,3 +161,23 @@ def test_the_header_says_which_precision_runs_and_why(runs: dict[str, tuple[Path
 def test_auto_on_the_tiny_preset_is_float32_to_the_bit(runs: dict[str, tuple[Path, str]]) -> None:
     """tiny_llama is narrower than CPU_BF16_MIN_MODEL_DIM: auto runs it in float32 on any CPU."""
     assert losses(runs["auto"][0]) == losses(runs["float32"][0])
+
+
+@pytest.mark.slow
+def test_generate_says_its_precision_and_honours_an_explicit_bf16(tmp_path: Path) -> None:
+    """lmtune generate loads the weights in the chosen dtype: auto is float32 for tiny_llama (128 wide) on any CPU."""
+    import json
+
+    from helpers import REPO, run_lmtune_in_process
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(line + "\n" for line in (REPO / "assets/tiny/gsm8k/test/test.jsonl").read_text().splitlines()[:2]))
+    said = {}
+    for dtype in ("auto", "bfloat16"):
+        r = run_lmtune_in_process("generate", str(tmp_path / dtype), "--config", "model=tiny_llama", f"dataset={prompts}", "generator_config.max_gen_len=4", "score=none", f"dtype={dtype}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert len((tmp_path / dtype / "generations.jsonl").read_text().splitlines()) == 2
+        said[dtype] = [line for line in r.stderr.splitlines() if line.startswith("lmtune: precision: ")]
+    assert len(said["auto"]) == 1 and said["auto"][0].startswith("lmtune: precision: float32 (dtype=auto; ")
+    assert len(said["bfloat16"]) == 1 and said["bfloat16"][0].startswith("lmtune: precision: bfloat16 weights (dtype=bfloat16; ")
+    assert json.loads((tmp_path / "bfloat16" / "generations.jsonl").read_text().splitlines()[0])["completion"] is not None
