@@ -181,3 +181,15 @@ def test_generate_says_its_precision_and_honours_an_explicit_bf16(tmp_path: Path
     assert len(said["auto"]) == 1 and said["auto"][0].startswith("lmtune: precision: float32 (dtype=auto; ")
     assert len(said["bfloat16"]) == 1 and said["bfloat16"][0].startswith("lmtune: precision: bfloat16 weights (dtype=bfloat16; ")
     assert json.loads((tmp_path / "bfloat16" / "generations.jsonl").read_text().splitlines()[0])["completion"] is not None
+
+
+def test_a_rerun_may_change_dtype_but_not_what_the_checkpoints_hold(tmp_path: Path) -> None:
+    """Runs from before dtype=auto saved dtype: bfloat16 (the old default) or float32 (the tiny preset); their
+    checkpoints hold float32 weights and optimizer state in every precision, so they resume under auto."""
+    from lmtune.errors import UserError
+    from lmtune.run_dir import CONFIG_FILE, check_rerun
+
+    (tmp_path / CONFIG_FILE).write_text("dtype: bfloat16\nlearning_rate: 0.001\n")
+    assert check_rerun(tmp_path, {"dtype": "auto", "learning_rate": 0.001}, has_checkpoint=True) == {"dtype": "bfloat16", "learning_rate": 0.001}
+    with pytest.raises(UserError, match="learning_rate=0.001"):
+        check_rerun(tmp_path, {"dtype": "auto", "learning_rate": 0.002}, has_checkpoint=True)
