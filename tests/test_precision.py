@@ -41,7 +41,7 @@ def test_an_avx2_only_cpu_runs_auto_in_float32_and_an_explicit_bf16_says_its_rat
     assert decide_precision("auto", AVX2_ONLY, model_dim=WIDE).dtype == "float32"
     explicit = decide_precision("bfloat16", AVX2_ONLY, model_dim=WIDE)
     assert (explicit.dtype, explicit.slow) == ("bfloat16", True)  # honoured, and called slow
-    assert explicit.reason == "dtype=bfloat16; Intel Xeon E5: no amx_bf16 or avx512_bf16, bf16 matmul 0 vs fp32 137 GFLOP/s"
+    assert explicit.reason == "dtype=bfloat16; Intel Xeon E5: no amx_bf16 or avx512_bf16, bf16 matmul 0.3 vs fp32 137 GFLOP/s"
 
 
 @pytest.mark.parametrize("cpu", [AVX512_BF16, AMX], ids=["avx512_bf16", "amx"])
@@ -75,8 +75,8 @@ def test_where_the_flags_are_unknown_the_measured_rates_decide() -> None:
 def test_float16_on_a_cpu_is_fast_only_where_measured_so() -> None:
     p = decide_precision("float16", AVX512_BF16, model_dim=WIDE)  # no fp16 rate measured, no amx_fp16
     assert (p.dtype, p.slow) == ("float16", True)
-    measured = DeviceFacts(type="cpu", name="AMD EPYC", cpu_flags=AVX512_BF16.cpu_flags, rates={"float32": 88.0, "float16": 1.0})
-    assert "fp16 matmul 1 vs fp32 88 GFLOP/s" in decide_precision("float16", measured, model_dim=WIDE).reason
+    measured = DeviceFacts(type="cpu", name="AMD EPYC", cpu_flags=AVX512_BF16.cpu_flags, rates={"float32": 88.0, "float16": 0.25})
+    assert "fp16 matmul 0.25 vs fp32 88 GFLOP/s" in decide_precision("float16", measured, model_dim=WIDE).reason
 
 
 def test_float32_is_float32_everywhere() -> None:

@@ -79,7 +79,11 @@ def _short(dtype: str) -> str:
 def _rates(facts: DeviceFacts, dtype: str) -> str:
     if dtype not in facts.rates or "float32" not in facts.rates:
         return ""
-    return f", {_short(dtype)} matmul {facts.rates[dtype]:.0f} vs fp32 {facts.rates['float32']:.0f} GFLOP/s"
+    return f", {_short(dtype)} matmul {_gflops(facts.rates[dtype])} vs fp32 {_gflops(facts.rates['float32'])} GFLOP/s"
+
+
+def _gflops(rate: float) -> str:
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"  # an emulated dtype's 0.3 stays 0.3
 
 
 def fast_cpu_dtype(facts: DeviceFacts, dtype: str) -> tuple[bool, str]:
