@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmtune.catalog.cards import Card, CardStore
+from lmtune.catalog.hf_model_dir import why_not_detected
 from lmtune.errors import UserError, did_you_mean
 from lmtune.options.lora import LoraSettings
 from lmtune.run_dir import (
@@ -204,7 +205,7 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
     without weights is fine (counting tokens needs none) and its tokenizer is not resolved."""
     family = card.get("model_family")
     if not isinstance(family, str):
-        raise UserError(f"card '{card.name}' ({card.where}) has no model_family; it cannot be used as a model.")
+        raise UserError(why_not_detected(card.fields, card.name, card.where))
     arch = card.get("model_arch")
     config = dict(card.get("model_config") or {})  # type: ignore[call-overload]
     if not need_weights:
