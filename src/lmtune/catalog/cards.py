@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmtune.errors import UserError, did_you_mean
 from lmtune.catalog.hf_model_dir import with_detected_model
+from lmtune.errors import UserError, did_you_mean
 from lmtune.files import deep_merge
 from lmtune.resources import assets_dir
 
