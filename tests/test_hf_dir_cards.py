@@ -19,66 +19,13 @@ from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
 from lmtune.adapters.build import load_any_model
 from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import resolve_model
-from tiny_builders import (
-    QWEN2_SPLIT,
-    bpe_ranks,
-    write_hf_llama3_tokenizer,
-    write_hf_qwen_tokenizer,
-)
+from transformers_dirs import write_transformers_dir
 
 TOLERANCE = 1e-5
-SIZES = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
-
-
-def write_transformers_dir(
-    model_type: str, out: Path, seed: int = 0, **changes: object
-) -> Path:
-    """A tiny random model of ``model_type`` saved by transformers, with a matching tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if model_type in ("qwen2", "qwen3"):
-        config = AutoConfig.for_model(
-            model_type,
-            **SIZES,
-            vocab_size=448,
-            tie_word_embeddings=True,
-            rms_norm_eps=1e-6,
-            **changes,
-        )
-        write_hf_qwen_tokenizer(out, bpe_ranks(QWEN2_SPLIT), instruct=False)
-    else:
-        config = AutoConfig.for_model(
-            model_type,
-            **SIZES,
-            vocab_size=704,
-            tie_word_embeddings=False,
-            rms_norm_eps=1e-5,
-            rope_theta=50_000.0,
-            **changes,
-        )
-        write_hf_llama3_tokenizer(out, bpe_ranks(), instruct=False)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for (
-            p
-        ) in model.parameters():  # norms and all: weights no default init would give
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 else 0.0))
-    model.save_pretrained(out)
-    return out
 
 
 def write_card(cards: Path, name: str, checkpoint: Path, **extra: object) -> None:
-    (cards / f"{name}.yaml").write_text(
-        yaml.safe_dump({"name": name, "checkpoint": str(checkpoint), **extra})
-    )
+    (cards / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "checkpoint": str(checkpoint), **extra}))
 
 
 def transformers_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
@@ -98,105 +45,56 @@ def lmtune_logits(name: str, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
-def test_a_bare_hf_directory_loads_with_transformers_logits(
-    model_type: str, tmp_path: Path, isolated_user_cards: Path
-) -> None:
+def test_a_bare_hf_directory_loads_with_transformers_logits(model_type: str, tmp_path: Path, isolated_user_cards: Path) -> None:
     directory = write_transformers_dir(model_type, tmp_path / model_type)
     write_card(isolated_user_cards, "my_model", directory)
     spec = resolve_model(CardStore(), "my_model", None)
     assert spec.family == ("llama" if model_type == "llama" else "qwen")
     assert spec.tokenizer is not None and spec.tokenizer.path == directory
     ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(1))
-    assert (
-        lmtune_logits("my_model", ids) - transformers_logits(directory, ids)
-    ).abs().max().item() < TOLERANCE
+    assert (lmtune_logits("my_model", ids) - transformers_logits(directory, ids)).abs().max().item() < TOLERANCE
 
 
-def test_assets_show_prints_what_was_detected(
-    tmp_path: Path, isolated_user_cards: Path
-) -> None:
+def test_assets_show_prints_what_was_detected(tmp_path: Path, isolated_user_cards: Path) -> None:
     directory = write_transformers_dir("llama", tmp_path / "hf")
-    write_card(
-        isolated_user_cards, "my_model", directory, model_config={"max_seq_len": 128}
-    )
+    write_card(isolated_user_cards, "my_model", directory, model_config={"max_seq_len": 128})
     r = run_lmtune_in_process("assets", "show", "my_model")
     assert r.returncode == 0, r.stderr
     shown = yaml.safe_load(r.stdout)
-    assert (
-        shown["model_family"] == "llama"
-        and shown["hf_architecture"] == "LlamaForCausalLM"
-    )
-    assert (
-        shown["model_config"]["ffn_inner_dim"] == 96
-        and shown["model_config"]["rope_theta"] == 50_000.0
-    )
-    assert (
-        shown["model_config"]["max_seq_len"] == 128
-    )  # the card's own model_config wins
+    assert shown["model_family"] == "llama" and shown["hf_architecture"] == "LlamaForCausalLM"
+    assert shown["model_config"]["ffn_inner_dim"] == 96 and shown["model_config"]["rope_theta"] == 50_000.0
+    assert shown["model_config"]["max_seq_len"] == 128  # the card's own model_config wins
     assert shown["tokenizer"] == str(directory)
     listed = run_lmtune_in_process("assets", "list", "--kind", "model").stdout
     assert any(line.split()[0] == "my_model" for line in listed.splitlines())
 
 
-def test_explicit_family_and_arch_are_kept(
-    tmp_path: Path, isolated_user_cards: Path
-) -> None:
+def test_explicit_family_and_arch_are_kept(tmp_path: Path, isolated_user_cards: Path) -> None:
     directory = write_transformers_dir("llama", tmp_path / "hf")
-    write_card(
-        isolated_user_cards,
-        "my_model",
-        directory,
-        model_family="llama",
-        model_arch="llama3_2_1b",
-        model_config={"model_dim": 64},
-    )
+    write_card(isolated_user_cards, "my_model", directory, model_family="llama", model_arch="llama3_2_1b", model_config={"model_dim": 64})
     card = CardStore().get("my_model")
-    assert (
-        card is not None
-        and "hf_architecture" not in card.fields
-        and card.get("model_arch") == "llama3_2_1b"
-    )
+    assert card is not None and "hf_architecture" not in card.fields and card.get("model_arch") == "llama3_2_1b"
 
 
-def test_bad_directories_are_one_sentence(
-    tmp_path: Path, isolated_user_cards: Path
-) -> None:
+def test_bad_directories_are_one_sentence(tmp_path: Path, isolated_user_cards: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "model.safetensors").write_bytes(b"")
     write_card(isolated_user_cards, "no_config", empty)
     gpt_neox = tmp_path / "neox"
     gpt_neox.mkdir()
-    (gpt_neox / "config.json").write_text(
-        json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]})
-    )
+    (gpt_neox / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
     write_card(isolated_user_cards, "neox", gpt_neox)
     out = tmp_path / "out"
-    r = run_lmtune_in_process(
-        "instruction_finetune",
-        str(out),
-        "--config-file",
-        "tiny_gsm8k",
-        "--config",
-        "model=no_config",
-    )
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=no_config")
     assert_user_error(r, "no_config", f"{empty} has no config.json")
-    r = run_lmtune_in_process(
-        "instruction_finetune",
-        str(out),
-        "--config-file",
-        "tiny_gsm8k",
-        "--config",
-        "model=neox",
-    )
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=neox")
     assert_user_error(r, "model_type 'gpt_neox'", "llama, mistral, qwen2, qwen3, olmo2")
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_instruction_finetune_from_a_card_naming_only_the_directory(
-    tmp_path: Path, isolated_user_cards: Path
-) -> None:
+def test_instruction_finetune_from_a_card_naming_only_the_directory(tmp_path: Path, isolated_user_cards: Path) -> None:
     directory = write_transformers_dir("llama", tmp_path / "hf")
     write_card(isolated_user_cards, "my_model", directory)
     out = tmp_path / "out"
@@ -207,7 +105,5 @@ def test_instruction_finetune_from_a_card_naming_only_the_directory(
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     meta = yaml.safe_load((out / "checkpoints" / "model.yaml").read_text())
-    assert (
-        meta["model_family"] == "llama" and meta["model_config"]["ffn_inner_dim"] == 96
-    )
+    assert meta["model_family"] == "llama" and meta["model_config"]["ffn_inner_dim"] == 96
     assert (out / "checkpoints" / "step_2" / "model").is_dir()

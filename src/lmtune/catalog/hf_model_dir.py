@@ -28,14 +28,10 @@ def _get(hf: dict[str, object], key: str, default: object = None) -> object:
     return hf.get(key, default)
 
 
-def _int(
-    hf: dict[str, object], key: str, where: str, default: int | None = None
-) -> int:
+def _int(hf: dict[str, object], key: str, where: str, default: int | None = None) -> int:
     value = hf.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise UserError(
-            f"{where}: '{key}' is {value!r}; a {hf.get('model_type')} config needs an integer there."
-        )
+        raise UserError(f"{where}: '{key}' is {value!r}; a {hf.get('model_type')} config needs an integer there.")
     return value
 
 
@@ -55,9 +51,7 @@ def _common(hf: dict[str, object], where: str) -> dict[str, object]:
 
 def _rope_theta(hf: dict[str, object], default: float) -> float:
     scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
-    theta = hf.get("rope_theta") or (
-        scaling.get("rope_theta") if isinstance(scaling, dict) else None
-    )
+    theta = hf.get("rope_theta") or (scaling.get("rope_theta") if isinstance(scaling, dict) else None)
     return float(theta) if isinstance(theta, (int, float)) else default  # type: ignore[arg-type]
 
 
@@ -68,58 +62,27 @@ def _rope_type(hf: dict[str, object]) -> str:
     return str(scaling.get("rope_type") or scaling.get("type") or "default")
 
 
-def _require(
-    hf: dict[str, object],
-    where: str,
-    key: str,
-    valid: object,
-    default: object,
-    why: str,
-) -> None:
+def _require(hf: dict[str, object], where: str, key: str, valid: object, default: object, why: str) -> None:
     value = hf.get(key, default)
-    if value != valid and not (
-        isinstance(value, float)
-        and isinstance(valid, float)
-        and abs(value - valid) <= 1e-12
-    ):
-        raise UserError(
-            f"{where}: '{key}' is {value!r}, but lmtune's {why} needs {valid!r}."
-        )
+    if value != valid and not (isinstance(value, float) and isinstance(valid, float) and abs(value - valid) <= 1e-12):
+        raise UserError(f"{where}: '{key}' is {value!r}, but lmtune's {why} needs {valid!r}.")
 
 
-def _check_head_dim(
-    hf: dict[str, object], where: str, config: dict[str, object], family: str
-) -> None:
+def _check_head_dim(hf: dict[str, object], where: str, config: dict[str, object], family: str) -> None:
     head_dim = hf.get("head_dim")
     natural = int(config["model_dim"]) // int(config["num_attn_heads"])  # type: ignore[call-overload]
     if head_dim is not None and head_dim != natural:
-        raise UserError(
-            f"{where}: 'head_dim' is {head_dim}, but a {family} model in fairseq2 has hidden_size / num_attention_heads = {natural}."
-        )
+        raise UserError(f"{where}: 'head_dim' is {head_dim}, but a {family} model in fairseq2 has hidden_size / num_attention_heads = {natural}.")
 
 
 def _llama(hf: dict[str, object], where: str) -> dict[str, object]:
     config = _common(hf, where)
     _check_head_dim(hf, where, config, "llama")
-    _require(
-        hf,
-        where,
-        "rms_norm_eps",
-        LLAMA_RMS_NORM_EPS,
-        1e-6,
-        "llama family (fairseq2's RMSNorm)",
-    )
-    _require(
-        hf, where, "attention_bias", False, False, "llama family (no attention biases)"
-    )
+    _require(hf, where, "rms_norm_eps", LLAMA_RMS_NORM_EPS, 1e-6, "llama family (fairseq2's RMSNorm)")
+    _require(hf, where, "attention_bias", False, False, "llama family (no attention biases)")
     _require(hf, where, "mlp_bias", False, False, "llama family (no MLP biases)")
     # intermediate_size is the final width: no 2/3 scale, multiplier or rounding on top.
-    config.update(
-        ffn_inner_dim_scale=1.0,
-        ffn_inner_dim_multiplier=1.0,
-        ffn_inner_dim_multiple_of=1,
-        rope_theta=_rope_theta(hf, 10_000.0),
-    )
+    config.update(ffn_inner_dim_scale=1.0, ffn_inner_dim_multiplier=1.0, ffn_inner_dim_multiple_of=1, rope_theta=_rope_theta(hf, 10_000.0))
     rope = _rope_type(hf)
     if rope == "llama3":
         s = hf.get("rope_scaling") or hf.get("rope_parameters")
@@ -127,16 +90,11 @@ def _llama(hf: dict[str, object], where: str) -> dict[str, object]:
         config["use_scaled_rope"] = True
         config["rope_scale"] = {
             "factor": float(s["factor"]),
-            "frequency_factors": [
-                float(s["low_freq_factor"]),
-                float(s["high_freq_factor"]),
-            ],
+            "frequency_factors": [float(s["low_freq_factor"]), float(s["high_freq_factor"])],
             "original_context_length": int(s["original_max_position_embeddings"]),
         }
     elif rope != "default":
-        raise UserError(
-            f"{where}: rope_scaling type '{rope}' is not one fairseq2's llama family builds; it builds none or 'llama3'."
-        )
+        raise UserError(f"{where}: rope_scaling type '{rope}' is not one fairseq2's llama family builds; it builds none or 'llama3'.")
     return config
 
 
@@ -154,37 +112,14 @@ def _mistral(hf: dict[str, object], where: str) -> dict[str, object]:
 def _qwen(hf: dict[str, object], where: str) -> dict[str, object]:
     config = _common(hf, where)
     qwen3 = hf.get("model_type") == "qwen3"
-    _require(
-        hf,
-        where,
-        "rms_norm_eps",
-        QWEN_RMS_NORM_EPS,
-        1e-6,
-        "qwen family (fairseq2's RMSNorm)",
-    )
-    _require(
-        hf, where, "use_sliding_window", False, False, "qwen family (full attention)"
-    )
+    _require(hf, where, "rms_norm_eps", QWEN_RMS_NORM_EPS, 1e-6, "qwen family (fairseq2's RMSNorm)")
+    _require(hf, where, "use_sliding_window", False, False, "qwen family (full attention)")
     if _rope_type(hf) != "default":
-        raise UserError(
-            f"{where}: rope_scaling type '{_rope_type(hf)}' is not one fairseq2's qwen family builds; it builds none."
-        )
-    config.update(
-        rope_theta=_rope_theta(hf, 1_000_000.0),
-        qkv_proj_bias=not qwen3,
-        q_norm=qwen3,
-        k_norm=qwen3,
-    )
+        raise UserError(f"{where}: rope_scaling type '{_rope_type(hf)}' is not one fairseq2's qwen family builds; it builds none.")
+    config.update(rope_theta=_rope_theta(hf, 1_000_000.0), qkv_proj_bias=not qwen3, q_norm=qwen3, k_norm=qwen3)
     if qwen3:
-        _require(
-            hf, where, "attention_bias", False, False, "Qwen3 (no attention biases)"
-        )
-        config["head_dim"] = _int(
-            hf,
-            "head_dim",
-            where,
-            int(config["model_dim"]) // int(config["num_attn_heads"]),
-        )  # type: ignore[call-overload]
+        _require(hf, where, "attention_bias", False, False, "Qwen3 (no attention biases)")
+        config["head_dim"] = _int(hf, "head_dim", where, int(config["model_dim"]) // int(config["num_attn_heads"]))  # type: ignore[call-overload]
     else:
         _check_head_dim(hf, where, config, "qwen2")
     return config
@@ -193,13 +128,9 @@ def _qwen(hf: dict[str, object], where: str) -> dict[str, object]:
 def _olmo2(hf: dict[str, object], where: str) -> dict[str, object]:
     config = _common(hf, where)
     _check_head_dim(hf, where, config, "olmo")
-    _require(
-        hf, where, "attention_bias", False, False, "olmo family (no attention biases)"
-    )
+    _require(hf, where, "attention_bias", False, False, "olmo family (no attention biases)")
     if _rope_type(hf) != "default":
-        raise UserError(
-            f"{where}: rope_scaling type '{_rope_type(hf)}' is not one lmtune reads for OLMo 2; it reads none."
-        )
+        raise UserError(f"{where}: rope_scaling type '{_rope_type(hf)}' is not one lmtune reads for OLMo 2; it reads none.")
     eps = hf.get("rms_norm_eps", 1e-5)
     ids = {k: hf.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     config.update(
@@ -223,17 +154,13 @@ HF_MODEL_TYPES: dict[str, tuple[str, str, Callable[[dict[str, object], str], dic
 def read_hf_config(directory: Path) -> dict[str, object]:
     file = directory / "config.json"
     if not file.is_file():
-        raise UserError(
-            f"{directory} has no config.json, so lmtune cannot tell which model it holds; point 'checkpoint:' at a Hugging Face model directory or give the card model_family and model_arch."
-        )
+        raise UserError(f"{directory} has no config.json, so lmtune cannot tell which model it holds; point 'checkpoint:' at a Hugging Face model directory or give the card model_family and model_arch.")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as ex:
         raise UserError(f"{file} cannot be read as JSON ({ex}).") from None
     if not isinstance(data, dict):
-        raise UserError(
-            f"{file} holds no JSON object; a Hugging Face config.json is one."
-        )
+        raise UserError(f"{file} holds no JSON object; a Hugging Face config.json is one.")
     return data
 
 
@@ -244,29 +171,17 @@ def detected_fields(directory: Path) -> dict[str, object]:
     where = str(directory / "config.json")
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
-        raise UserError(
-            f"{where}: model_type {model_type!r} is not one lmtune builds natively; it reads {', '.join(HF_MODEL_TYPES)}."
-        )
+        raise UserError(f"{where}: model_type {model_type!r} is not one lmtune builds natively; it reads {', '.join(HF_MODEL_TYPES)}.")
     family, tokenizer_family, convert = HF_MODEL_TYPES[str(model_type)]
     archs = hf.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
-    return {
-        "model_family": family,
-        "model_config": convert(hf, where),
-        "tokenizer_family": tokenizer_family,
-        "hf_architecture": arch,
-        "hf_model_type": model_type,
-    }
+    return {"model_family": family, "model_config": convert(hf, where), "tokenizer_family": tokenizer_family, "hf_architecture": arch, "hf_model_type": model_type}
 
 
 def checkpoint_dir_of(fields: dict[str, object]) -> Path | None:
     """The card's checkpoint when it is a directory that may be read for what it holds."""
     checkpoint = fields.get("checkpoint")
-    if (
-        not isinstance(checkpoint, str)
-        or "://" in checkpoint
-        or fields.get("init") == "random"
-    ):
+    if not isinstance(checkpoint, str) or "://" in checkpoint or fields.get("init") == "random":
         return None
     path = Path(checkpoint)
     return path if path.is_dir() else None
@@ -287,18 +202,8 @@ def with_detected_model(fields: dict[str, object]) -> dict[str, object]:
         return fields
     out = {**fields, **{k: v for k, v in found.items() if k != "model_config"}}
     own = fields.get("model_config")
-    out["model_config"] = (
-        deep_merge(found["model_config"], own)
-        if isinstance(own, dict)
-        else found["model_config"]
-    )  # type: ignore[arg-type]
-    if (
-        "tokenizer" not in fields
-        and "tokenizer_ref" not in fields
-        and any(
-            (directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")
-        )
-    ):
+    out["model_config"] = deep_merge(found["model_config"], own) if isinstance(own, dict) else found["model_config"]  # type: ignore[arg-type]
+    if "tokenizer" not in fields and "tokenizer_ref" not in fields and any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         out["tokenizer"] = str(directory)
     if "tokenizer_family" in fields:
         out["tokenizer_family"] = fields["tokenizer_family"]

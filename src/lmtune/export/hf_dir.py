@@ -301,7 +301,7 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
     tied = bool(config.tied_embeddings)
     # Names and shapes from a meta-device model: the shard plan before any tensor is read.
     meta = family.create_new_model(config, gangs, torch.float32, True, False)
-    planned = [(hf_name(k), tuple(v.shape)) for k, v in meta.state_dict().items() if not (tied and is_lm_head(k))]
+    planned = [(hf_name(k, spec.family), tuple(v.shape)) for k, v in meta.state_dict().items() if not (tied and is_lm_head(k))]
     del meta
     hdim = head_dim(spec.family, config)
     try:
@@ -323,7 +323,7 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
             for name, tensor in chain([first], tensors):
                 if tied and is_lm_head(name):
                     continue  # the same tensor as the embeddings; HF ties it from tie_word_embeddings
-                hf = hf_name(name)
+                hf = hf_name(name, spec.family)
                 writer.write(hf, cast(hf, to_hf_tensor(name, tensor, spec.family, config, hdim), target))
                 del tensor
         finally:
