@@ -28,6 +28,7 @@ TOLERANCE = 1e-5
 # model_type -> (lmtune family, HF architecture of the export)
 FAMILIES = {
     "olmo2": ("olmo", "Olmo2ForCausalLM"),
+    "mistral": ("llama", "MistralForCausalLM"),  # built as fairseq2's llama family, exported as Mistral
 }
 
 
@@ -152,6 +153,8 @@ def test_export_gives_transformers_the_same_logits(family_dir, tmp_path: Path) -
     out = export_hf(spec, tok, tmp_path / "export", log=lambda m: None)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [FAMILIES[model_type][1]]
+    if model_type == "mistral":
+        assert config["sliding_window"] == json.loads((family_dir[1] / "config.json").read_text())["sliding_window"] == 4096
     ids = _ids()
     with torch.no_grad():
         exported = _transformers(out)(ids).logits
@@ -173,3 +176,14 @@ def test_instruction_finetune_with_packing_trains_and_exports(family_dir, tmp_pa
 
     config = json.loads(next(out.rglob("hf/config.json")).read_text())
     assert config["architectures"] == [FAMILIES[model_type][1]]
+
+
+def test_longer_sequences_than_a_sliding_window_are_refused(tmp_path: Path, isolated_user_cards: Path) -> None:
+    from helpers import assert_user_error, run_lmtune_in_process
+
+    directory = write_transformers_dir("mistral", tmp_path / "hf", sliding_window=64)
+    (isolated_user_cards / "windowed.yaml").write_text(yaml.safe_dump({"name": "windowed", "checkpoint": str(directory)}))
+    out = tmp_path / "out"
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=windowed", "max_seq_len=128")
+    assert_user_error(r, "max_seq_len=128", "sliding attention window of model 'windowed' (64 tokens)", "max_seq_len=64 or less")
+    assert not out.exists()

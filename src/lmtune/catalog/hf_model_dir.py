@@ -105,7 +105,7 @@ def _mistral(hf: dict[str, object], where: str) -> dict[str, object]:
     config = _llama(hf, where)
     window = hf.get("sliding_window")
     if isinstance(window, int) and window < int(config["max_seq_len"]):  # type: ignore[call-overload]
-        config["max_seq_len"] = window
+        config["max_seq_len"] = window  # generation stops there too, instead of attending past the window
     return config
 
 
@@ -175,7 +175,12 @@ def detected_fields(directory: Path) -> dict[str, object]:
     family, tokenizer_family, convert = HF_MODEL_TYPES[str(model_type)]
     archs = hf.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
-    return {"model_family": family, "model_config": convert(hf, where), "tokenizer_family": tokenizer_family, "hf_architecture": arch, "hf_model_type": model_type}
+    fields: dict[str, object] = {"model_family": family, "model_config": convert(hf, where), "tokenizer_family": tokenizer_family, "hf_architecture": arch, "hf_model_type": model_type}
+    if model_type == "mistral":
+        # Built as fairseq2's llama family: the export must say Mistral again, with its window.
+        window = hf.get("sliding_window")
+        fields["hf_export"] = {"model_type": "mistral", "sliding_window": window if isinstance(window, int) else None}
+    return fields
 
 
 def checkpoint_dir_of(fields: dict[str, object]) -> Path | None:

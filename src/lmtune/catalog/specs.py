@@ -22,6 +22,7 @@ from lmtune.run_dir import (
     checkpoint_steps,
     is_checkpoint_dir,
     read_cards,
+    read_hf_export_card,
     read_lora_card,
     step_model_dir,
 )
@@ -90,6 +91,9 @@ class ModelSpec:
     run_checkpoints: Path | None = None
     lora: LoraSpec | None = None
     """For a LoRA run's checkpoint: ``checkpoint`` holds only the adapters, and this says how to rebuild the model."""
+    hf_export: dict[str, object] | None = None
+    """For a model that fairseq2 builds as another family (Mistral as Llama): the HF ``model_type`` it
+    exports as and its ``sliding_window`` (lmtune.export.mistral_config); None: the family's own."""
 
 
 @dataclass(kw_only=True)
@@ -214,7 +218,11 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
     tokenizer = None
     if "tokenizer" in card.fields or "tokenizer_ref" in card.fields:
         tokenizer = resolve_tokenizer(store, card.name)
-    return ModelSpec(name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=path, source=str(card.file), tokenizer=tokenizer)
+    hf_export = card.get("hf_export")
+    return ModelSpec(
+        name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=path, source=str(card.file), tokenizer=tokenizer,
+        hf_export=dict(hf_export) if isinstance(hf_export, dict) else None,
+    )  # fmt: skip
 
 
 def _card_checkpoint(card: Card) -> Path | None:
@@ -263,7 +271,7 @@ def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] 
     lora = LoraSpec.from_card(lora_card, str(checkpoint_dir)) if lora_card is not None else None
     return ModelSpec(
         name=name, family=str(meta["model_family"]), arch=None, config=_mapping(meta.get("model_config")), checkpoint=step_model_dir(checkpoint_dir, step),
-        source=str(checkpoint_dir), tokenizer=tokenizer, step=step, run_checkpoints=checkpoint_dir, lora=lora,
+        source=str(checkpoint_dir), tokenizer=tokenizer, step=step, run_checkpoints=checkpoint_dir, lora=lora, hf_export=read_hf_export_card(checkpoint_dir),
     )  # fmt: skip
 
 

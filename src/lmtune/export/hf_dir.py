@@ -241,7 +241,12 @@ def export_hf(
             raise UserError(f"tokenizer '{tokenizer.name}' uses token id {top} but model '{spec.name}' has vocab_size={config.vocab_size}; export it with the tokenizer it was trained with.")
         torch_dtype, files, nbytes = _write_weights(spec, config, staging, dtype, max_bytes, lora_weights)
         version = transformers.__version__
-        _write_json(staging / "config.json", hf_config(spec.family, config, ids, torch_dtype, version))
+        hf = hf_config(spec.family, config, ids, torch_dtype, version)
+        if spec.hf_export is not None:
+            from lmtune.export.mistral_config import mistral_hf_config
+
+            hf = mistral_hf_config(hf, spec.hf_export)
+        _write_json(staging / "config.json", hf)
         _write_json(staging / "generation_config.json", generation_config(ids, version))
         log(f"lmtune: wrote {len(files)} safetensors file(s), {nbytes / 1e6:.1f} MB of {torch_dtype} weights, in {time.monotonic() - start:.1f} s")
         if verify and lora_weights == "base":
