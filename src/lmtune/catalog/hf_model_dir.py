@@ -52,7 +52,7 @@ def _common(hf: dict[str, object], where: str) -> dict[str, object]:
 def _rope_theta(hf: dict[str, object], default: float) -> float:
     scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
     theta = hf.get("rope_theta") or (scaling.get("rope_theta") if isinstance(scaling, dict) else None)
-    return float(theta) if isinstance(theta, (int, float)) else default  # type: ignore[arg-type]
+    return float(theta) if isinstance(theta, (int, float)) else default
 
 
 def _rope_type(hf: dict[str, object]) -> str:
