@@ -187,3 +187,38 @@ def test_longer_sequences_than_a_sliding_window_are_refused(tmp_path: Path, isol
     r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=windowed", "max_seq_len=128")
     assert_user_error(r, "max_seq_len=128", "sliding attention window of model 'windowed' (64 tokens)", "max_seq_len=64 or less")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_lora_run_exports_an_adapter_peft_loads_with_lmtunes_logits(family_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lmtune.catalog.specs import model_from_checkpoint_dir
+
+    model_type, _, cards = family_dir
+    out = tmp_path / "out"
+    env = {"LMTUNE_USER_ASSET_DIR": str(cards)}
+    r = run_lmtune(
+        "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=my_model", "lora.rank=4", "lora.alpha=8",
+        "max_seq_len=128", "max_num_steps=3", "checkpoint_every_n_steps=3", "tensorboard=false", "learning_rate=1e-2",
+        "lr_scheduler.num_warmup_steps=0", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    step = out / "checkpoints/step_3"
+    assert json.loads((step / "hf_adapter_base/config.json").read_text())["architectures"] == [FAMILIES[model_type][1]]
+    model = load_any_model(model_from_checkpoint_dir(out / "checkpoints", None, "test"))
+    base = AutoModelForCausalLM.from_pretrained(str(step / "hf_adapter_base"), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(step / "hf_adapter")).eval()
+    ids = _ids()
+    with torch.no_grad():
+        got = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            without = peft_model.get_base_model()(input_ids=ids).logits
+    expected = _lmtune_logits(model, ids)
+    assert (got - expected).abs().max().item() < TOLERANCE
+    assert (without - expected).abs().max().item() > 100 * TOLERANCE  # the adapter matters: B != 0
