@@ -66,7 +66,11 @@ def test_assets_show_prints_what_was_detected(tmp_path: Path, isolated_user_card
     assert shown["model_config"]["max_seq_len"] == 128  # the card's own model_config wins
     assert shown["tokenizer"] == str(directory)
     listed = run_lmtune_in_process("assets", "list", "--kind", "model").stdout
-    assert any(line.split()[0] == "my_model" for line in listed.splitlines())
+    assert any(line.split()[:2] == ["my_model", "llama"] for line in listed.splitlines())
+    assert any(line.split()[:2] == ["mistral_7b_v0.3_instruct", "mistral"] for line in listed.splitlines())
+    table = listed.split("what lmtune does with each family")[1].splitlines()[1:]
+    assert table[0].split() == ["family", "SFT", "LoRA", "QLoRA", "packing", "HF", "export", "vLLM"]
+    assert {row.split()[0] for row in table[1:]} == {"llama", "qwen", "olmo2", "mistral"}
 
 
 def test_explicit_family_and_arch_are_kept(tmp_path: Path, isolated_user_cards: Path) -> None:
