@@ -44,9 +44,19 @@ def lmtune_logits(name: str, ids: torch.Tensor) -> torch.Tensor:
         return model(ids, BatchLayout.of(ids))
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
-def test_a_bare_hf_directory_loads_with_transformers_logits(model_type: str, tmp_path: Path, isolated_user_cards: Path) -> None:
-    directory = write_transformers_dir(model_type, tmp_path / model_type)
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "llama": ("llama", {}),
+    "llama_llama3_rope_scaling": ("llama", {"rope_scaling": LLAMA3_ROPE}),  # 20 positions > 8: the scaling matters
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_bare_hf_directory_loads_with_transformers_logits(variant: str, tmp_path: Path, isolated_user_cards: Path) -> None:
+    model_type, changes = VARIANTS[variant]
+    directory = write_transformers_dir(model_type, tmp_path / model_type, **changes)
     write_card(isolated_user_cards, "my_model", directory)
     spec = resolve_model(CardStore(), "my_model", None)
     assert spec.family == ("llama" if model_type == "llama" else "qwen")
