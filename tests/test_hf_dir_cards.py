@@ -99,6 +99,8 @@ def test_bad_directories_are_one_sentence(tmp_path: Path, isolated_user_cards: P
     gpt_neox.mkdir()
     (gpt_neox / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
     write_card(isolated_user_cards, "neox", gpt_neox)
+    shown = run_lmtune_in_process("assets", "show", "neox")
+    assert shown.returncode == 0 and "# not a usable model card: card 'neox'" in shown.stdout and "model_type 'gpt_neox'" in shown.stdout
     out = tmp_path / "out"
     r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=no_config")
     assert_user_error(r, "no_config", f"{empty} has no config.json")

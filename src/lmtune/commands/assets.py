@@ -42,4 +42,10 @@ def run(args: argparse.Namespace) -> None:
     if card is None:
         raise UserError(f"unknown card '{args.name}'; {did_you_mean(args.name, store.names())}")
     print(f"# from {card.where}")
+    if "checkpoint" in card.fields and "model_family" not in card.fields and "model_arch" not in card.fields:
+        from lmtune.catalog.hf_model_dir import why_not_detected
+
+        print(f"# not a usable model card: {why_not_detected(card.fields, card.name, card.where)}")
+    elif "hf_architecture" in card.fields:
+        print(f"# model_family, model_config and tokenizer read from {card.get('checkpoint')}/config.json")
     print(yaml.safe_dump({"name": card.name, **card.fields}, sort_keys=False), end="")
