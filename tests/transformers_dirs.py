@@ -35,9 +35,10 @@ def write_olmo_tokenizer(out_dir: Path) -> dict[str, int]:
     return {name: len(ranks) + i for i, name in enumerate(OLMO_SPECIAL)}
 
 
-def write_transformers_dir(model_type: str, out: Path, seed: int = 0, **changes: object) -> Path:
+def write_transformers_dir(model_type: str, out: Path, seed: int = 0, weight_std: float = 0.2, **changes: object) -> Path:
     """A tiny random model of ``model_type`` saved by transformers (norms and biases random
-    too), with a matching tokenizer."""
+    too), with a matching tokenizer. ``weight_std``: wider models need smaller weights for logits
+    of a few units, which two float32 implementations agree on to 1e-5."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if model_type in ("qwen2", "qwen3"):
@@ -54,6 +55,6 @@ def write_transformers_dir(model_type: str, out: Path, seed: int = 0, **changes:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 else 0.0))
+            p.copy_(torch.randn_like(p) * weight_std + (1.0 if p.dim() == 1 else 0.0))
     model.save_pretrained(out)
     return out

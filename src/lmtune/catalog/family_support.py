@@ -2,8 +2,7 @@
 and the README's model section repeats.
 
 "yes" means a test proves it against a reference (transformers, PEFT, vLLM, an uninterrupted run);
-"runs" means it was run (QLoRA trains and exports) but no test checks its numbers; "untested" means
-nothing here has tried it. Mistral is built as fairseq2's llama family and exported as MistralForCausalLM.
+"untested" means no test here tries it. Mistral is built as fairseq2's llama family and exported as MistralForCausalLM.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ FEATURES = ("SFT", "LoRA", "QLoRA", "packing", "HF export", "vLLM")
 SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama":   ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "qwen":    ("qwen",  ("yes", "yes", "yes",  "yes", "yes", "untested")),
-    "olmo2":   ("olmo",  ("yes", "yes", "runs", "yes", "yes", "yes")),
-    "mistral": ("llama", ("yes", "yes", "runs", "yes", "yes", "yes")),
+    "olmo2":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
+    "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
 }  # fmt: skip
 
 

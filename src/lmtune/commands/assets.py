@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
             elif args.kind is None or card.kind == args.kind or (args.kind == "tokenizer" and "tokenizer" in card.fields):
                 print(f"{name:32} {card.kind:10} {card.file}")
         if args.kind == "model":
-            print(f"\nwhat lmtune does with each family (yes: tested against a reference; runs: runs, numbers untested; untested: not tried):\n{support_table()}")
+            print(f"\nwhat lmtune does with each family (yes: tested against a reference; untested: no test tries it):\n{support_table()}")
         return
     import yaml
 
