@@ -1,4 +1,4 @@
-"""OLMo 2 and Mistral, native: lmtune's fairseq2 model against transformers' on the same weights.
+"""OLMo 2 and Mistral (and Qwen2), native: lmtune's fairseq2 model against transformers' on the same weights.
 
 Each family is a tiny random model that transformers builds from its own config and saves
 (``transformers_dirs``), named by a card that gives nothing but the directory. Proven against
@@ -29,6 +29,7 @@ TOLERANCE = 1e-5
 FAMILIES = {
     "olmo2": ("olmo", "Olmo2ForCausalLM"),
     "mistral": ("llama", "MistralForCausalLM"),  # built as fairseq2's llama family, exported as Mistral
+    "qwen2": ("qwen", "Qwen2ForCausalLM"),  # the same proofs for a family lmtune had, from a bare directory
 }
 
 

@@ -1,4 +1,4 @@
-"""vLLM serves the OLMo 2 and Mistral exports with lmtune's greedy tokens.
+"""vLLM serves the OLMo 2, Mistral and Qwen2 exports with lmtune's greedy tokens.
 
 Each family is the tiny random model transformers writes (``transformers_dirs``), named by a
 card that gives only its directory, exported by lmtune (Olmo2ForCausalLM, MistralForCausalLM
@@ -33,7 +33,7 @@ print("RESULT " + json.dumps([{"arch": llm.llm_engine.model_config.architectures
 """
 
 
-@pytest.mark.parametrize(("model_type", "arch"), [("olmo2", "Olmo2ForCausalLM"), ("mistral", "MistralForCausalLM")])
+@pytest.mark.parametrize(("model_type", "arch"), [("olmo2", "Olmo2ForCausalLM"), ("mistral", "MistralForCausalLM"), ("qwen2", "Qwen2ForCausalLM")])
 def test_vllm_generates_lmtunes_greedy_tokens(model_type: str, arch: str, tmp_path: Path, isolated_user_cards: Path) -> None:
     from lmtune.adapters.build import load_any_model
     from lmtune.catalog.cards import CardStore

@@ -12,7 +12,7 @@ FEATURES = ("SFT", "LoRA", "QLoRA", "packing", "HF export", "vLLM")
 # family as users name it -> (lmtune model_family, one value per FEATURES)
 SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama":   ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
-    "qwen":    ("qwen",  ("yes", "yes", "yes",  "yes", "yes", "untested")),
+    "qwen":    ("qwen",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "olmo2":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
 }  # fmt: skip
