@@ -361,7 +361,7 @@ def test_missing_and_partial_checkpoints(tmp_path: Path, small_run: Path) -> Non
 def test_unknown_architecture_and_family_without_exporter(tmp_path: Path, small_run: Path) -> None:
     weights = small_run / "step_3" / "model" / "pp_00" / "tp_00" / "sdp_00.pt"
     assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "llama3_3_1b", str(weights)), "neither an architecture nor a model card", "llama3_2_1b")
-    assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "olmo2_1b", str(weights)), "family 'olmo'", "no Hugging Face exporter")
+    assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "llama4_scout_17b_16e", str(weights)), "family 'llama4'", "no Hugging Face exporter")
     assert_user_error(run_lmtune_in_process("write_hf_config", "--model", "qwen3_0.6b", str(small_run)), "qwen model", "llama model")
     _no_partial_output(tmp_path)
 

@@ -5,6 +5,7 @@
     OUT/checkpoints/model.yaml       fairseq2's card of the model being trained
     OUT/checkpoints/tokenizer.yaml   lmtune's card of the tokenizer it was trained with
     OUT/checkpoints/lora.yaml        a LoRA run's settings and base model (its checkpoints hold only adapters)
+    OUT/checkpoints/hf_export.yaml   the HF model_type a model built as another family exports as (Mistral as Llama)
     OUT/checkpoints/step_N/model     a complete checkpoint (fairseq2 writes step_N.tmp, then renames it)
     OUT/checkpoints/step_N/hf        its Hugging Face export
     OUT/checkpoints/scores/step_N.txt   fairseq2's score of checkpoint N (early_stopping.metric, higher is better)
@@ -33,6 +34,7 @@ CONFIG_FILE = "lmtune.yaml"
 MODEL_CARD = "model.yaml"  # written by fairseq2
 TOKENIZER_CARD = "tokenizer.yaml"
 LORA_CARD = "lora.yaml"
+HF_EXPORT_CARD = "hf_export.yaml"
 HF_EXPORT = "hf"
 SCORES = "scores"  # written by fairseq2
 EARLY_STOP_HISTORY = "early_stopping.jsonl"
@@ -203,6 +205,21 @@ def write_tokenizer_card(checkpoints: Path, card: dict[str, object]) -> None:
 
     checkpoints.mkdir(parents=True, exist_ok=True)
     (checkpoints / TOKENIZER_CARD).write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def write_hf_export_card(checkpoints: Path, card: dict[str, object]) -> None:
+    import yaml
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(checkpoints / HF_EXPORT_CARD, yaml.safe_dump(card, sort_keys=False))
+
+
+def read_hf_export_card(checkpoints: Path) -> dict[str, object] | None:
+    import yaml
+
+    path = checkpoints / HF_EXPORT_CARD
+    card = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return card if isinstance(card, dict) else None
 
 
 def write_lora_card(checkpoints: Path, card: dict[str, object]) -> None:

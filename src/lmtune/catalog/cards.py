@@ -11,7 +11,9 @@ fairseq2 alone, a ``name@user`` card with no ``name`` to override registers
 ``name`` as a brand-new card. ``base:`` inherits every key the card does not set
 (``model_config``/``tokenizer_config`` are merged key by key), except that
 ``init: random`` and ``checkpoint:`` exclude each other: the nearer card's wins. Relative paths in
-``checkpoint``, ``tokenizer`` and ``data`` are relative to the card's file.
+``checkpoint``, ``tokenizer`` and ``data`` are relative to the card's file. A card with no
+``model_family`` whose checkpoint is a Hugging Face directory is completed from its
+``config.json`` (``lmtune.catalog.hf_model_dir``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmtune.catalog.hf_model_dir import with_detected_model
 from lmtune.errors import UserError, did_you_mean
 from lmtune.files import deep_merge
 from lmtune.resources import assets_dir
@@ -198,4 +201,6 @@ class CardStore:
             merged.pop("base", None)
             merged["base"] = base
             fields = merged
+        if not chain:  # the card asked for, not a base it inherits: a bare HF directory is enough
+            fields = with_detected_model(fields)
         return Card(name=name, fields=fields, file=path, override_files=files)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmtune.catalog.cards import Card, CardStore
+from lmtune.catalog.hf_model_dir import why_not_detected
 from lmtune.errors import UserError, did_you_mean
 from lmtune.options.lora import LoraSettings
 from lmtune.run_dir import (
@@ -21,6 +22,7 @@ from lmtune.run_dir import (
     checkpoint_steps,
     is_checkpoint_dir,
     read_cards,
+    read_hf_export_card,
     read_lora_card,
     step_model_dir,
 )
@@ -89,6 +91,9 @@ class ModelSpec:
     run_checkpoints: Path | None = None
     lora: LoraSpec | None = None
     """For a LoRA run's checkpoint: ``checkpoint`` holds only the adapters, and this says how to rebuild the model."""
+    hf_export: dict[str, object] | None = None
+    """For a model that fairseq2 builds as another family (Mistral as Llama): the HF ``model_type`` it
+    exports as and its ``sliding_window`` (lmtune.export.mistral_config); None: the family's own."""
 
 
 @dataclass(kw_only=True)
@@ -204,7 +209,7 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
     without weights is fine (counting tokens needs none) and its tokenizer is not resolved."""
     family = card.get("model_family")
     if not isinstance(family, str):
-        raise UserError(f"card '{card.name}' ({card.where}) has no model_family; it cannot be used as a model.")
+        raise UserError(why_not_detected(card.fields, card.name, card.where))
     arch = card.get("model_arch")
     config = dict(card.get("model_config") or {})  # type: ignore[call-overload]
     if not need_weights:
@@ -213,7 +218,11 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
     tokenizer = None
     if "tokenizer" in card.fields or "tokenizer_ref" in card.fields:
         tokenizer = resolve_tokenizer(store, card.name)
-    return ModelSpec(name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=path, source=str(card.file), tokenizer=tokenizer)
+    hf_export = card.get("hf_export")
+    return ModelSpec(
+        name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=path, source=str(card.file), tokenizer=tokenizer,
+        hf_export=dict(hf_export) if isinstance(hf_export, dict) else None,
+    )  # fmt: skip
 
 
 def _card_checkpoint(card: Card) -> Path | None:
@@ -262,7 +271,7 @@ def model_from_checkpoint_dir(checkpoint_dir: Path, step: int | Literal["best"] 
     lora = LoraSpec.from_card(lora_card, str(checkpoint_dir)) if lora_card is not None else None
     return ModelSpec(
         name=name, family=str(meta["model_family"]), arch=None, config=_mapping(meta.get("model_config")), checkpoint=step_model_dir(checkpoint_dir, step),
-        source=str(checkpoint_dir), tokenizer=tokenizer, step=step, run_checkpoints=checkpoint_dir, lora=lora,
+        source=str(checkpoint_dir), tokenizer=tokenizer, step=step, run_checkpoints=checkpoint_dir, lora=lora, hf_export=read_hf_export_card(checkpoint_dir),
     )  # fmt: skip
 
 

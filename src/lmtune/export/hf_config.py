@@ -16,6 +16,7 @@ from lmtune.models.hf_keys import HF_FAMILIES as EXPORTABLE_FAMILIES
 
 if TYPE_CHECKING:
     from fairseq2.models.llama import LLaMAConfig
+    from fairseq2.models.olmo import OLMOConfig
     from fairseq2.models.qwen import QwenConfig
 
 # fairseq2 builds Llama's RMSNorm with its default epsilon and Qwen's with 1e-6.
@@ -55,12 +56,12 @@ def qwen_architecture(config: QwenConfig) -> str:
     raise UserError(f"a qwen model with qkv_proj_bias={bias}, q_norm={q_norm}, k_norm={k_norm} has no Hugging Face architecture; Qwen2 has q/k/v biases and no q/k norms, Qwen3 has q/k norms and no biases.")
 
 
-def head_dim(family: str, config: LLaMAConfig | QwenConfig) -> int:
+def head_dim(family: str, config: LLaMAConfig | QwenConfig | OLMOConfig) -> int:
     explicit = getattr(config, "head_dim", None) if family == "qwen" else None
     return explicit or config.model_dim // config.num_attn_heads
 
 
-def hf_config(family: str, config: LLaMAConfig | QwenConfig, ids: SpecialIds, dtype: str, transformers_version: str) -> dict[str, object]:
+def hf_config(family: str, config: LLaMAConfig | QwenConfig | OLMOConfig, ids: SpecialIds, dtype: str, transformers_version: str) -> dict[str, object]:
     c = config
     common: dict[str, object] = {
         "vocab_size": c.vocab_size,
@@ -82,6 +83,10 @@ def hf_config(family: str, config: LLaMAConfig | QwenConfig, ids: SpecialIds, dt
         "torch_dtype": dtype,
         "transformers_version": transformers_version,
     }
+    if family == "olmo":
+        from lmtune.export.olmo_config import olmo2_hf_config
+
+        return olmo2_hf_config(cast("OLMOConfig", c), common)
     if family == "llama":
         llama = cast("LLaMAConfig", c)
         rope_scaling = None

@@ -241,7 +241,12 @@ def export_hf(
             raise UserError(f"tokenizer '{tokenizer.name}' uses token id {top} but model '{spec.name}' has vocab_size={config.vocab_size}; export it with the tokenizer it was trained with.")
         torch_dtype, files, nbytes = _write_weights(spec, config, staging, dtype, max_bytes, lora_weights)
         version = transformers.__version__
-        _write_json(staging / "config.json", hf_config(spec.family, config, ids, torch_dtype, version))
+        hf = hf_config(spec.family, config, ids, torch_dtype, version)
+        if spec.hf_export is not None:
+            from lmtune.export.mistral_config import mistral_hf_config
+
+            hf = mistral_hf_config(hf, spec.hf_export)
+        _write_json(staging / "config.json", hf)
         _write_json(staging / "generation_config.json", generation_config(ids, version))
         log(f"lmtune: wrote {len(files)} safetensors file(s), {nbytes / 1e6:.1f} MB of {torch_dtype} weights, in {time.monotonic() - start:.1f} s")
         if verify and lora_weights == "base":
@@ -301,7 +306,7 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
     tied = bool(config.tied_embeddings)
     # Names and shapes from a meta-device model: the shard plan before any tensor is read.
     meta = family.create_new_model(config, gangs, torch.float32, True, False)
-    planned = [(hf_name(k), tuple(v.shape)) for k, v in meta.state_dict().items() if not (tied and is_lm_head(k))]
+    planned = [(hf_name(k, spec.family), tuple(v.shape)) for k, v in meta.state_dict().items() if not (tied and is_lm_head(k))]
     del meta
     hdim = head_dim(spec.family, config)
     try:
@@ -323,7 +328,7 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
             for name, tensor in chain([first], tensors):
                 if tied and is_lm_head(name):
                     continue  # the same tensor as the embeddings; HF ties it from tie_word_embeddings
-                hf = hf_name(name)
+                hf = hf_name(name, spec.family)
                 writer.write(hf, cast(hf, to_hf_tensor(name, tensor, spec.family, config, hdim), target))
                 del tensor
         finally:

@@ -71,7 +71,7 @@ def export_peft_adapter(
     target = torch_dtype(dtype) if dtype is not None else torch.float32
     tensors: dict[str, torch.Tensor] = {}
     for name, module in lora_modules(load_any_model(spec)):
-        hf_module = hf_name(f"{name}.weight").removesuffix(".weight")
+        hf_module = hf_name(f"{name}.weight", spec.family).removesuffix(".weight")
         b = to_hf_tensor(f"{name}.weight", module.lora_b.detach(), spec.family, config, hdim)
         tensors[f"{PEFT_PREFIX}{hf_module}.lora_A.weight"] = cast(hf_module, module.lora_a.detach(), target).contiguous()
         tensors[f"{PEFT_PREFIX}{hf_module}.lora_B.weight"] = cast(hf_module, b, target).contiguous()

@@ -1,8 +1,9 @@
-"""fairseq2 tensor names and layouts -> Hugging Face Llama / Qwen2 / Qwen3 ones.
+"""fairseq2 tensor names and layouts -> Hugging Face Llama / Qwen2 / Qwen3 / OLMo 2 ones.
 
 The names are one literal table: Llama, Qwen2 and Qwen3 share the HF layout, and a
-tensor a family does not have (biases, q/k norms) simply never arrives. A name
-missing from the table is an error, never silently dropped.
+tensor a family does not have (biases, q/k norms) simply never arrives. OLMo 2 differs
+only in where its two norms sit (after attention and after the FFN, not before them):
+FAMILY_LAYER_KEYS. A name missing from the table is an error, never silently dropped.
 """
 
 from __future__ import annotations
@@ -39,10 +40,19 @@ TOP_KEYS: dict[str, str] = {
     "final_proj.weight":             "lm_head.weight",
 }  # fmt: skip
 
+# Per family, the LAYER_KEYS entries whose HF name differs. fairseq2's OLMo keeps Llama's module
+# names for its post-norms (self_attn_layer_norm, ffn_layer_norm), HF names them by position.
+FAMILY_LAYER_KEYS: dict[str, dict[str, str]] = {
+    "olmo": {
+        "self_attn_layer_norm.weight": "post_attention_layernorm.weight",
+        "ffn_layer_norm.weight":       "post_feedforward_layernorm.weight",
+    },
+}  # fmt: skip
+
 LAYER_NAME = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
 # The families the table describes: what lmtune exports to Hugging Face and adapts with LoRA.
-HF_FAMILIES = ("llama", "qwen")
+HF_FAMILIES = ("llama", "qwen", "olmo")
 
 
 def projection_modules() -> dict[str, str]:
@@ -51,13 +61,14 @@ def projection_modules() -> dict[str, str]:
     return {hf.split(".")[-2]: fs2.removesuffix(".weight") for fs2, hf in LAYER_KEYS.items() if hf.endswith("_proj.weight")}
 
 
-def hf_name(name: str) -> str:
+def hf_name(name: str, family: str = "llama") -> str:
     m = LAYER_NAME.match(name)
     if m is not None and m.group(2) in LAYER_KEYS:
-        return f"model.layers.{m.group(1)}.{LAYER_KEYS[m.group(2)]}"
+        key = FAMILY_LAYER_KEYS.get(family, {}).get(m.group(2)) or LAYER_KEYS[m.group(2)]
+        return f"model.layers.{m.group(1)}.{key}"
     if name in TOP_KEYS:
         return TOP_KEYS[name]
-    raise UserError(f"the checkpoint holds tensor '{name}', which has no Hugging Face counterpart in lmtune's Llama/Qwen key table; is it a model of another family?")
+    raise UserError(f"the checkpoint holds tensor '{name}', which has no Hugging Face counterpart in lmtune's Llama/Qwen/OLMo key table; is it a model of another family?")
 
 
 def is_lm_head(name: str) -> bool:
@@ -72,7 +83,7 @@ def rotary_to_hf(weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.T
 
 
 def to_hf_tensor(name: str, tensor: torch.Tensor, family: str, config: object, head_dim: int) -> torch.Tensor:
-    """The tensor in HF layout. Only Llama needs q/k rows reordered: fairseq2's Qwen already uses HF's rotary layout."""
+    """The tensor in HF layout. Only Llama needs q/k rows reordered: fairseq2's Qwen and OLMo already use HF's rotary layout."""
     if family == "llama" and name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
         heads = config.num_attn_heads if ".q_proj." in name else config.num_key_value_heads  # type: ignore[attr-defined]
         return rotary_to_hf(tensor, heads, head_dim)

@@ -34,6 +34,7 @@ from lmtune.run_dir import (
     is_main_process,
     read_early_stop,
     write_early_stop,
+    write_hf_export_card,
     write_lora_card,
 )
 from lmtune.runs.lifecycle import (
@@ -95,6 +96,9 @@ def check_model_fit(model: ModelSpec, tokenizer: TokenizerSpec, o: FinetuneOptio
 
     config = model_config(model)
     check_vocabulary(model.name, config, tokenizer, loaded)
+    window = (model.hf_export or {}).get("sliding_window")
+    if isinstance(window, int) and o.max_seq_len > window:
+        raise UserError(f"max_seq_len={o.max_seq_len} is longer than the sliding attention window of model '{model.name}' ({window} tokens), which lmtune builds as full attention; set max_seq_len={window} or less.")
     max_seq_len = fitted_max_seq_len(model.name, config, o.max_seq_len, warn=is_main_process())
     if o.batch_size is None and o.max_num_tokens < max_seq_len:
         how = "packed" if o.packing else "length-batched"
@@ -163,6 +167,8 @@ def run_instruction_finetune(out_dir: Path, o: FinetuneOptions, console: RunCons
         open_run_dir(out_dir, o, tokenizer)
         if lora is not None:
             write_lora_card(run_checkpoint_dir(out_dir), lora.spec.as_card())
+        if model.hf_export is not None:
+            write_hf_export_card(run_checkpoint_dir(out_dir), model.hf_export)
 
     from lmtune.data.parallel_encoding import default_workers
     from lmtune.runs.fairseq2_config import finetune_config, lora_section, run_precision

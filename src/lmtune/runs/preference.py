@@ -42,6 +42,7 @@ from lmtune.run_dir import (
     is_main_process,
     read_early_stop,
     write_early_stop,
+    write_hf_export_card,
     write_lora_card,
 )
 from lmtune.runs.finetune import check_model_fit
@@ -310,6 +311,8 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
         open_run_dir(out_dir, o, tokenizer)
         if lora is not None:
             write_lora_card(checkpoint_dir(out_dir), lora.spec.as_card())
+        if model.hf_export is not None:
+            write_hf_export_card(checkpoint_dir(out_dir), model.hf_export)
 
     config = preference_config(o, lora.spec.base if lora is not None else model, tokenizer, splits, plan, out_dir)
     if lora is not None:

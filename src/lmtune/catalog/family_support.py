@@ -1,0 +1,33 @@
+"""What lmtune does with each model family: the table ``lmtune assets list --kind model`` prints
+and the README's model section repeats.
+
+"yes" means a test proves it against a reference (transformers, PEFT, vLLM, an uninterrupted run);
+"untested" means no test here tries it. Mistral is built as fairseq2's llama family and exported as MistralForCausalLM.
+"""
+
+from __future__ import annotations
+
+FEATURES = ("SFT", "LoRA", "QLoRA", "packing", "HF export", "vLLM")
+
+# family as users name it -> (lmtune model_family, one value per FEATURES)
+SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "llama":   ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
+    "qwen":    ("qwen",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
+    "olmo2":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
+    "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
+}  # fmt: skip
+
+
+def family_label(fields: dict[str, object]) -> str:
+    """The family a model card is, as the table names it (a Mistral card is llama-built)."""
+    hf_export = fields.get("hf_export")
+    if isinstance(hf_export, dict) and hf_export.get("model_type") == "mistral":
+        return "mistral"
+    family = str(fields.get("model_family") or "?")
+    return "olmo2" if family == "olmo" else family
+
+
+def support_table() -> str:
+    header = (f"{'family':10} " + " ".join(f"{f:9}" for f in FEATURES)).rstrip()
+    rows = [(f"{name:10} " + " ".join(f"{v:9}" for v in values)).rstrip() for name, (_, values) in SUPPORT.items()]
+    return "\n".join([header, *rows])

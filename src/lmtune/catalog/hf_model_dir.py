@@ -1,0 +1,226 @@
+"""A card that names only a Hugging Face model directory: family, architecture and configuration
+read from its ``config.json``.
+
+    name: my_model
+    checkpoint: /models/my_model        # config.json, *.safetensors, tokenizer.json
+
+``model_type`` picks the fairseq2 family and each HF key becomes the fairseq2 config key it
+means, one literal function per family, so ``lmtune assets show`` prints exactly what will be
+built. Keys that would change the model in ways the fairseq2 family cannot build (another
+RMSNorm epsilon, biases, a rope scaling it lacks) are refused by name rather than ignored: a
+model that loads but computes something else is worse than one that does not load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from lmtune.errors import UserError
+
+# fairseq2 builds Llama's (and so Mistral's) RMSNorm with this epsilon and Qwen's with 1e-6.
+LLAMA_RMS_NORM_EPS = 1e-5
+QWEN_RMS_NORM_EPS = 1e-6
+
+
+def _get(hf: dict[str, object], key: str, default: object = None) -> object:
+    return hf.get(key, default)
+
+
+def _int(hf: dict[str, object], key: str, where: str, default: int | None = None) -> int:
+    value = hf.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UserError(f"{where}: '{key}' is {value!r}; a {hf.get('model_type')} config needs an integer there.")
+    return value
+
+
+def _common(hf: dict[str, object], where: str) -> dict[str, object]:
+    heads = _int(hf, "num_attention_heads", where)
+    return {
+        "model_dim": _int(hf, "hidden_size", where),
+        "max_seq_len": _int(hf, "max_position_embeddings", where),
+        "vocab_size": _int(hf, "vocab_size", where),
+        "num_layers": _int(hf, "num_hidden_layers", where),
+        "num_attn_heads": heads,
+        "num_key_value_heads": _int(hf, "num_key_value_heads", where, heads),
+        "ffn_inner_dim": _int(hf, "intermediate_size", where),
+        "tied_embeddings": bool(hf.get("tie_word_embeddings", False)),
+    }
+
+
+def _rope_theta(hf: dict[str, object], default: float) -> float:
+    scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    theta = hf.get("rope_theta") or (scaling.get("rope_theta") if isinstance(scaling, dict) else None)
+    return float(theta) if isinstance(theta, (int, float)) else default
+
+
+def _rope_type(hf: dict[str, object]) -> str:
+    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
+    if not isinstance(scaling, dict):
+        return "default"
+    return str(scaling.get("rope_type") or scaling.get("type") or "default")
+
+
+def _require(hf: dict[str, object], where: str, key: str, valid: object, default: object, why: str) -> None:
+    value = hf.get(key, default)
+    if value != valid and not (isinstance(value, float) and isinstance(valid, float) and abs(value - valid) <= 1e-12):
+        raise UserError(f"{where}: '{key}' is {value!r}, but lmtune's {why} needs {valid!r}.")
+
+
+def _check_head_dim(hf: dict[str, object], where: str, config: dict[str, object], family: str) -> None:
+    head_dim = hf.get("head_dim")
+    natural = int(config["model_dim"]) // int(config["num_attn_heads"])  # type: ignore[call-overload]
+    if head_dim is not None and head_dim != natural:
+        raise UserError(f"{where}: 'head_dim' is {head_dim}, but a {family} model in fairseq2 has hidden_size / num_attention_heads = {natural}.")
+
+
+def _llama(hf: dict[str, object], where: str) -> dict[str, object]:
+    config = _common(hf, where)
+    _check_head_dim(hf, where, config, "llama")
+    _require(hf, where, "rms_norm_eps", LLAMA_RMS_NORM_EPS, 1e-6, "llama family (fairseq2's RMSNorm)")
+    _require(hf, where, "attention_bias", False, False, "llama family (no attention biases)")
+    _require(hf, where, "mlp_bias", False, False, "llama family (no MLP biases)")
+    # intermediate_size is the final width: no 2/3 scale, multiplier or rounding on top.
+    config.update(ffn_inner_dim_scale=1.0, ffn_inner_dim_multiplier=1.0, ffn_inner_dim_multiple_of=1, rope_theta=_rope_theta(hf, 10_000.0))
+    rope = _rope_type(hf)
+    if rope == "llama3":
+        s = hf.get("rope_scaling") or hf.get("rope_parameters")
+        assert isinstance(s, dict)
+        config["use_scaled_rope"] = True
+        config["rope_scale"] = {
+            "factor": float(s["factor"]),
+            "frequency_factors": [float(s["low_freq_factor"]), float(s["high_freq_factor"])],
+            "original_context_length": int(s["original_max_position_embeddings"]),
+        }
+    elif rope != "default":
+        raise UserError(f"{where}: rope_scaling type '{rope}' is not one fairseq2's llama family builds; it builds none or 'llama3'.")
+    return config
+
+
+def _mistral(hf: dict[str, object], where: str) -> dict[str, object]:
+    """Mistral is Llama's architecture plus a sliding attention window: loaded as fairseq2's llama
+    family (which has rope_theta; fairseq2's own mistral family has neither theta nor HF weights),
+    with sequences no longer than the window, where sliding changes nothing."""
+    config = _llama(hf, where)
+    window = hf.get("sliding_window")
+    if isinstance(window, int) and window < int(config["max_seq_len"]):  # type: ignore[call-overload]
+        config["max_seq_len"] = window  # generation stops there too, instead of attending past the window
+    return config
+
+
+def _qwen(hf: dict[str, object], where: str) -> dict[str, object]:
+    config = _common(hf, where)
+    qwen3 = hf.get("model_type") == "qwen3"
+    _require(hf, where, "rms_norm_eps", QWEN_RMS_NORM_EPS, 1e-6, "qwen family (fairseq2's RMSNorm)")
+    _require(hf, where, "use_sliding_window", False, False, "qwen family (full attention)")
+    if _rope_type(hf) != "default":
+        raise UserError(f"{where}: rope_scaling type '{_rope_type(hf)}' is not one fairseq2's qwen family builds; it builds none.")
+    config.update(rope_theta=_rope_theta(hf, 1_000_000.0), qkv_proj_bias=not qwen3, q_norm=qwen3, k_norm=qwen3)
+    if qwen3:
+        _require(hf, where, "attention_bias", False, False, "Qwen3 (no attention biases)")
+        config["head_dim"] = _int(hf, "head_dim", where, int(config["model_dim"]) // int(config["num_attn_heads"]))  # type: ignore[call-overload]
+    else:
+        _check_head_dim(hf, where, config, "qwen2")
+    return config
+
+
+def _olmo2(hf: dict[str, object], where: str) -> dict[str, object]:
+    config = _common(hf, where)
+    _check_head_dim(hf, where, config, "olmo")
+    _require(hf, where, "attention_bias", False, False, "olmo family (no attention biases)")
+    if _rope_type(hf) != "default":
+        raise UserError(f"{where}: rope_scaling type '{_rope_type(hf)}' is not one lmtune reads for OLMo 2; it reads none.")
+    eps = hf.get("rms_norm_eps", 1e-5)
+    ids = {k: hf.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    config.update(
+        rope_theta=_rope_theta(hf, 10_000.0), rms_norm_eps=float(eps),  # type: ignore[arg-type]
+        pad_idx=ids["pad_token_id"], bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"] if isinstance(ids["eos_token_id"], int) else 100_257,
+    )  # fmt: skip
+    return config
+
+
+# model_type -> (fairseq2 family, tokenizer family, HF config -> fairseq2 model_config)
+HF_MODEL_TYPES: dict[str, tuple[str, str, Callable[[dict[str, object], str], dict[str, object]]]] = {
+    "llama":   ("llama", "llama", _llama),
+    "mistral": ("llama", "llama", _mistral),
+    "qwen2":   ("qwen",  "qwen",  _qwen),
+    "qwen3":   ("qwen",  "qwen",  _qwen),
+    "olmo2":   ("olmo",  "olmo",  _olmo2),
+}  # fmt: skip
+
+
+def read_hf_config(directory: Path) -> dict[str, object]:
+    file = directory / "config.json"
+    if not file.is_file():
+        raise UserError(f"{directory} has no config.json, so lmtune cannot tell which model it holds; point 'checkpoint:' at a Hugging Face model directory or give the card model_family and model_arch.")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as ex:
+        raise UserError(f"{file} cannot be read as JSON ({ex}).") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{file} holds no JSON object; a Hugging Face config.json is one.")
+    return data
+
+
+def detected_fields(directory: Path) -> dict[str, object]:
+    """The card keys a Hugging Face directory implies: model_family, model_config, tokenizer_family,
+    and hf_architecture (shown by ``assets show``); a UserError naming what is not understood."""
+    hf = read_hf_config(directory)
+    where = str(directory / "config.json")
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise UserError(f"{where}: model_type {model_type!r} is not one lmtune builds natively; it reads {', '.join(HF_MODEL_TYPES)}.")
+    family, tokenizer_family, convert = HF_MODEL_TYPES[str(model_type)]
+    archs = hf.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    fields: dict[str, object] = {"model_family": family, "model_config": convert(hf, where), "tokenizer_family": tokenizer_family, "hf_architecture": arch, "hf_model_type": model_type}
+    if model_type == "mistral":
+        # Built as fairseq2's llama family: the export must say Mistral again, with its window.
+        window = hf.get("sliding_window")
+        fields["hf_export"] = {"model_type": "mistral", "sliding_window": window if isinstance(window, int) else None}
+    return fields
+
+
+def checkpoint_dir_of(fields: dict[str, object]) -> Path | None:
+    """The card's checkpoint when it is a directory that may be read for what it holds."""
+    checkpoint = fields.get("checkpoint")
+    if not isinstance(checkpoint, str) or "://" in checkpoint or fields.get("init") == "random":
+        return None
+    path = Path(checkpoint)
+    return path if path.is_dir() else None
+
+
+def with_detected_model(fields: dict[str, object]) -> dict[str, object]:
+    """A card without model_family whose checkpoint is an HF directory, completed from its config.json
+    (the card's own model_config merged on top; its tokenizer defaults to the same directory).
+    Unchanged when nothing can be detected: using the card as a model then says why."""
+    from lmtune.files import deep_merge
+
+    directory = checkpoint_dir_of(fields)
+    if "model_family" in fields or "model_arch" in fields or directory is None:
+        return fields
+    try:
+        found = detected_fields(directory)
+    except UserError:
+        return fields
+    out = {**fields, **{k: v for k, v in found.items() if k != "model_config"}}
+    own = fields.get("model_config")
+    out["model_config"] = deep_merge(found["model_config"], own) if isinstance(own, dict) else found["model_config"]  # type: ignore[arg-type]
+    if "tokenizer" not in fields and "tokenizer_ref" not in fields and any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        out["tokenizer"] = str(directory)
+    if "tokenizer_family" in fields:
+        out["tokenizer_family"] = fields["tokenizer_family"]
+    return out
+
+
+def why_not_detected(fields: dict[str, object], card: str, where: str) -> str:
+    """The sentence for a card with no model_family: what its directory lacks, or what a card needs."""
+    directory = checkpoint_dir_of(fields)
+    if directory is not None:
+        try:
+            detected_fields(directory)
+        except UserError as ex:
+            return f"card '{card}': {ex}"
+    return f"card '{card}' ({where}) has no model_family and no Hugging Face directory as checkpoint; it cannot be used as a model."

@@ -1,0 +1,72 @@
+"""vLLM serves the OLMo 2, Mistral and Qwen2 exports with lmtune's greedy tokens.
+
+Each family is the tiny random model transformers writes (``transformers_dirs``), named by a
+card that gives only its directory, exported by lmtune (Olmo2ForCausalLM, MistralForCausalLM
+with its sliding_window). The reference ids come from lmtune's own model and generator, not
+from transformers: a faithfully read but wrong export would match transformers on its files.
+vLLM runs in its own virtual environment (see tests/test_vllm.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_vllm import VLLM_PYTHON, vllm_env
+from transformers_dirs import write_transformers_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason=f"no vLLM environment at {VLLM_PYTHON}")]
+
+MAX_TOKENS = 24
+SCRIPT = """
+import json, sys
+from vllm import LLM, SamplingParams
+hf_dir, prompts, max_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+llm = LLM(model=hf_dir, dtype="float32", enforce_eager=True, distributed_executor_backend="uni", max_model_len=128, seed=0)
+outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=max_tokens))
+print("RESULT " + json.dumps([{"arch": llm.llm_engine.model_config.architectures, "token_ids": list(o.outputs[0].token_ids)} for o in outputs]))
+"""
+
+
+@pytest.mark.parametrize(("model_type", "arch"), [("olmo2", "Olmo2ForCausalLM"), ("mistral", "MistralForCausalLM"), ("qwen2", "Qwen2ForCausalLM")])
+def test_vllm_generates_lmtunes_greedy_tokens(model_type: str, arch: str, tmp_path: Path, isolated_user_cards: Path) -> None:
+    from lmtune.adapters.build import load_any_model
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import resolve_model
+    from lmtune.export.hf_dir import export_hf, resolve_export
+    from lmtune.generate.generator import Generator
+    from lmtune.models.loading import load_tokenizer
+    from lmtune.options.generate import GeneratorOptions
+
+    directory = write_transformers_dir(model_type, tmp_path / "hf", seed=9, hidden_size=128)  # vLLM's CPU attention needs head_dim >= 32
+    (isolated_user_cards / "my_model.yaml").write_text(yaml.safe_dump({"name": "my_model", "checkpoint": str(directory)}))
+    spec, tok, _ = resolve_export("my_model")
+    out = export_hf(spec, tok, tmp_path / "export", log=lambda m: None)
+    assert json.loads((out / "config.json").read_text())["architectures"] == [arch]
+
+    model_spec = resolve_model(CardStore(), "my_model", None)
+    tokenizer = load_tokenizer(model_spec.tokenizer)  # type: ignore[arg-type]
+    rng = random.Random(5)
+    prompts = [[rng.randint(0, 399) for _ in range(n)] for n in (6, 15, 11)]
+    stops = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+    stops = stops if isinstance(stops, list) else [stops]
+    expected = [c.token_ids for c in Generator(load_any_model(model_spec), tokenizer, GeneratorOptions(max_gen_len=MAX_TOKENS), stop_ids=stops)(prompts)]
+
+    script = tmp_path / "vllm_script.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run(
+        [str(VLLM_PYTHON), str(script), str(out), json.dumps(prompts), str(MAX_TOKENS)],
+        capture_output=True, text=True, env=vllm_env(tmp_path), timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stdout[-2000:] + result.stderr[-2000:]
+    outputs = json.loads(lines[-1][len("RESULT ") :])
+    assert outputs[0]["arch"] == [arch]
+    assert [o["token_ids"] for o in outputs] == expected
+    assert len({tuple(e) for e in expected}) > 1
