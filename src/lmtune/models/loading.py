@@ -30,12 +30,19 @@ if TYPE_CHECKING:
 
 
 def resolver() -> DependencyResolver:
-    """fairseq2's dependency resolver (initialising fairseq2 when nothing has), reading tensor
-    files with lmtune.safe_load's loader: checkpoint files never run code."""
+    """fairseq2's dependency resolver (initialising fairseq2, with lmtune's ``gpt2`` family, when
+    nothing has), reading tensor files with lmtune.safe_load's loader: checkpoint files never run code."""
+    from fairseq2 import init_fairseq2
+    from fairseq2.error import InvalidOperationError
     from fairseq2.runtime.dependency import get_dependency_resolver
 
+    from lmtune.models.gpt2 import register_gpt2_family
     from lmtune.safe_load import use_safe_tensor_loader
 
+    try:  # lmtune's own families join fairseq2's when lmtune is the first to start it
+        init_fairseq2(extras=register_gpt2_family)
+    except InvalidOperationError:
+        pass  # already started: by an earlier call, or a recipe's run (whose ``register`` adds them)
     found = get_dependency_resolver()
     use_safe_tensor_loader(found)
     return found
