@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import final
 
-from fairseq2.data.tokenizers import TokenDecoder, TokenEncoder, Tokenizer, VocabularyInfo
+from fairseq2.data.tokenizers import (
+    TokenDecoder,
+    TokenEncoder,
+    Tokenizer,
+    VocabularyInfo,
+)
 from fairseq2.data.tokenizers.hg import (
     HuggingFaceTokenDecoder,
     HuggingFaceTokenEncoder,

@@ -6,6 +6,7 @@ else that needs a model in hand: generation, export, tests.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,10 +40,10 @@ def resolver() -> DependencyResolver:
     from lmtune.models.gpt2 import register_gpt2_family
     from lmtune.safe_load import use_safe_tensor_loader
 
-    try:  # lmtune's own families join fairseq2's when lmtune is the first to start it
+    # lmtune's own families join fairseq2's when lmtune is the first to start it; when fairseq2 has
+    # started already (an earlier call, or a recipe's run, whose ``register`` adds them), nothing to do.
+    with suppress(InvalidOperationError):
         init_fairseq2(extras=register_gpt2_family)
-    except InvalidOperationError:
-        pass  # already started: by an earlier call, or a recipe's run (whose ``register`` adds them)
     found = get_dependency_resolver()
     use_safe_tensor_loader(found)
     return found
