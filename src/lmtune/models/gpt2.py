@@ -12,6 +12,7 @@ GPT-2's tensors as transformers stores them, and back: ``lmtune.models.gpt2_hf``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -119,7 +120,7 @@ def create_gpt2_model(config: Gpt2Config) -> TransformerLM:
     std, p = config.init_std, config.dropout_p
     residual_std = std / (2 * config.num_layers) ** 0.5
 
-    def init_linear(scale: float):  # type: ignore[no-untyped-def]
+    def init_linear(scale: float) -> Callable[[Linear], None]:
         def init(proj: Linear) -> None:
             nn.init.normal_(proj.weight, std=scale)
             if proj.bias is not None:

@@ -1,0 +1,179 @@
+"""GPT-2 (lmtune's fairseq2 family ``gpt2``) against transformers' GPT2LMHeadModel on the same weights:
+logits, greedy tokens, the first training step's loss, the export, packing, pretraining.
+
+Every model is a tiny random one transformers builds from a GPT2Config here, with a byte-level
+BPE tokenizer trained here (tests/tiny_builders.py); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import losses, run_lmtune
+from tiny_builders import CORPUS, tiny_hf_gpt2, write_hf_gpt2_tokenizer
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT2LMHeadModel directory as ``save_pretrained`` writes it, with its tokenizer files."""
+    out = tmp_path_factory.mktemp("gpt2_hf")
+    write_hf_gpt2_tokenizer(out, vocab_size=VOCAB)
+    tiny_hf_gpt2(out, vocab_size=VOCAB)
+    return out
+
+
+def _card(user_cards: Path, hf_dir: Path, name: str = "tiny_gpt2_hf") -> str:
+    """A user card naming the directory, its shape given the way a user would (gpt2_small's, overridden)."""
+    config = {"model_dim": 64, "num_layers": 2, "num_attn_heads": 4, "ffn_inner_dim": 256, "vocab_size": VOCAB, "max_seq_len": 64, "dropout_p": 0.0}
+    card = {"name": name, "base": "gpt2_small", "model_config": config, "checkpoint": str(hf_dir), "tokenizer": str(hf_dir)}
+    (user_cards / f"{name}.yaml").write_text(json.dumps(card))
+    return name
+
+
+def _transformers(hf_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+
+
+def _lmtune(name: str):  # type: ignore[no-untyped-def]
+    from lmtune.adapters.build import load_any_model
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import resolve_model
+
+    spec = resolve_model(CardStore(), name, None)
+    return spec, load_any_model(spec)
+
+
+def _ids(n: int = 40, batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_equal_transformers_on_the_same_weights(isolated_user_cards: Path, hf_dir: Path) -> None:
+    from fairseq2.nn import BatchLayout
+
+    _, model = _lmtune(_card(isolated_user_cards, hf_dir))
+    ids = _ids()
+    with torch.no_grad():
+        ours = model(ids, BatchLayout.of(ids))
+        theirs = _transformers(hf_dir)(ids).logits
+    assert ours.abs().max() > 1.0  # the weights are not a near-zero initialisation
+    assert float((ours - theirs).abs().max()) < 1e-5
+
+
+def test_the_hub_layout_without_the_transformer_prefix_and_with_mask_buffers_loads(isolated_user_cards: Path, hf_dir: Path, tmp_path: Path) -> None:
+    """The Hub's original GPT-2 conversions name tensors h.N... and keep each layer's causal-mask buffer."""
+    import shutil
+
+    from fairseq2.nn import BatchLayout
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old_layout"
+    shutil.copytree(hf_dir, old)
+    state = {k.removeprefix("transformer."): v for k, v in load_file(str(old / "model.safetensors")).items()}
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64)
+    save_file(state, str(old / "model.safetensors"), metadata={"format": "pt"})
+    _, model = _lmtune(_card(isolated_user_cards, old, "old_layout"))
+    ids = _ids()
+    with torch.no_grad():
+        diff = (model(ids, BatchLayout.of(ids)) - _transformers(hf_dir)(ids).logits).abs().max()
+    assert float(diff) < 1e-5
+
+
+def test_greedy_tokens_equal_transformers_generate(isolated_user_cards: Path, hf_dir: Path) -> None:
+    from lmtune.generate.generator import Generator
+    from lmtune.models.loading import load_tokenizer
+    from lmtune.options.generate import GeneratorOptions
+
+    spec, model = _lmtune(_card(isolated_user_cards, hf_dir))
+    assert spec.tokenizer is not None
+    tokenizer = load_tokenizer(spec.tokenizer)
+    encode = tokenizer.create_encoder(mode="prompt")
+    prompts = [encode(text).tolist() for text in ("The quick brown fox", "Natalia sold clips to", "How many")]
+    generator = Generator(model, tokenizer, GeneratorOptions(max_gen_len=20))
+    ours = [c.token_ids for c in generator(prompts)]
+    reference = _transformers(hf_dir)
+    eos = VOCAB - 1
+    assert generator.stop_ids == [eos]
+    for prompt, got in zip(prompts, ours):
+        ids = torch.tensor([prompt])
+        out = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, eos_token_id=eos, pad_token_id=eos)
+        want = out[0, len(prompt) :].tolist()
+        assert got == want
+    assert len({tuple(t) for t in ours}) == 3 and all(len(set(t)) > 3 for t in ours)  # the outputs vary
+
+
+def test_tokenizer_ends_a_response_with_endoftext_and_adds_nothing_before(isolated_user_cards: Path, hf_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import resolve_model
+    from lmtune.models.loading import load_tokenizer
+
+    name = _card(isolated_user_cards, hf_dir)
+    spec = resolve_model(CardStore(), name, None)
+    assert spec.tokenizer is not None
+    tokenizer = load_tokenizer(spec.tokenizer)
+    hf = AutoTokenizer.from_pretrained(str(hf_dir))
+    text = "The dog sleeps; the fox runs away."
+    plain = hf(text)["input_ids"]
+    assert tokenizer.create_encoder(mode="prompt")(text).tolist() == plain
+    assert tokenizer.create_encoder(mode="prompt_response")(text).tolist() == [*plain, VOCAB - 1]
+    assert tokenizer.vocab_info.eos_idx == VOCAB - 1
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_packed_and_unpacked_batches_give_each_examples_own_loss(isolated_user_cards: Path, hf_dir: Path, packed: bool) -> None:
+    """Learned positions restart at 0 for each example of a pack: the packed loss and logits equal
+    transformers' on each example alone (and so do the padded batch's)."""
+    from fairseq2.datasets import SequenceBatch
+    from fairseq2.models.transformer import TorchSDPA
+    from fairseq2.models.transformer.sdpa.default import get_default_sdpa_factory, set_default_sdpa_factory
+
+    from lmtune.data.batching import collate_padded
+    from lmtune.data.packing import collate_packed
+    from lmtune.models.document_attention import DocumentSDPA
+    from lmtune.training.nll_unit import target_nll
+
+    name = _card(isolated_user_cards, hf_dir)
+    before = get_default_sdpa_factory()
+    set_default_sdpa_factory(DocumentSDPA if packed else TorchSDPA)
+    try:
+        _, model = _lmtune(name)
+    finally:
+        set_default_sdpa_factory(before)
+    gen = torch.Generator().manual_seed(1)
+    items = []
+    for n, prompt in ((17, 5), (40, 11), (9, 3), (28, 20)):
+        tokens = torch.randint(0, VOCAB, (n,), generator=gen)
+        items.append({"tokens": tokens, "target_mask": torch.arange(n) >= prompt})
+    batch = collate_packed(items) if packed else collate_padded(items, pad_idx=0)
+    loss, targets = target_nll(model.train(), batch)
+
+    reference = _transformers(hf_dir)
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for x in items:
+        ids, mask = x["tokens"].unsqueeze(0), x["target_mask"]
+        logits = reference(ids).logits[0, :-1]
+        picked = mask[1:]
+        nll = torch.nn.functional.cross_entropy(logits[picked], ids[0, 1:][picked], reduction="sum")
+        total, count = total + nll.double(), count + int(picked.sum())
+    assert targets.num_target_elements == count
+    assert abs(float(loss.detach()) - float(total)) < 1e-4 * count
+    if packed:  # and each example's logits in the pack are its own
+        model.eval()
+        with torch.no_grad():
+            seqs, layout = SequenceBatch(batch.seqs, batch.seq_lens, packed=True).as_input()
+            flat = model(seqs, layout)
+            start = 0
+            for x in items:
+                n = len(x["tokens"])
+                assert float((flat[start : start + n] - reference(x["tokens"].unsqueeze(0)).logits[0]).abs().max()) < 1e-5
+                start += n
