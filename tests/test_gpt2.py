@@ -135,7 +135,10 @@ def test_packed_and_unpacked_batches_give_each_examples_own_loss(isolated_user_c
     transformers' on each example alone (and so do the padded batch's)."""
     from fairseq2.datasets import SequenceBatch
     from fairseq2.models.transformer import TorchSDPA
-    from fairseq2.models.transformer.sdpa.default import get_default_sdpa_factory, set_default_sdpa_factory
+    from fairseq2.models.transformer.sdpa.default import (
+        get_default_sdpa_factory,
+        set_default_sdpa_factory,
+    )
 
     from lmtune.data.batching import collate_padded
     from lmtune.data.packing import collate_packed
@@ -177,3 +180,127 @@ def test_packed_and_unpacked_batches_give_each_examples_own_loss(isolated_user_c
                 n = len(x["tokens"])
                 assert float((flat[start : start + n] - reference(x["tokens"].unsqueeze(0)).logits[0]).abs().max()) < 1e-5
                 start += n
+
+
+def _export_logits_diff(export: Path, reference_dir: Path) -> float:
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32).eval()
+    ids = _ids(seed=3)
+    with torch.no_grad():
+        return float((exported(ids).logits - _transformers(reference_dir)(ids).logits).abs().max())
+
+
+def test_export_is_a_gpt2lmheadmodel_directory_transformers_loads(isolated_user_cards: Path, hf_dir: Path, tmp_path: Path) -> None:
+    """write_hf_config on a card: GPT2LMHeadModel with the same logits, the tokenizer encoding as lmtune's."""
+    from transformers import AutoTokenizer
+
+    from lmtune.export.hf_dir import export_hf, resolve_export
+
+    spec, tok, _ = resolve_export(_card(isolated_user_cards, hf_dir))
+    out = export_hf(spec, tok, tmp_path / "export", verify=True, log=lambda m: None)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
+    assert (config["n_embd"], config["n_layer"], config["n_head"], config["n_positions"], config["vocab_size"]) == (64, 2, 4, 64, VOCAB)
+    assert config["eos_token_id"] == VOCAB - 1
+    assert _export_logits_diff(out, hf_dir) < 1e-5
+    text = "Weng earns $12 an hour for babysitting."
+    assert AutoTokenizer.from_pretrained(str(out))(text)["input_ids"] == AutoTokenizer.from_pretrained(str(hf_dir))(text)["input_ids"]
+
+
+def test_export_of_a_gpt2_card_names_what_is_wrong_when_the_tensors_are_not_gpt2s(isolated_user_cards: Path, hf_dir: Path, tmp_path: Path) -> None:
+    from lmtune.errors import UserError
+    from lmtune.models.gpt2_hf import hf_tensors
+
+    named = [("decoder.layers.0.self_attn.q_proj.weight", torch.zeros(4, 4)), ("decoder.layers.0.self_attn.k_proj.weight", torch.zeros(4, 4))]
+    with pytest.raises(UserError, match="lacks part of a fused q/k/v"):
+        list(hf_tensors(named))
+    with pytest.raises(UserError, match="no counterpart in GPT-2"):
+        list(hf_tensors([("decoder.layers.0.ffn.gate_proj.weight", torch.zeros(4, 4))]))
+
+
+# ---------------------------------------------------------------- training runs
+
+RECORDS = [
+    {"src": "Natalia sold clips to 48 of her friends in April.", "tgt": " She sold 48 + 24 = 72 clips."},
+    {"src": "What is 7 times 8?", "tgt": " Answer: 56. #### 56"},
+    {"src": "The quick brown fox", "tgt": " jumps over the lazy dog."},
+    {"src": "User: Hello there!", "tgt": " Assistant: Hi, how can I help you today?"},
+]
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory: pytest.TempPathFactory, hf_dir: Path) -> tuple[Path, dict[str, str]]:
+    """A real ``lmtune instruction_finetune`` run of the tiny GPT-2, packed, all four records in step 1's batch."""
+    root = tmp_path_factory.mktemp("gpt2_run")
+    cards = root / "cards"
+    cards.mkdir()
+    _card(cards, hf_dir)
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    env = {"LMTUNE_USER_ASSET_DIR": str(cards), "XDG_CONFIG_HOME": str(root / "config_home"), "LMTUNE_CACHE_DIR": str(root / "cache")}
+    out = root / "out"
+    r = run_lmtune(
+        "instruction_finetune", str(out), "--config", "model=tiny_gpt2_hf", f"dataset={data}", "max_seq_len=64", "max_num_tokens=256",
+        "max_num_steps=4", "checkpoint_every_n_steps=4", "publish_metrics_every_n_steps=1", "learning_rate=1e-3", "dtype=float32",
+        "tensorboard=false", "packing=true", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, env
+
+
+@pytest.mark.slow
+def test_first_step_loss_equals_transformers_loss_on_the_same_batch(finetuned: tuple[Path, dict[str, str]], hf_dir: Path) -> None:
+    """Step 1's NLL is transformers' mean NLL over the responses (each ending in <|endoftext|>), examples alone."""
+    from transformers import AutoTokenizer
+
+    out, _ = finetuned
+    hf = AutoTokenizer.from_pretrained(str(hf_dir))
+    reference = _transformers(hf_dir)
+    total, count = 0.0, 0
+    for r in RECORDS:
+        prompt, response = hf(r["src"])["input_ids"], hf(r["tgt"])["input_ids"] + [hf.eos_token_id]
+        ids = torch.tensor([prompt + response])
+        labels = torch.tensor([[-100] * len(prompt) + response])
+        with torch.no_grad():
+            mean = reference(ids, labels=labels).loss  # transformers' own loss: mean over the response tokens
+        total += float(mean) * len(response)
+        count += len(response)
+    assert abs(losses(out)[1] - total / count) < 1e-5
+    assert losses(out)[4] < losses(out)[1]
+
+
+@pytest.mark.slow
+def test_finetuned_checkpoint_exports_generates_and_verifies(finetuned: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    out, env = finetuned
+    r = run_lmtune("write_hf_config", str(out), "--verify", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "max abs logit difference" in r.stderr
+    assert json.loads((out / "checkpoints/step_4/hf/config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"src": rec["src"], "tgt": rec["tgt"]}) + "\n" for rec in RECORDS))
+    gen = tmp_path / "gen"
+    r = run_lmtune("generate", str(gen), "--config", f"checkpoint_dir={out / 'checkpoints'}", "model=last_checkpoint", f"dataset={prompts}", "generator_config.max_gen_len=12", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (gen / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["completion"] for row in rows)
+
+
+@pytest.mark.slow
+def test_pretrains_from_scratch_on_streamed_text(tmp_path: Path, hf_dir: Path) -> None:
+    """``lmtune pretrain`` of tiny_gpt2 (random GPT-2 weights) with the GPT-2 tokenizer: the loss falls."""
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    _card(cards, hf_dir)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((CORPUS + "\n") * 20)
+    env = {"LMTUNE_USER_ASSET_DIR": str(cards), "XDG_CONFIG_HOME": str(tmp_path / "config_home"), "LMTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "pretrain"
+    r = run_lmtune(
+        "pretrain", str(out), "--config", "model=tiny_gpt2", "init=random", "tokenizer=tiny_gpt2_hf", f"dataset={corpus}", "max_seq_len=32",
+        "batch_size=4", "max_num_steps=30", "checkpoint_every_n_steps=30", "publish_metrics_every_n_steps=1", "learning_rate=3e-3",
+        "lr_scheduler.num_warmup_steps=3", "dtype=float32", "tensorboard=false", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    curve = losses(out)
+    assert curve[30] < 0.6 * curve[1]

@@ -404,7 +404,14 @@ def write_hf_llama2_tokenizer(out_dir: Path, sp_model: Path) -> Path:
 def write_hf_gpt2_tokenizer(out_dir: Path, *, vocab_size: int = 300) -> Path:
     """As openai-community/gpt2: byte-level BPE (no prefix space), ``<|endoftext|>`` last in the
     vocabulary and named BOS, EOS and UNK, nothing added around a text. Trained on CORPUS."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -436,9 +443,7 @@ def tiny_hf_gpt2(out_dir: Path, *, vocab_size: int, seed: int = 0, n_positions: 
             noise = torch.randn(p.shape, generator=gen)
             if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 p.copy_(1.0 + 0.2 * noise)
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * noise)
-            elif name.endswith(("wte.weight", "wpe.weight")):
+            elif name.endswith(".bias") or name.endswith(("wte.weight", "wpe.weight")):
                 p.copy_(0.1 * noise)
             else:
                 p.copy_(2.0 * noise * p.shape[0] ** -0.5)  # Conv1D: (in, out)
