@@ -303,4 +303,5 @@ def test_pretrains_from_scratch_on_streamed_text(tmp_path: Path, hf_dir: Path) -
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     curve = losses(out)
-    assert curve[30] < 0.6 * curve[1]
+    # From about ln(512) (random weights, 512 outputs) to well below ln(300), a uniform guess over the tokenizer's tokens.
+    assert curve[1] > 6.0 and curve[30] < 4.6
