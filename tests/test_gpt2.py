@@ -30,7 +30,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _card(user_cards: Path, hf_dir: Path, name: str = "tiny_gpt2_hf") -> str:
     """A user card naming the directory, its shape given the way a user would (gpt2_small's, overridden)."""
-    config = {"model_dim": 64, "num_layers": 2, "num_attn_heads": 4, "ffn_inner_dim": 256, "vocab_size": VOCAB, "max_seq_len": 64, "dropout_p": 0.0}
+    config = {"model_dim": 64, "num_layers": 2, "num_attn_heads": 2, "ffn_inner_dim": 256, "vocab_size": VOCAB, "max_seq_len": 64, "dropout_p": 0.0}
     card = {"name": name, "base": "gpt2_small", "model_config": config, "checkpoint": str(hf_dir), "tokenizer": str(hf_dir)}
     (user_cards / f"{name}.yaml").write_text(json.dumps(card))
     return name
@@ -201,7 +201,7 @@ def test_export_is_a_gpt2lmheadmodel_directory_transformers_loads(isolated_user_
     out = export_hf(spec, tok, tmp_path / "export", verify=True, log=lambda m: None)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["GPT2LMHeadModel"] and config["model_type"] == "gpt2"
-    assert (config["n_embd"], config["n_layer"], config["n_head"], config["n_positions"], config["vocab_size"]) == (64, 2, 4, 64, VOCAB)
+    assert (config["n_embd"], config["n_layer"], config["n_head"], config["n_positions"], config["vocab_size"]) == (64, 2, 2, 64, VOCAB)
     assert config["eos_token_id"] == VOCAB - 1
     assert _export_logits_diff(out, hf_dir) < 1e-5
     text = "Weng earns $12 an hour for babysitting."
@@ -305,3 +305,42 @@ def test_pretrains_from_scratch_on_streamed_text(tmp_path: Path, hf_dir: Path) -
     curve = losses(out)
     # From about ln(512) (random weights, 512 outputs) to well below ln(300), a uniform guess over the tokenizer's tokens.
     assert curve[1] > 6.0 and curve[30] < 4.6
+
+
+VLLM_SCRIPT = """
+import json, sys
+from vllm import LLM, SamplingParams
+hf_dir, texts, max_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+llm = LLM(model=hf_dir, dtype="float32", enforce_eager=True, distributed_executor_backend="uni", max_model_len=64, seed=0)
+outputs = llm.generate(texts, SamplingParams(temperature=0, max_tokens=max_tokens))
+print("RESULT " + json.dumps([{"prompt_token_ids": list(o.prompt_token_ids), "token_ids": list(o.outputs[0].token_ids)} for o in outputs]))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_export_with_lmtunes_greedy_tokens(isolated_user_cards: Path, hf_dir: Path, tmp_path: Path) -> None:
+    """vLLM (its own environment) on lmtune's GPT2LMHeadModel export: the prompt ids and greedy ids of lmtune's own model."""
+    import subprocess
+
+    from test_vllm import VLLM_PYTHON, vllm_env
+
+    if not VLLM_PYTHON.is_file():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON}: build it with .ci/setup_vllm.sh")
+    from lmtune.export.hf_dir import export_hf, resolve_export
+    from lmtune.generate.generator import Generator
+    from lmtune.models.loading import load_tokenizer
+    from lmtune.options.generate import GeneratorOptions
+
+    name = _card(isolated_user_cards, hf_dir)
+    spec, tok, _ = resolve_export(name)
+    out = export_hf(spec, tok, tmp_path / "export", log=lambda m: None)
+    _, model = _lmtune(name)
+    tokenizer = load_tokenizer(tok)
+    texts = ["The quick brown fox", "Natalia sold clips to", "How many"]
+    prompts = [tokenizer.create_encoder(mode="prompt")(t).tolist() for t in texts]
+    ours = [c.token_ids for c in Generator(model, tokenizer, GeneratorOptions(max_gen_len=20))(prompts)]
+    r = subprocess.run([str(VLLM_PYTHON), "-c", VLLM_SCRIPT, str(out), json.dumps(texts), "20"], env=vllm_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
+    assert [x["prompt_token_ids"] for x in results] == prompts
+    assert [x["token_ids"] for x in results] == ours
