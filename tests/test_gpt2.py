@@ -344,3 +344,20 @@ def test_vllm_serves_the_export_with_lmtunes_greedy_tokens(isolated_user_cards: 
     results = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
     assert [x["prompt_token_ids"] for x in results] == prompts
     assert [x["token_ids"] for x in results] == ours
+
+
+def test_model_config_read_from_a_gpt2_config_json(hf_dir: Path) -> None:
+    """What an HF directory's config.json says, as a gpt2 card's model_config; what lmtune does not build is refused."""
+    from lmtune.errors import UserError
+    from lmtune.models.gpt2_hf import model_config_from_hf
+
+    hf = json.loads((hf_dir / "config.json").read_text())
+    got = model_config_from_hf(hf, "config.json")
+    assert got == {
+        "model_dim": 64, "num_layers": 2, "num_attn_heads": 2, "ffn_inner_dim": 256, "vocab_size": VOCAB, "max_seq_len": 64, "dropout_p": 0.0,
+        "activation": "gelu_new", "layer_norm_eps": 1e-5, "init_std": 0.02,
+    }  # fmt: skip
+    with pytest.raises(UserError, match="scale_attn_by_inverse_layer_idx is True"):
+        model_config_from_hf({**hf, "scale_attn_by_inverse_layer_idx": True}, "config.json")
+    with pytest.raises(UserError, match="activation_function 'relu'"):
+        model_config_from_hf({**hf, "activation_function": "relu"}, "config.json")
