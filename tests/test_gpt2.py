@@ -361,3 +361,16 @@ def test_model_config_read_from_a_gpt2_config_json(hf_dir: Path) -> None:
         model_config_from_hf({**hf, "scale_attn_by_inverse_layer_idx": True}, "config.json")
     with pytest.raises(UserError, match="activation_function 'relu'"):
         model_config_from_hf({**hf, "activation_function": "relu"}, "config.json")
+
+
+def test_a_model_config_gpt2_cannot_build_is_one_sentence(isolated_user_cards: Path, hf_dir: Path) -> None:
+    from helpers import assert_user_error, run_lmtune_in_process
+
+    tokenizer = _card(isolated_user_cards, hf_dir)
+    (isolated_user_cards / "bad.yaml").write_text(json.dumps({"name": "bad_gpt2", "base": "tiny_gpt2", "model_config": {"activation": "relu", "num_attn_heads": 3}}))
+    data = isolated_user_cards / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    out = isolated_user_cards / "out"
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config", "model=bad_gpt2", f"tokenizer={tokenizer}", f"dataset={data}")
+    assert_user_error(r, "bad_gpt2", "activation", "gelu_new", "num_attn_heads")
+    assert not out.exists()

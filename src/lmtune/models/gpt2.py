@@ -41,6 +41,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from fairseq2.runtime.dependency import DependencyContainer
+    from fairseq2.utils.validation import ValidationResult
 
 GPT2_FAMILY: Final = "gpt2"
 
@@ -70,6 +71,19 @@ class Gpt2Config:
     """On the embeddings, the attention weights and each residual branch (GPT-2's embd/attn/resid_pdrop)."""
     init_std: float = 0.02
     """initializer_range; the two output projections of a layer get init_std / sqrt(2 * num_layers)."""
+
+    def validate(self) -> ValidationResult:
+        """fairseq2's check of a config (its recipes run it on a card's model_config; so does lmtune.models.loading)."""
+        from fairseq2.utils.validation import ValidationResult
+
+        result = ValidationResult()
+        if self.activation not in GELU_APPROXIMATIONS:
+            result.add_error(f"`activation` must be one of GPT-2's ({', '.join(GELU_APPROXIMATIONS)}), but is '{self.activation}' instead.")
+        if self.num_attn_heads < 1 or self.model_dim % self.num_attn_heads:
+            result.add_error(f"`model_dim` ({self.model_dim}) must be a multiple of `num_attn_heads` ({self.num_attn_heads}).")
+        if not 0.0 <= self.dropout_p < 1.0:
+            result.add_error(f"`dropout_p` must be in [0, 1), but is {self.dropout_p} instead.")
+        return result
 
 
 def register_gpt2_configs(container: DependencyContainer) -> None:
@@ -113,10 +127,9 @@ class Gpt2PositionEncoder(LearnedPositionEncoder):  # type: ignore[misc]  # fair
 
 
 def create_gpt2_model(config: Gpt2Config) -> TransformerLM:
-    if config.activation not in GELU_APPROXIMATIONS:
-        raise ValueError(f"activation '{config.activation}' is not one of GPT-2's: {', '.join(GELU_APPROXIMATIONS)}")
-    if config.model_dim % config.num_attn_heads:
-        raise ValueError(f"model_dim {config.model_dim} is not a multiple of num_attn_heads {config.num_attn_heads}")
+    result = config.validate()
+    if result.has_error():
+        raise ValueError(f"not a GPT-2 configuration: {result}")
     std, p = config.init_std, config.dropout_p
     residual_std = std / (2 * config.num_layers) ** 0.5
 

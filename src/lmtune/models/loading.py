@@ -80,9 +80,13 @@ def model_config(spec: ModelSpec) -> object:
     converter = resolver().resolve(ValueConverter)
     merged = deep_merge(_unstructured(converter, config), spec.config)
     try:
-        return converter.structure(merged, family.config_kls)
+        structured = converter.structure(merged, family.config_kls)
     except Exception as ex:
         raise UserError(f"model '{spec.name}': model_config does not fit a {spec.family} model ({ex}).") from None
+    validate = getattr(structured, "validate", None)  # a config that checks itself (fairseq2's Validatable: GPT-2's)
+    if validate is not None and (result := validate()).has_error():
+        raise UserError(f"model '{spec.name}': model_config is not a valid {spec.family} configuration: {result}")
+    return structured
 
 
 def load_model(spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32, seed: int | None = None) -> torch.nn.Module:
