@@ -169,9 +169,17 @@ def create_gpt2_model(config: Gpt2Config) -> TransformerLM:
 
 
 def register_gpt2_family(container: DependencyContainer) -> None:
-    """The ``gpt2`` model and tokenizer families, beside fairseq2's own (a recipe's ``register``,
-    and the in-process resolver of ``lmtune.models.loading``)."""
+    """The ``gpt2`` model and tokenizer families, beside fairseq2's own. fairseq2 runs this as an
+    extension whenever it starts (the ``fairseq2.extension`` entry point in pyproject.toml); a
+    recipe's ``register`` and the in-process resolver of ``lmtune.models.loading`` call it too, for an
+    install whose metadata predates the entry point. Registering twice does nothing."""
     from fairseq2.composition import register_model_family, register_tokenizer_family
+    from fairseq2.models import ModelFamily
+
+    from lmtune.fairseq2_internals import has_registration
+
+    if has_registration(container, ModelFamily, GPT2_FAMILY):
+        return
     from fairseq2.models.transformer_lm import (
         apply_ac_to_transformer_lm,
         apply_fsdp_to_transformer_lm,
