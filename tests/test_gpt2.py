@@ -374,3 +374,16 @@ def test_a_model_config_gpt2_cannot_build_is_one_sentence(isolated_user_cards: P
     r = run_lmtune_in_process("instruction_finetune", str(out), "--config", "model=bad_gpt2", f"tokenizer={tokenizer}", f"dataset={data}")
     assert_user_error(r, "bad_gpt2", "activation", "gelu_new", "num_attn_heads")
     assert not out.exists()
+
+
+def test_lora_on_gpt2_is_refused_in_one_sentence(isolated_user_cards: Path, hf_dir: Path) -> None:
+    """Not built yet (GPT-2's PEFT adapter needs q/k/v fused into c_attn): refused before anything is written."""
+    from helpers import assert_user_error, run_lmtune_in_process
+
+    name = _card(isolated_user_cards, hf_dir)
+    data = isolated_user_cards / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    out = isolated_user_cards / "out"
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config", f"model={name}", f"dataset={data}", "lora.rank=4")
+    assert_user_error(r, "family 'gpt2'")
+    assert not out.exists()
