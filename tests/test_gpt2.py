@@ -376,14 +376,45 @@ def test_a_model_config_gpt2_cannot_build_is_one_sentence(isolated_user_cards: P
     assert not out.exists()
 
 
-def test_lora_on_gpt2_is_refused_in_one_sentence(isolated_user_cards: Path, hf_dir: Path) -> None:
-    """Not built yet (GPT-2's PEFT adapter needs q/k/v fused into c_attn): refused before anything is written."""
-    from helpers import assert_user_error, run_lmtune_in_process
+@pytest.mark.slow
+def test_lora_run_exports_a_peft_adapter_that_gives_lmtunes_logits(tmp_path: Path, hf_dir: Path) -> None:
+    """LoRA on every GPT-2 projection; the PEFT adapter (q/k/v fused into c_attn at rank 3r) on the exported
+    base, loaded with PEFT, gives the logits of lmtune's LoRA model."""
+    from fairseq2.nn import BatchLayout
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    name = _card(isolated_user_cards, hf_dir)
-    data = isolated_user_cards / "train.jsonl"
+    from lmtune.adapters.build import load_any_model
+    from lmtune.catalog.specs import model_from_checkpoint_dir
+
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    name = _card(cards, hf_dir)
+    data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    out = isolated_user_cards / "out"
-    r = run_lmtune_in_process("instruction_finetune", str(out), "--config", f"model={name}", f"dataset={data}", "lora.rank=4")
-    assert_user_error(r, "family 'gpt2'")
-    assert not out.exists()
+    env = {"LMTUNE_USER_ASSET_DIR": str(cards), "XDG_CONFIG_HOME": str(tmp_path / "config_home"), "LMTUNE_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    r = run_lmtune(
+        "instruction_finetune", str(out), "--config", f"model={name}", f"dataset={data}", "max_seq_len=64", "max_num_tokens=256",
+        "max_num_steps=4", "checkpoint_every_n_steps=4", "learning_rate=1e-2", "dtype=float32", "tensorboard=false",
+        "lora.rank=4", "lora.alpha=8", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    step = out / "checkpoints/step_4"
+    config = json.loads((step / "hf_adapter/adapter_config.json").read_text())
+    assert config["target_modules"] == ["attn.c_proj", "c_attn", "mlp.c_fc", "mlp.c_proj"] and config["rank_pattern"] == {"c_attn": 12}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMTUNE_USER_ASSET_DIR", str(cards))
+        model = load_any_model(model_from_checkpoint_dir(out / "checkpoints", None, "test"))
+    base = AutoModelForCausalLM.from_pretrained(str(step / "hf_adapter_base"), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, str(step / "hf_adapter")).eval()
+    ids = _ids(seed=5)
+    with torch.no_grad():
+        expected = model(ids, BatchLayout.of(ids))
+        got = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            without = peft_model.get_base_model()(input_ids=ids).logits
+    assert float((got - expected).abs().max()) < 1e-5
+    assert float((without - expected).abs().max()) > 1e-2  # the adapters matter: B != 0

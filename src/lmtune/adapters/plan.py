@@ -57,5 +57,5 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         raise UserError(f"LoRA trains adapters on a model's weights, and model '{model.name}' has none (init: random); name a model card with a checkpoint, or leave lora.rank unset.")
     if lo.quantize == "nf4" and o.data_parallelism == "fsdp":
         raise UserError("lora.quantize=nf4 runs with data_parallelism=ddp (each rank keeps the whole 4-bit base); set data_parallelism=ddp.")
-    settings = dataclasses.replace(lo, targets=target_names(lo.targets, model.name))
+    settings = dataclasses.replace(lo, targets=target_names(lo.targets, model.name, model.family))
     return LoraPlan(spec=LoraSpec(settings=settings, base=model, seed=o.seed))

@@ -194,3 +194,45 @@ def model_config_from_hf(hf: dict[str, object], where: str) -> dict[str, object]
         "dropout_p": max(drops),
         "init_std": float(hf.get("initializer_range", 0.02)),  # type: ignore[arg-type]
     }
+
+
+def peft_adapter(adapters: Iterable[tuple[str, Tensor, Tensor]], rank: int, alpha: float) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, object]]:
+    """A LoRA run's adapters -> PEFT's for GPT2LMHeadModel: HF module -> (lora_A, lora_B), and the
+    adapter_config.json keys that differ from Llama's.
+
+    ``adapters``: (fairseq2 module name, A (rank x in), B (out x rank)) of each adapted projection.
+    c_attn is one module for q, k and v, so their three adapters become one of rank 3 * rank: A
+    stacks the three A's, B puts the three B's on its diagonal, so B @ A stacks the three updates
+    exactly; its alpha is 3 * alpha, keeping PEFT's scale alpha / rank. The Conv1D modules take
+    PEFT's ``fan_in_fan_out``; A and B keep nn.Linear's layout either way."""
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    fused: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+    for name, a, b in adapters:
+        m = FS2_LAYER.match(name)
+        if m is None:
+            raise UserError(f"LoRA adapter '{name}' sits outside GPT-2's decoder layers; lmtune cannot write it as a PEFT adapter.")
+        layer, rest = m.group(1), m.group(2)
+        qkv = re.fullmatch(r"self_attn\.([qkv]_proj)", rest)
+        if qkv is not None:
+            fused.setdefault(layer, {})[qkv.group(1)] = (a, b)
+        elif f"{rest}.weight" in LAYER_KEYS:
+            out[f"transformer.h.{layer}.{LAYER_KEYS[rest + '.weight'].removesuffix('.weight')}"] = (a, b)
+        else:
+            raise UserError(f"LoRA adapter '{name}' is on no projection of GPT-2's Hugging Face layout.")
+    for layer, parts in fused.items():
+        first_a, first_b = next(iter(parts.values()))
+        dim_in, dim_out = first_a.shape[1], first_b.shape[0]
+        stacked_a = first_a.new_zeros(3 * rank, dim_in)
+        diagonal_b = first_b.new_zeros(3 * dim_out, 3 * rank)
+        for i, proj in enumerate(FUSED_QKV):
+            if proj in parts:
+                a, b = parts[proj]
+                stacked_a[i * rank : (i + 1) * rank] = a
+                diagonal_b[i * dim_out : (i + 1) * dim_out, i * rank : (i + 1) * rank] = b
+        out[f"transformer.h.{layer}.attn.c_attn"] = (stacked_a, diagonal_b)
+    targets = sorted({"c_attn" if k.endswith("attn.c_attn") else ".".join(k.split(".")[-2:]) for k in out})
+    config: dict[str, object] = {"target_modules": targets, "fan_in_fan_out": True}
+    if fused:
+        config["rank_pattern"] = {"c_attn": 3 * rank}
+        config["alpha_pattern"] = {"c_attn": 3 * alpha}
+    return out, config
