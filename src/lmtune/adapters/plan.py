@@ -52,7 +52,7 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         return None
     if model.family not in LORA_FAMILIES:
         what = f"lora.quantize={lo.quantize}" if lo.quantize != "none" else "LoRA"
-        raise UserError(f"{what} is not supported for model '{model.name}' of family '{model.family}'; lmtune adapts {' and '.join(LORA_FAMILIES)} models.")
+        raise UserError(f"{what} is not supported for model '{model.name}' of family '{model.family}'; lmtune adapts {', '.join(LORA_FAMILIES)} models.")
     if model.checkpoint is None:
         raise UserError(f"LoRA trains adapters on a model's weights, and model '{model.name}' has none (init: random); name a model card with a checkpoint, or leave lora.rank unset.")
     if lo.quantize == "nf4" and o.data_parallelism == "fsdp":

@@ -121,7 +121,7 @@ def resolve_export(checkpoint: str, model: str | None = None, tokenizer: str | N
 
 def _check_family(family: str, name: str) -> None:
     if family not in EXPORTABLE_FAMILIES:
-        raise UserError(f"model '{name}' is of family '{family}', which has no Hugging Face exporter in lmtune; it exports {' and '.join(EXPORTABLE_FAMILIES)} models.")
+        raise UserError(f"model '{name}' is of family '{family}', which has no Hugging Face exporter in lmtune; it exports {', '.join(EXPORTABLE_FAMILIES)} models.")
 
 
 def _arch_families() -> dict[str, str]:
