@@ -377,9 +377,10 @@ def test_a_model_config_gpt2_cannot_build_is_one_sentence(isolated_user_cards: P
 
 
 @pytest.mark.slow
-def test_lora_run_exports_a_peft_adapter_that_gives_lmtunes_logits(tmp_path: Path, hf_dir: Path) -> None:
-    """LoRA on every GPT-2 projection; the PEFT adapter (q/k/v fused into c_attn at rank 3r) on the exported
-    base, loaded with PEFT, gives the logits of lmtune's LoRA model."""
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_lora_run_exports_a_peft_adapter_that_gives_lmtunes_logits(tmp_path: Path, hf_dir: Path, quantize: str) -> None:
+    """LoRA (and QLoRA) on every GPT-2 projection; the PEFT adapter (q/k/v fused into c_attn at rank 3r) on the
+    exported base (QLoRA's dequantized NF4 base), loaded with PEFT, gives the logits of lmtune's LoRA model."""
     from fairseq2.nn import BatchLayout
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -397,7 +398,7 @@ def test_lora_run_exports_a_peft_adapter_that_gives_lmtunes_logits(tmp_path: Pat
     r = run_lmtune(
         "instruction_finetune", str(out), "--config", f"model={name}", f"dataset={data}", "max_seq_len=64", "max_num_tokens=256",
         "max_num_steps=4", "checkpoint_every_n_steps=4", "learning_rate=1e-2", "dtype=float32", "tensorboard=false",
-        "lora.rank=4", "lora.alpha=8", env=env,
+        "lora.rank=4", "lora.alpha=8", f"lora.quantize={quantize}", env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
