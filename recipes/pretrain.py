@@ -47,6 +47,7 @@ from typing_extensions import override
 from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
 from lmtune.models.document_attention import DocumentSDPA
+from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.safe_load import use_safe_tensor_loader
 from lmtune.training.console import RunConsole
@@ -101,6 +102,7 @@ class PretrainRecipe(Recipe):
         if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)
         register_profiler(container, PretrainConfig, self._console)  # profiler.enabled (lmtune.training.profiling)
+        register_gpt2_family(container)  # lmtune's GPT-2 (lmtune.models.gpt2)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:

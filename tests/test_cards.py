@@ -15,6 +15,7 @@ SHIPPED_MODELS = [
     "llama3_2_1b", "llama3_2_1b_instruct", "llama3_2_3b", "llama3_1_8b", "llama2_7b",
     "qwen25_0.5b", "qwen25_1.5b", "qwen25_3b", "qwen25_7b", "qwen25_7b_instruct",
     "qwen3_0.6b", "qwen3_1.7b", "qwen3_4b", "qwen3_8b",
+    "gpt2_small", "gpt2_medium", "gpt2_large", "gpt2_xl",
 ]
 
 
@@ -24,9 +25,9 @@ def test_shipped_model_cards_name_family_arch_and_tokenizer_family() -> None:
         card = store.get(name)
         assert card is not None, name
         assert card.kind == "model"
-        assert card.get("model_family") in ("llama", "qwen")
+        assert card.get("model_family") in ("llama", "qwen", "gpt2")
         assert isinstance(card.get("model_arch"), str)
-        assert card.get("tokenizer_family") in ("llama", "qwen")
+        assert card.get("tokenizer_family") == card.get("model_family")
 
 
 @pytest.mark.slow
@@ -204,7 +205,7 @@ def test_dataset_paths_and_layouts(tmp_path: Path) -> None:
 
 def test_shipped_cards_parse_and_every_file_is_packaged() -> None:
     files = sorted(p.name for p in assets_dir().glob("*.yaml"))
-    assert files == ["datasets.yaml", "llama.yaml", "mistral.yaml", "olmo.yaml", "pretrain.yaml", "qwen.yaml", "tiny.yaml"]
+    assert files == ["datasets.yaml", "gpt2.yaml", "llama.yaml", "mistral.yaml", "olmo.yaml", "pretrain.yaml", "qwen.yaml", "tiny.yaml"]
 
 
 def test_dataset_labels_read_by_yaml_as_booleans_are_refused(isolated_user_cards: Path, tmp_path: Path) -> None:

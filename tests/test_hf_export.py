@@ -32,6 +32,7 @@ from tiny_builders import (
     build_tiny_model,
     train_sentencepiece_model,
     write_hf_dir,
+    write_hf_gpt2_tokenizer,
     write_hf_llama3_tokenizer,
     write_hf_qwen_tokenizer,
     write_meta_reference,
@@ -60,6 +61,7 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TokenizerS
         "sentencepiece": TokenizerSpec(name="sp", family="llama", path=train_sentencepiece_model(root / "sp" / "tokenizer.model"), config={"impl": "sp"}),
         "sentencepiece_default": TokenizerSpec(name="sp_default", family="llama", path=train_sentencepiece_model(root / "sp_default" / "tokenizer.model", default_normalizer=True), config={"impl": "sp"}),
         "qwen_hf": TokenizerSpec(name="qwen_hf", family="qwen", path=write_hf_qwen_tokenizer(root / "qwen_hf", qwen_ranks), config={"use_im_end": True}),
+        "gpt2_hf": TokenizerSpec(name="gpt2_hf", family="gpt2", path=write_hf_gpt2_tokenizer(root / "gpt2_hf")),
     }
 
 
@@ -80,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object], str, str]] = {
     "llama2_sentencepiece_default_normalizer": ("llama2_7b", {**LLAMA, "num_key_value_heads": 4, "vocab_size": 400}, "sentencepiece_default", "run"),
     "qwen25_tied_biases": ("qwen25_1.5b", {**QWEN, "vocab_size": 416, "tied_embeddings": True}, "qwen_hf", "run"),
     "qwen3_untied_qk_norm": ("qwen3_0.6b", {**QWEN, "vocab_size": 416, "tied_embeddings": False, "head_dim": 32}, "qwen_hf", "run"),
+    # GPT-2 (lmtune's family): q/k/v fused into Conv1D c_attn, learned positions, LayerNorm biases, a tied head.
+    "gpt2_byte_level_bpe": ("gpt2_small", {"model_dim": 64, "num_layers": 2, "num_attn_heads": 4, "ffn_inner_dim": 192, "max_seq_len": 64, "vocab_size": 320}, "gpt2_hf", "run"),
 }
 
 
@@ -111,7 +115,7 @@ def write_checkpoint(name: str, tiny: TinyModel, tokenizer: TokenizerSpec, stora
 def exported(request: pytest.FixtureRequest, tokenizers: dict[str, TokenizerSpec], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     name = request.param
     base, overrides, tok_name, storage = VARIANTS[name]
-    family = "qwen" if base.startswith("qwen") else "llama"
+    family = "qwen" if base.startswith("qwen") else "gpt2" if base.startswith("gpt2") else "llama"
     root = tmp_path_factory.mktemp(name)
     user_cards = root / "cards"
     user_cards.mkdir()
@@ -157,6 +161,11 @@ def test_config_has_the_true_sizes_and_the_tokenizers_ids(exported) -> None:  # 
     config = json.loads((out / "config.json").read_text())
     c = tiny.config
     vocab = load_tokenizer(tok).vocab_info
+    if tiny.family == "gpt2":
+        assert config["architectures"] == ["GPT2LMHeadModel"]
+        assert (config["n_inner"], config["n_positions"], config["tie_word_embeddings"]) == (tiny.state_dict["decoder.layers.0.ffn.inner_proj.weight"].shape[0], c.max_seq_len, True)  # type: ignore[attr-defined]
+        assert (config["bos_token_id"], config["eos_token_id"]) == (vocab.bos_idx, vocab.eos_idx)
+        return
     assert config["intermediate_size"] == tiny.state_dict["decoder.layers.0.ffn.gate_proj.weight"].shape[0]
     assert config["tie_word_embeddings"] is c.tied_embeddings  # type: ignore[attr-defined]
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (vocab.bos_idx, vocab.eos_idx, vocab.pad_idx)
@@ -181,6 +190,7 @@ STOPS = {
     "sentencepiece": ["</s>"],
     "sentencepiece_default": ["</s>"],
     "qwen_hf": ["<|im_end|>", "<|endoftext|>"],
+    "gpt2_hf": ["<|endoftext|>"],
 }
 
 
@@ -228,8 +238,8 @@ def test_exported_chat_template_renders_as_lmtune(exported) -> None:  # type: ig
     name, tiny, spec, tok, out = exported
     hf = AutoTokenizer.from_pretrained(out)
     ours = load_tokenizer(tok)
-    if tok.config.get("impl") == "sp":
-        assert hf.chat_template is None  # lmtune has no chat layout for a SentencePiece (Llama 2) tokenizer
+    if tok.config.get("impl") == "sp" or tok.family == "gpt2":
+        assert hf.chat_template is None  # lmtune has no chat layout for a SentencePiece (Llama 2) tokenizer, GPT-2 none of its own
         return
     got = hf.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
     got = got["input_ids"] if isinstance(got, dict) else list(got)

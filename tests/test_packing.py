@@ -42,7 +42,7 @@ def test_rows_are_grouped_into_batches_in_order_by_hand() -> None:
     assert group_rows(rows, lengths, 80) == [[0, 1], [2, 3], [4]]
 
 
-def _tiny_model(sdpa: str) -> torch.nn.Module:
+def _tiny_model(sdpa: str, card: str = "tiny_llama") -> torch.nn.Module:
     from fairseq2.models.transformer import (
         TorchSDPA,
         get_default_sdpa_factory,
@@ -55,7 +55,7 @@ def _tiny_model(sdpa: str) -> torch.nn.Module:
     set_default_sdpa_factory(DocumentSDPA if sdpa == "document" else TorchSDPA)
     try:
         torch.manual_seed(0)
-        spec = resolve_model(CardStore(), "tiny_llama", None)
+        spec = resolve_model(CardStore(), card, None)
         model = load_any_model(spec)
     finally:
         set_default_sdpa_factory(before)
@@ -74,13 +74,15 @@ def _example(rng: random.Random, n: int) -> dict[str, torch.Tensor]:
 
 # "document": lmtune's per-example attention (what instruction_finetune uses);
 # "torch": fairseq2's block-diagonal mask over the whole pack (the reference).
+# tiny_gpt2: learned positions, which must restart at 0 for each packed example as rotary ones do.
+@pytest.mark.parametrize("card", ["tiny_llama", "tiny_gpt2"])
 @pytest.mark.parametrize("sdpa", ["document", "torch"])
-def test_packed_loss_gradients_and_logits_equal_one_by_one(sdpa: str) -> None:
+def test_packed_loss_gradients_and_logits_equal_one_by_one(sdpa: str, card: str) -> None:
     from fairseq2.datasets import SequenceBatch
 
     from lmtune.training.nll_unit import target_nll as response_nll
 
-    model = _tiny_model(sdpa)
+    model = _tiny_model(sdpa, card)
     rng = random.Random(3)
     items = [_example(rng, n) for n in (17, 5, 33, 9, 24)]
 

@@ -378,9 +378,28 @@ def test_the_gpt2_small_card_has_gpt2_smalls_shape_and_size() -> None:
     model = model_family("llama").create_new_model(config, create_fake_gangs(CPU), torch.float32, meta=True, init_rank0_only=False)
     # GPT-2 small: 124.4M with its 50,257-token vocabulary; here 123.7M with Llama 2's 32,000 and a SwiGLU of 2560.
     assert sum(p.numel() for p in model.parameters()) == 123_685_632
+
+
+def test_the_gpt2_small_preset_trains_gpt2_small_itself() -> None:
+    """configs/gpt2_small_pretrain.yaml names gpt2_small: lmtune's GPT-2 (family gpt2) with GPT-2 small's shape and size."""
+    import yaml
+    from fairseq2.device import CPU
+    from fairseq2.gang import create_fake_gangs
+
+    from lmtune.catalog.cards import CardStore
+    from lmtune.catalog.specs import model_from_card
+    from lmtune.models.loading import model_config, model_family
     from lmtune.resources import configs_dir
 
-    assert (configs_dir() / "gpt2_small_pretrain.yaml").read_text().count("model: llama_gpt2_small") == 1
+    assert yaml.safe_load((configs_dir() / "gpt2_small_pretrain.yaml").read_text())["model"] == "gpt2_small"
+    store = CardStore()
+    spec = model_from_card(store, store.require("gpt2_small", "model"), need_weights=False)
+    assert spec.family == "gpt2"
+    config = model_config(spec)
+    assert (config.num_layers, config.model_dim, config.num_attn_heads, config.max_seq_len, config.vocab_size, config.ffn_inner_dim) == (12, 768, 12, 1024, 50257, 3072)
+    model = model_family("gpt2").create_new_model(config, create_fake_gangs(CPU), torch.float32, meta=True, init_rank0_only=False)
+    # transformers' GPT2LMHeadModel(GPT2Config()): 124,439,808; fairseq2's position table has one more (padding's) row.
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808 + 768
 
 
 # ---------------------------------------------------------------- two ranks

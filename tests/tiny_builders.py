@@ -399,3 +399,54 @@ def write_hf_llama2_tokenizer(out_dir: Path, sp_model: Path) -> Path:
     tok = LlamaTokenizerFast(vocab_file=str(sp_model), legacy=True, add_prefix_space=True, add_bos_token=True, add_eos_token=False)
     tok.save_pretrained(str(out_dir))
     return out_dir
+
+
+def write_hf_gpt2_tokenizer(out_dir: Path, *, vocab_size: int = 300) -> Path:
+    """As openai-community/gpt2: byte-level BPE (no prefix space), ``<|endoftext|>`` last in the
+    vocabulary and named BOS, EOS and UNK, nothing added around a text. Trained on CORPUS."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS.splitlines(), trainer)
+    tok.add_special_tokens(["<|endoftext|>"])
+    assert tok.token_to_id("<|endoftext|>") == tok.get_vocab_size() - 1
+    tok.save(str(out_dir / "tokenizer.json"))
+    end = "<|endoftext|>"
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": end, "eos_token": end, "unk_token": end, "add_prefix_space": False, "model_max_length": 1024}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def tiny_hf_gpt2(out_dir: Path, *, vocab_size: int, seed: int = 0, n_positions: int = 64):  # type: ignore[no-untyped-def]
+    """A transformers GPT2LMHeadModel (2 layers of 64, 2 heads of 32: vLLM's CPU attention takes no smaller) with seeded weights at a scale where greedy output
+    varies from token to token, every LayerNorm and bias off its initial value, saved to ``out_dir``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=64, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.copy_(1.0 + 0.2 * noise)
+            elif name.endswith(".bias") or name.endswith(("wte.weight", "wpe.weight")):
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(2.0 * noise * p.shape[0] ** -0.5)  # Conv1D: (in, out)
+    model.eval()
+    model.save_pretrained(str(out_dir))
+    return model

@@ -122,3 +122,10 @@ def dependency_registration(container: object, kind: type) -> Any:
     if registration is None or not hasattr(registration, "provider"):
         raise RuntimeError(f"fairseq2 0.8.1's dependency container holds no registration of {kind.__name__}")
     return registration
+
+
+def has_registration(container: object, kind: type, key: str) -> bool:
+    """Whether fairseq2 0.8.1's dependency container holds a provider of ``kind`` under ``key``, asked
+    without resolving anything (a container takes no registration after its first resolve)."""
+    check_version()
+    return (kind, key) in getattr(container, "_registrations", {})

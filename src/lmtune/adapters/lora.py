@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 TARGET_MODULES: dict[str, str] = projection_modules()
 
 ALL_LINEAR = "all_linear"
-LORA_FAMILIES = HF_FAMILIES
+LORA_FAMILIES = (*HF_FAMILIES, "gpt2")
+# The projections a family lacks: GPT-2's MLP has no gate (its up/down are c_fc/c_proj, its q/k/v one c_attn).
+ABSENT_PROJECTIONS: dict[str, tuple[str, ...]] = {"gpt2": ("gate_proj",)}
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
 
 # NF4 blocks: 64 weights share a scale; scales are quantized in groups of up to 256.
@@ -48,12 +50,13 @@ NF4_BLOCK_SIZE = 64
 NF4_SCALER_BLOCK_SIZE = 256
 
 
-def target_names(targets: list[str] | str, model_name: str) -> list[str]:
-    """``lora.targets`` -> the Hugging Face projection names, checked."""
-    names = list(TARGET_MODULES) if targets == ALL_LINEAR else [targets] if isinstance(targets, str) else list(targets)
-    valid = ", ".join([*TARGET_MODULES, ALL_LINEAR])
+def target_names(targets: list[str] | str, model_name: str, family: str = "llama") -> list[str]:
+    """``lora.targets`` -> the Hugging Face projection names (Llama's, for every family), checked."""
+    known = [n for n in TARGET_MODULES if n not in ABSENT_PROJECTIONS.get(family, ())]
+    names = list(known) if targets == ALL_LINEAR else [targets] if isinstance(targets, str) else list(targets)
+    valid = ", ".join([*known, ALL_LINEAR])
     for name in names:
-        if name not in TARGET_MODULES:
+        if name not in known:
             raise UserError(f"config key 'lora.targets': '{name}' is not a projection of model '{model_name}'; valid: {valid}.")
     if not names:
         raise UserError(f"config key 'lora.targets' is empty; name projections of model '{model_name}' ({valid}).")

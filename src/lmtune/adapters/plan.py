@@ -52,10 +52,10 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         return None
     if model.family not in LORA_FAMILIES:
         what = f"lora.quantize={lo.quantize}" if lo.quantize != "none" else "LoRA"
-        raise UserError(f"{what} is not supported for model '{model.name}' of family '{model.family}'; lmtune adapts {' and '.join(LORA_FAMILIES)} models.")
+        raise UserError(f"{what} is not supported for model '{model.name}' of family '{model.family}'; lmtune adapts {', '.join(LORA_FAMILIES)} models.")
     if model.checkpoint is None:
         raise UserError(f"LoRA trains adapters on a model's weights, and model '{model.name}' has none (init: random); name a model card with a checkpoint, or leave lora.rank unset.")
     if lo.quantize == "nf4" and o.data_parallelism == "fsdp":
         raise UserError("lora.quantize=nf4 runs with data_parallelism=ddp (each rank keeps the whole 4-bit base); set data_parallelism=ddp.")
-    settings = dataclasses.replace(lo, targets=target_names(lo.targets, model.name))
+    settings = dataclasses.replace(lo, targets=target_names(lo.targets, model.name, model.family))
     return LoraPlan(spec=LoraSpec(settings=settings, base=model, seed=o.seed))

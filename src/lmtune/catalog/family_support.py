@@ -15,6 +15,7 @@ SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
     "qwen":    ("qwen",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "olmo2":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
+    "gpt2":    ("gpt2",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
 }  # fmt: skip
 
 

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from lmtune.errors import UserError
-from lmtune.models.hf_keys import HF_FAMILIES as EXPORTABLE_FAMILIES
+from lmtune.models.hf_keys import HF_FAMILIES
 
 if TYPE_CHECKING:
     from fairseq2.models.llama import LLaMAConfig
     from fairseq2.models.olmo import OLMOConfig
     from fairseq2.models.qwen import QwenConfig
+
+# The families lmtune exports: those of the key table, and GPT-2 (lmtune.models.gpt2_hf).
+EXPORTABLE_FAMILIES = (*HF_FAMILIES, "gpt2")
 
 # fairseq2 builds Llama's RMSNorm with its default epsilon and Qwen's with 1e-6.
 LLAMA_RMS_NORM_EPS = 1e-5

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -54,6 +54,7 @@ from lmtune.run_dir import (
 )
 
 if TYPE_CHECKING:
+    import torch
     from fairseq2.models.llama import LLaMAConfig
     from fairseq2.models.qwen import QwenConfig
 
@@ -120,7 +121,7 @@ def resolve_export(checkpoint: str, model: str | None = None, tokenizer: str | N
 
 def _check_family(family: str, name: str) -> None:
     if family not in EXPORTABLE_FAMILIES:
-        raise UserError(f"model '{name}' is of family '{family}', which has no Hugging Face exporter in lmtune; it exports {' and '.join(EXPORTABLE_FAMILIES)} models.")
+        raise UserError(f"model '{name}' is of family '{family}', which has no Hugging Face exporter in lmtune; it exports {', '.join(EXPORTABLE_FAMILIES)} models.")
 
 
 def _arch_families() -> dict[str, str]:
@@ -221,7 +222,7 @@ def export_hf(
 
     from lmtune.models.loading import model_config
 
-    config = cast("LLaMAConfig | QwenConfig", model_config(spec))  # the exportable families: llama and qwen
+    config = cast("LLaMAConfig | QwenConfig", model_config(spec))  # llama and qwen; gpt2 (Gpt2Config) has the fields export reads too
     if spec.family == "qwen":
         qwen_architecture(cast("QwenConfig", config))  # refuse a Qwen variant with no HF class before writing anything
 
@@ -241,7 +242,12 @@ def export_hf(
             raise UserError(f"tokenizer '{tokenizer.name}' uses token id {top} but model '{spec.name}' has vocab_size={config.vocab_size}; export it with the tokenizer it was trained with.")
         torch_dtype, files, nbytes = _write_weights(spec, config, staging, dtype, max_bytes, lora_weights)
         version = transformers.__version__
-        hf = hf_config(spec.family, config, ids, torch_dtype, version)
+        if spec.family == "gpt2":
+            from lmtune.models.gpt2_hf import hf_config as gpt2_hf_config
+
+            hf = gpt2_hf_config(config, bos=ids.bos, eos=ids.eos, dtype=torch_dtype, transformers_version=version)  # type: ignore[arg-type]
+        else:
+            hf = hf_config(spec.family, config, ids, torch_dtype, version)
         if spec.hf_export is not None:
             from lmtune.export.mistral_config import mistral_hf_config
 
@@ -285,6 +291,25 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _hf_tensors(family: str, config: LLaMAConfig | QwenConfig) -> Callable[[Iterable[tuple[str, torch.Tensor]]], Iterator[tuple[str, torch.Tensor]]]:
+    """fairseq2 (name, tensor) pairs -> the Hugging Face ones, for ``family``."""
+    from lmtune.models.hf_keys import hf_name, is_lm_head, to_hf_tensor
+
+    if family == "gpt2":
+        from lmtune.models.gpt2_hf import hf_tensors
+
+        return hf_tensors  # fuses q/k/v into c_attn, transposes the Conv1D weights
+    tied = bool(config.tied_embeddings)
+    hdim = head_dim(family, config)
+
+    def key_table_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in named:
+            if not (tied and is_lm_head(name)):  # a tied head is the embeddings; HF ties it from tie_word_embeddings
+                yield hf_name(name, family), to_hf_tensor(name, tensor, family, config, hdim)
+
+    return key_table_tensors
+
+
 def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: Path, dtype: str | None, max_bytes: int, lora_weights: str = "merged") -> tuple[str, list[str], int]:
     """Streams the checkpoint's tensors into safetensors shards; returns (dtype name, files, bytes).
     A LoRA checkpoint's model is built in memory (base + adapters) and its weights merged first."""
@@ -298,17 +323,16 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
         SAFETENSORS_DTYPES,
         ShardedSafetensorsWriter,
     )
-    from lmtune.models.hf_keys import cast, hf_name, is_lm_head, to_hf_tensor
+    from lmtune.models.hf_keys import cast
     from lmtune.models.loading import model_family
 
     family = model_family(spec.family)
     gangs = create_fake_gangs(CPU)
-    tied = bool(config.tied_embeddings)
+    to_hf = _hf_tensors(spec.family, config)
     # Names and shapes from a meta-device model: the shard plan before any tensor is read.
     meta = family.create_new_model(config, gangs, torch.float32, True, False)
-    planned = [(hf_name(k, spec.family), tuple(v.shape)) for k, v in meta.state_dict().items() if not (tied and is_lm_head(k))]
+    planned = [(name, tuple(t.shape)) for name, t in to_hf(meta.state_dict().items())]
     del meta
-    hdim = head_dim(spec.family, config)
     try:
         if spec.lora is not None:
             from lmtune.adapters.build import load_any_model
@@ -325,11 +349,8 @@ def _write_weights(spec: ModelSpec, config: LLaMAConfig | QwenConfig, out_dir: P
             raise UserError(f"the checkpoint's weights are {first[1].dtype}; pass --dtype float32, bfloat16 or float16.")
         writer = ShardedSafetensorsWriter(out_dir, planned, target, max_bytes)
         try:
-            for name, tensor in chain([first], tensors):
-                if tied and is_lm_head(name):
-                    continue  # the same tensor as the embeddings; HF ties it from tie_word_embeddings
-                hf = hf_name(name, spec.family)
-                writer.write(hf, cast(hf, to_hf_tensor(name, tensor, spec.family, config, hdim), target))
+            for hf, tensor in to_hf(chain([first], tensors)):
+                writer.write(hf, cast(hf, tensor, target))
                 del tensor
         finally:
             writer.close()

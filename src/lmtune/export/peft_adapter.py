@@ -66,20 +66,26 @@ def export_peft_adapter(
             raise UserError(f"{path} already exists; pass --force to replace it, or choose another --output.")
 
     export_hf(spec, tokenizer, base_dir, dtype=dtype, force=force, log=log, lora_weights="base")
-    config = typing.cast("LLaMAConfig | QwenConfig", model_config(spec))  # the exportable families: llama and qwen
-    hdim = head_dim(spec.family, config)
     target = torch_dtype(dtype) if dtype is not None else torch.float32
+    adapters = [(name, module.lora_a.detach(), module.lora_b.detach()) for name, module in lora_modules(load_any_model(spec))]
+    layout: dict[str, object] = {"target_modules": sorted(lora.target_list()), "fan_in_fan_out": False}
+    if spec.family == "gpt2":  # q/k/v fused into c_attn, Conv1D modules (lmtune.models.gpt2_hf)
+        from lmtune.models.gpt2_hf import peft_adapter
+
+        hf_adapters, layout = peft_adapter(adapters, lora.adapter_rank(), lora.alpha)
+    else:
+        config = typing.cast("LLaMAConfig | QwenConfig", model_config(spec))  # the key-table families: llama, qwen, olmo
+        hdim = head_dim(spec.family, config)
+        hf_adapters = {hf_name(f"{name}.weight", spec.family).removesuffix(".weight"): (a, to_hf_tensor(f"{name}.weight", b, spec.family, config, hdim)) for name, a, b in adapters}
     tensors: dict[str, torch.Tensor] = {}
-    for name, module in lora_modules(load_any_model(spec)):
-        hf_module = hf_name(f"{name}.weight", spec.family).removesuffix(".weight")
-        b = to_hf_tensor(f"{name}.weight", module.lora_b.detach(), spec.family, config, hdim)
-        tensors[f"{PEFT_PREFIX}{hf_module}.lora_A.weight"] = cast(hf_module, module.lora_a.detach(), target).contiguous()
+    for hf_module, (a, b) in hf_adapters.items():
+        tensors[f"{PEFT_PREFIX}{hf_module}.lora_A.weight"] = cast(hf_module, a, target).contiguous()
         tensors[f"{PEFT_PREFIX}{hf_module}.lora_B.weight"] = cast(hf_module, b, target).contiguous()
     adapter_config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir),
-        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": sorted(lora.target_list()),
-        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
-        "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
+        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+        "bias": "none", "use_rslora": False, "use_dora": False, "inference_mode": True,
+        "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None, **layout,
     }
 
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"

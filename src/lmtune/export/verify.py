@@ -54,7 +54,8 @@ def verify_export(spec: ModelSpec, hf_dir: Path, export_dtype: str) -> str:
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.to(rounded).float())
-    ids = fixed_inputs(config["vocab_size"], config.get("bos_token_id"), config["max_position_embeddings"])
+    max_len = config["n_positions"] if "n_positions" in config else config["max_position_embeddings"]  # GPT-2 names it n_positions
+    ids = fixed_inputs(config["vocab_size"], config.get("bos_token_id"), max_len)
     ours = lmtune_logits(model, ids)
     del model
     theirs = hf_logits(hf_dir, ids)

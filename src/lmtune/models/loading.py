@@ -6,6 +6,7 @@ else that needs a model in hand: generation, export, tests.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,12 +31,19 @@ if TYPE_CHECKING:
 
 
 def resolver() -> DependencyResolver:
-    """fairseq2's dependency resolver (initialising fairseq2 when nothing has), reading tensor
-    files with lmtune.safe_load's loader: checkpoint files never run code."""
+    """fairseq2's dependency resolver (initialising fairseq2, with lmtune's ``gpt2`` family, when
+    nothing has), reading tensor files with lmtune.safe_load's loader: checkpoint files never run code."""
+    from fairseq2 import init_fairseq2
+    from fairseq2.error import InvalidOperationError
     from fairseq2.runtime.dependency import get_dependency_resolver
 
+    from lmtune.models.gpt2 import register_gpt2_family
     from lmtune.safe_load import use_safe_tensor_loader
 
+    # lmtune's own families join fairseq2's when lmtune is the first to start it; when fairseq2 has
+    # started already (an earlier call, or a recipe's run, whose ``register`` adds them), nothing to do.
+    with suppress(InvalidOperationError):
+        init_fairseq2(extras=register_gpt2_family)
     found = get_dependency_resolver()
     use_safe_tensor_loader(found)
     return found
@@ -72,9 +80,13 @@ def model_config(spec: ModelSpec) -> object:
     converter = resolver().resolve(ValueConverter)
     merged = deep_merge(_unstructured(converter, config), spec.config)
     try:
-        return converter.structure(merged, family.config_kls)
+        structured = converter.structure(merged, family.config_kls)
     except Exception as ex:
         raise UserError(f"model '{spec.name}': model_config does not fit a {spec.family} model ({ex}).") from None
+    validate = getattr(structured, "validate", None)  # a config that checks itself (fairseq2's Validatable: GPT-2's)
+    if validate is not None and (result := validate()).has_error():
+        raise UserError(f"model '{spec.name}': model_config is not a valid {spec.family} configuration: {result}")
+    return structured
 
 
 def model_width(spec: ModelSpec) -> int | None:
