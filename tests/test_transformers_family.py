@@ -151,3 +151,23 @@ def test_unknown_architecture_is_one_sentence(tmp_path: Path) -> None:
     message = str(info.value)
     assert "config.json" in message and "transformers cannot build" in message and "\n" not in message
     assert sorted(p.name for p in directory.iterdir()) == before
+
+
+def test_cards_naming_such_directories_say_what_they_are(tmp_path: Path, isolated_user_cards: Path) -> None:
+    """A card naming a GPT-NeoX directory names the class transformers builds; one naming an architecture
+    transformers does not know says so; either way exit 2 and nothing written."""
+    import yaml
+    from helpers import assert_user_error, run_lmtune_in_process
+
+    neox = write_tiny_neox(tmp_path / "neox")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "not_a_real_model", "architectures": ["NotARealModelForCausalLM"]}))
+    for name, directory in (("neox", neox), ("odd", odd)):
+        (isolated_user_cards / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "checkpoint": str(directory)}))
+    out = tmp_path / "out"
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=neox")
+    assert_user_error(r, "model_type 'gpt_neox' (GPTNeoXForCausalLM)", "lmtune.models.transformers_family")
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=odd")
+    assert_user_error(r, f"{odd / 'config.json'}: transformers cannot build this model", "not_a_real_model")
+    assert not out.exists()

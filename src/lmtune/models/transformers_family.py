@@ -127,25 +127,14 @@ class TransformersCausalLM(Module):
 TOKENIZER_SIDE_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
-def hf_config_of(directory: Path) -> Any:
-    """The directory's config as transformers reads it; a UserError when transformers does not know it."""
-    from transformers import AutoConfig
-
-    if not (directory / "config.json").is_file():
-        raise UserError(f"{directory} has no config.json; point 'checkpoint:' at a Hugging Face model directory.")
-    try:
-        return AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    except (ValueError, KeyError, OSError) as ex:
-        first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-        raise UserError(f"{directory / 'config.json'}: transformers cannot build this model ({first}); lmtune takes causal LMs that transformers knows without remote code.") from None
-
-
 def load_transformers_causal_lm(directory: Path, *, random_init: bool = False, dtype: torch.dtype = torch.float32, seed: int | None = None, pad_idx: int | None = None) -> TransformersCausalLM:
     """The causal LM of a local Hugging Face directory: its weights, or fresh ones from its config
     (``random_init``); never the Hub."""
     from transformers import AutoModelForCausalLM
 
-    config = hf_config_of(directory)
+    from lmtune.catalog.transformers_dir import transformers_config
+
+    config = transformers_config(directory)
     try:
         if random_init:
             if seed is not None:
