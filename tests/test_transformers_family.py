@@ -171,3 +171,23 @@ def test_cards_naming_such_directories_say_what_they_are(tmp_path: Path, isolate
     r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=odd")
     assert_user_error(r, f"{odd / 'config.json'}: transformers cannot build this model", "not_a_real_model")
     assert not out.exists()
+
+
+def test_packing_probe_tells_an_architecture_that_mixes_examples(neox: tuple[Path, TransformersCausalLM]) -> None:
+    """GPT-NeoX keeps packed examples apart; a model that drops the mask (as an architecture that
+    rebuilds its own does) fails the probe, and packing is then off."""
+    from lmtune.models.transformers_family import packing_or_length_batching
+
+    _, model = neox
+    assert model.packs_examples_apart() and packing_or_length_batching(model, True)
+    original = model.hf.forward
+
+    def without_mask(**kw):  # type: ignore[no-untyped-def]
+        kw.pop("attention_mask", None)
+        kw.pop("position_ids", None)
+        return original(**kw)
+
+    model.hf.forward = without_mask  # type: ignore[method-assign]
+    assert not model.packs_examples_apart()
+    assert packing_or_length_batching(model, True, say=False) is False
+    assert model.training  # the probe leaves the mode as it found it

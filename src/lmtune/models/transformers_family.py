@@ -124,6 +124,27 @@ class TransformersCausalLM(Module):
         replace_dir(staging, out_dir)
 
 
+    @torch.no_grad()
+    def packs_examples_apart(self, *, tolerance: float = 1e-4) -> bool:
+        """Whether this architecture honours per-example positions and the 4D mask: two short
+        examples packed give each one's logits alone. Some transformers models rebuild their own mask
+        or ignore ``position_ids``; a run then batches by length instead (``packing_or_length_batching``)."""
+        device = next(self.hf.parameters()).device
+        vocab = int(self.hf.get_input_embeddings().weight.shape[0])  # type: ignore[operator, union-attr]
+        gen = torch.Generator().manual_seed(0)
+        a, b = (torch.randint(0, vocab, (n,), generator=gen).to(device) for n in (3, 4))
+        from fairseq2.nn import BatchLayout
+
+        flat = torch.cat([a, b])
+        was_training = self.training
+        self.eval()
+        try:
+            packed = self.logits(flat, BatchLayout.of(flat, [3, 4], packed=True)).float()
+            alone = [self.hf(input_ids=x[None], use_cache=False).logits[0].float() for x in (a, b)]
+        finally:
+            self.train(was_training)
+        return bool((packed[:3] - alone[0]).abs().max() <= tolerance and (packed[3:] - alone[1]).abs().max() <= tolerance)
+
 TOKENIZER_SIDE_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
@@ -146,3 +167,15 @@ def load_transformers_causal_lm(directory: Path, *, random_init: bool = False, d
         first = str(ex).strip().splitlines()[0]
         raise UserError(f"{directory / 'config.json'}: transformers has no causal LM for this config ({first}).") from None
     return TransformersCausalLM(hf, pad_idx=pad_idx)
+
+
+def packing_or_length_batching(model: TransformersCausalLM, packing: bool, *, say: bool = True) -> bool:
+    """``packing`` when the architecture keeps packed examples apart; otherwise False, said once."""
+    if not packing or model.packs_examples_apart():
+        return packing
+    if say:
+        import logging
+
+        name = type(model.hf).__name__
+        logging.getLogger("lmtune").warning(f"{name} does not keep packed examples apart (its logits change when packed), so this run batches examples by length instead of packing them.")
+    return False
