@@ -12,7 +12,10 @@ from fairseq2.datasets import SequenceBatch
 from fairseq2.nn import BatchLayout
 
 from lmtune.errors import UserError
-from lmtune.models.transformers_family import TransformersCausalLM, load_transformers_causal_lm
+from lmtune.models.transformers_family import (
+    TransformersCausalLM,
+    load_transformers_causal_lm,
+)
 from lmtune.training.nll_unit import target_nll
 
 VOCAB = 97
@@ -157,6 +160,7 @@ def test_cards_naming_such_directories_say_what_they_are(tmp_path: Path, isolate
     """A card naming a GPT-NeoX directory names the class transformers builds; one naming an architecture
     transformers does not know says so; either way exit 2 and nothing written."""
     import yaml
+
     from helpers import assert_user_error, run_lmtune_in_process
 
     neox = write_tiny_neox(tmp_path / "neox")
