@@ -35,7 +35,7 @@ def transformers_architecture(directory: Path) -> str:
     kls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     if kls is None:
         raise UserError(f"{directory / 'config.json'}: model_type {config.model_type!r} is no causal LM transformers builds; lmtune fine-tunes causal LMs.")
-    return str(kls.__name__)
+    return str(getattr(kls, "__name__", kls))
 
 
 def not_native_sentence(directory: Path, model_type: object, native: list[str]) -> str:

@@ -130,7 +130,7 @@ class TransformersCausalLM(Module):
         examples packed give each one's logits alone. Some transformers models rebuild their own mask
         or ignore ``position_ids``; a run then batches by length instead (``packing_or_length_batching``)."""
         device = next(self.hf.parameters()).device
-        vocab = int(self.hf.get_input_embeddings().weight.shape[0])  # type: ignore[operator, union-attr]
+        vocab = int(self.hf.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
         gen = torch.Generator().manual_seed(0)
         a, b = (torch.randint(0, vocab, (n,), generator=gen).to(device) for n in (3, 4))
         from fairseq2.nn import BatchLayout
