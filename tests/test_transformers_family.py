@@ -195,3 +195,17 @@ def test_packing_probe_tells_an_architecture_that_mixes_examples(neox: tuple[Pat
     assert not model.packs_examples_apart()
     assert packing_or_length_batching(model, True, say=False) is False
     assert model.training  # the probe leaves the mode as it found it
+
+
+def test_padded_batch_without_target_mask_counts_no_pad_position(neox: tuple[Path, TransformersCausalLM]) -> None:
+    """A pretraining-style batch (every token a target) padded to one width: the loss is the sum of each
+    example's own transformers loss, the pad positions contribute nothing."""
+    _, model = neox
+    a, b = tokens(5, 8), tokens(9, 9)
+    padded = torch.zeros(2, 9, dtype=torch.long)
+    padded[0, :5], padded[1] = a, b
+    loss, targets = target_nll(model, SequenceBatch(padded, [5, 9]))
+    assert targets.num_target_elements == 4 + 8
+    with torch.no_grad():
+        expected = sum(model.hf(input_ids=x[None], labels=x[None]).loss * (len(x) - 1) for x in (a, b))
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-6)

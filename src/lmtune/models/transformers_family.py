@@ -86,6 +86,9 @@ class TransformersCausalLM(Module):
         logits = self.logits(seqs, seqs_layout)
         if targets is None:
             return logits
+        if target_mask is None and seqs_layout.padded:
+            # Pad positions are no example's tokens, whatever the pad id (a transformers model may have none).
+            target_mask = (seqs_layout.position_indices >= 0).view(targets.shape)
         # fairseq2's TransformerLM loss, in float32 whatever the model's dtype.
         loss = cross_entropy(logits.float(), targets, self.pad_idx, label_smoothing=label_smoothing, target_mask=target_mask, reduction=reduction)
         return (loss, logits) if return_logits else loss
