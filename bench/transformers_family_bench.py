@@ -88,7 +88,7 @@ def main() -> None:
         rows.append((name, weights, rate))
     native = rows[0][2]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
     lines = [
         f"### transformers_family_bench, {when}",
