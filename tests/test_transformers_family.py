@@ -209,3 +209,41 @@ def test_padded_batch_without_target_mask_counts_no_pad_position(neox: tuple[Pat
     with torch.no_grad():
         expected = sum(model.hf(input_ids=x[None], labels=x[None]).loss * (len(x) - 1) for x in (a, b))
     torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-6)
+
+
+def tiny_hf(kind: str) -> TransformersCausalLM:
+    import transformers as T
+
+    common = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+    configs = {
+        # Gemma 3: one sliding layer (window 4), one full layer; longer examples than the window below.
+        "gemma3_text": lambda: T.Gemma3TextConfig(head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"], **common),
+        "phi3": lambda: T.Phi3Config(pad_token_id=0, **common),
+        "granite": lambda: T.GraniteConfig(**common),
+    }
+    torch.manual_seed(0)
+    return TransformersCausalLM(T.AutoModelForCausalLM.from_config(configs[kind](), attn_implementation="sdpa").eval())
+
+
+@pytest.mark.parametrize("kind", ["gemma3_text", "phi3", "granite"])
+def test_other_architectures_pack_examples_apart(kind: str) -> None:
+    model = tiny_hf(kind)
+    a, b = tokens(9, 10), tokens(7, 11)
+    flat = torch.cat([a, b])
+    with torch.no_grad():
+        packed = model(flat, BatchLayout.of(flat, [9, 7], packed=True))
+        alone = [model.hf(x[None]).logits[0] for x in (a, b)]
+    assert isinstance(packed, torch.Tensor)
+    torch.testing.assert_close(packed[:9], alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[9:], alone[1], atol=1e-5, rtol=0)
+    assert model.packs_examples_apart()
+
+
+def test_a_sliding_window_model_without_layer_types_is_not_packed() -> None:
+    """Mistral-style: one sliding window for every layer, no per-type masks; the 4D mask would drop the
+    window, so the probe says no and the run batches by length."""
+    import transformers as T
+
+    config = T.MistralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, sliding_window=4)
+    model = TransformersCausalLM(T.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
+    assert not model.packs_examples_apart()

@@ -42,10 +42,13 @@ def example_ids(layout: BatchLayout, shape: Sequence[int]) -> Tensor:
     return ids
 
 
-def document_causal_mask(ids: Tensor, dtype: torch.dtype) -> Tensor:
-    """The additive (rows, 1, S, S) mask: a token sees the earlier tokens of its own example only."""
+def document_causal_mask(ids: Tensor, dtype: torch.dtype, *, window: int | None = None) -> Tensor:
+    """The additive (rows, 1, S, S) mask: a token sees the earlier tokens of its own example only
+    (the last ``window`` of them, itself included, for a sliding-window layer, as transformers counts)."""
     width = ids.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
+    if window is not None:
+        causal = causal.triu(-(window - 1))
     allowed = (ids[:, :, None] == ids[:, None, :]) & causal
     mask = torch.zeros(allowed.shape, dtype=dtype, device=ids.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
@@ -66,9 +69,17 @@ class TransformersCausalLM(Module):
         ids = example_ids(layout, seqs.shape)
         positions = layout.position_indices.view(ids.shape).clamp(min=0)
         dtype = next(self.hf.parameters()).dtype
-        out = self.hf(input_ids=input_ids, attention_mask=document_causal_mask(ids, dtype), position_ids=positions, use_cache=False)
+        out = self.hf(input_ids=input_ids, attention_mask=self._attention_mask(ids, dtype), position_ids=positions, use_cache=False)
         logits: Tensor = out.logits
         return logits[0] if layout.packed else logits
+
+    def _attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | dict[str, Tensor]:
+        full = document_causal_mask(ids, dtype)
+        window = sliding_window_of(self.hf)
+        if window is None or not has_layer_types(self.hf):
+            return full
+        # Models with sliding and full layers (Gemma 3, Qwen2 with layer_types) take one mask per layer type.
+        return {"full_attention": full, "sliding_attention": document_causal_mask(ids, dtype, window=window)}
 
     def forward(
         self,
@@ -132,6 +143,8 @@ class TransformersCausalLM(Module):
         """Whether this architecture honours per-example positions and the 4D mask: two short
         examples packed give each one's logits alone. Some transformers models rebuild their own mask
         or ignore ``position_ids``; a run then batches by length instead (``packing_or_length_batching``)."""
+        if sliding_window_of(self.hf) is not None and not has_layer_types(self.hf):
+            return False  # its own sliding mask is replaced by the 4D mask, so the window would be lost
         device = next(self.hf.parameters()).device
         vocab = int(self.hf.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
         gen = torch.Generator().manual_seed(0)
@@ -147,6 +160,18 @@ class TransformersCausalLM(Module):
         finally:
             self.train(was_training)
         return bool((packed[:3] - alone[0]).abs().max() <= tolerance and (packed[3:] - alone[1]).abs().max() <= tolerance)
+
+def sliding_window_of(hf: Module) -> int | None:
+    config = getattr(hf, "config", None)
+    window = getattr(config, "sliding_window", None)
+    return window if isinstance(window, int) and getattr(config, "use_sliding_window", True) is not False else None
+
+
+def has_layer_types(hf: Module) -> bool:
+    """Whether the model names each layer's attention (``config.layer_types``): those take a mask per type."""
+    layer_types = getattr(getattr(hf, "config", None), "layer_types", None)
+    return isinstance(layer_types, list) and "sliding_attention" in layer_types
+
 
 TOKENIZER_SIDE_FILES = ("special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
