@@ -80,7 +80,7 @@ def test_assets_show_prints_what_was_detected(tmp_path: Path, isolated_user_card
     assert any(line.split()[:2] == ["mistral_7b_v0.3_instruct", "mistral"] for line in listed.splitlines())
     table = listed.split("what lmtune does with each family")[1].splitlines()[1:]
     assert table[0].split() == ["family", "SFT", "LoRA", "QLoRA", "packing", "HF", "export", "vLLM"]
-    assert {row.split()[0] for row in table[1:]} == {"llama", "qwen", "olmo2", "mistral", "gpt2"}
+    assert {row.split()[0] for row in table[1:]} == {"llama", "qwen", "olmo2", "mistral", "gpt2", "transformers"}
 
 
 def test_explicit_family_and_arch_are_kept(tmp_path: Path, isolated_user_cards: Path) -> None:

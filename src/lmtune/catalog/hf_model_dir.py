@@ -171,7 +171,9 @@ def detected_fields(directory: Path) -> dict[str, object]:
     where = str(directory / "config.json")
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
-        raise UserError(f"{where}: model_type {model_type!r} is not one lmtune builds natively; it reads {', '.join(HF_MODEL_TYPES)}.")
+        from lmtune.catalog.transformers_dir import not_native_sentence
+
+        raise UserError(not_native_sentence(directory, model_type, list(HF_MODEL_TYPES)))
     family, tokenizer_family, convert = HF_MODEL_TYPES[str(model_type)]
     archs = hf.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
