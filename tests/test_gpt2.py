@@ -67,6 +67,19 @@ def test_logits_equal_transformers_on_the_same_weights(isolated_user_cards: Path
     assert float((ours - theirs).abs().max()) < 1e-5
 
 
+def test_a_card_naming_only_the_directory_is_gpt2_with_transformers_logits(isolated_user_cards: Path, hf_dir: Path) -> None:
+    """No model_family, no base: config.json says gpt2 and gives the shape; the tokenizer is the same directory."""
+    from fairseq2.nn import BatchLayout
+
+    (isolated_user_cards / "bare_gpt2.yaml").write_text(json.dumps({"name": "bare_gpt2", "checkpoint": str(hf_dir)}))
+    spec, model = _lmtune("bare_gpt2")
+    assert spec.family == "gpt2" and spec.tokenizer is not None and spec.tokenizer.path == hf_dir
+    ids = _ids()
+    with torch.no_grad():
+        diff = (model(ids, BatchLayout.of(ids)) - _transformers(hf_dir)(ids).logits).abs().max()
+    assert float(diff) < 1e-5
+
+
 def test_the_hub_layout_without_the_transformer_prefix_and_with_mask_buffers_loads(isolated_user_cards: Path, hf_dir: Path, tmp_path: Path) -> None:
     """The Hub's original GPT-2 conversions name tensors h.N... and keep each layer's causal-mask buffer."""
     import shutil
@@ -349,8 +362,12 @@ def test_vllm_serves_the_export_with_lmtunes_greedy_tokens(isolated_user_cards: 
 
 def test_model_config_read_from_a_gpt2_config_json(hf_dir: Path) -> None:
     """What an HF directory's config.json says, as a gpt2 card's model_config; what lmtune does not build is refused."""
+    from lmtune.catalog.hf_model_dir import GPT2_ACTIVATIONS
+    from lmtune.catalog.hf_model_dir import _gpt2 as model_config_from_hf
     from lmtune.errors import UserError
-    from lmtune.models.gpt2_hf import model_config_from_hf
+    from lmtune.models.gpt2 import GELU_APPROXIMATIONS
+
+    assert set(GPT2_ACTIVATIONS) == set(GELU_APPROXIMATIONS)  # the card reader and the model accept the same names
 
     hf = json.loads((hf_dir / "config.json").read_text())
     got = model_config_from_hf(hf, "config.json")

@@ -141,6 +141,36 @@ def _olmo2(hf: dict[str, object], where: str) -> dict[str, object]:
     return config
 
 
+# GPT-2's activation_function values lmtune's GPT-2 builds (lmtune.models.gpt2.GELU_APPROXIMATIONS' keys).
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu")
+
+
+def _gpt2(hf: dict[str, object], where: str) -> dict[str, object]:
+    """A GPT2LMHeadModel's config.json -> the ``model_config`` of a ``gpt2`` card (what differs from
+    ``Gpt2Config``'s fields), refusing what lmtune's GPT-2 does not build."""
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False), ("tie_word_embeddings", True)):
+        if key in hf and hf[key] != want:
+            raise UserError(f"{where}: {key} is {hf[key]}; lmtune's GPT-2 is built with {key}={want}.")
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in GPT2_ACTIVATIONS:
+        raise UserError(f"{where}: activation_function '{activation}' is not one lmtune's GPT-2 builds; valid: {', '.join(GPT2_ACTIVATIONS)}.")
+    dim = int(hf.get("n_embd", 768))  # type: ignore[call-overload]
+    inner = hf.get("n_inner")
+    drops = {float(hf.get(k, 0.1)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}  # type: ignore[arg-type]
+    return {
+        "model_dim": dim,
+        "max_seq_len": int(hf.get("n_positions", 1024)),  # type: ignore[call-overload]
+        "vocab_size": int(hf.get("vocab_size", 50257)),  # type: ignore[call-overload]
+        "num_layers": int(hf.get("n_layer", 12)),  # type: ignore[call-overload]
+        "num_attn_heads": int(hf.get("n_head", 12)),  # type: ignore[call-overload]
+        "ffn_inner_dim": int(inner) if inner is not None else 4 * dim,  # type: ignore[call-overload]
+        "activation": activation,
+        "layer_norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),  # type: ignore[arg-type]
+        "dropout_p": max(drops),
+        "init_std": float(hf.get("initializer_range", 0.02)),  # type: ignore[arg-type]
+    }
+
+
 # model_type -> (fairseq2 family, tokenizer family, HF config -> fairseq2 model_config)
 HF_MODEL_TYPES: dict[str, tuple[str, str, Callable[[dict[str, object], str], dict[str, object]]]] = {
     "llama":   ("llama", "llama", _llama),
@@ -148,6 +178,7 @@ HF_MODEL_TYPES: dict[str, tuple[str, str, Callable[[dict[str, object], str], dic
     "qwen2":   ("qwen",  "qwen",  _qwen),
     "qwen3":   ("qwen",  "qwen",  _qwen),
     "olmo2":   ("olmo",  "olmo",  _olmo2),
+    "gpt2":    ("gpt2",  "gpt2",  _gpt2),
 }  # fmt: skip
 
 

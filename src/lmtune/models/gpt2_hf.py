@@ -168,34 +168,6 @@ def hf_config(config: Gpt2Config, *, bos: int | None, eos: int | None, dtype: st
     }
 
 
-def model_config_from_hf(hf: dict[str, object], where: str) -> dict[str, object]:
-    """A GPT2LMHeadModel's config.json -> the ``model_config`` of a ``gpt2`` card (what differs from
-    ``Gpt2Config``'s fields), refusing what lmtune's GPT-2 does not build."""
-    from lmtune.models.gpt2 import GELU_APPROXIMATIONS
-
-    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False), ("tie_word_embeddings", True)):
-        if key in hf and hf[key] != want:
-            raise UserError(f"{where}: {key} is {hf[key]}; lmtune's GPT-2 is built with {key}={want}.")
-    activation = hf.get("activation_function", "gelu_new")
-    if activation not in GELU_APPROXIMATIONS:
-        raise UserError(f"{where}: activation_function '{activation}' is not one lmtune's GPT-2 builds; valid: {', '.join(GELU_APPROXIMATIONS)}.")
-    dim = int(hf.get("n_embd", 768))  # type: ignore[call-overload]
-    inner = hf.get("n_inner")
-    drops = {float(hf.get(k, 0.1)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}  # type: ignore[arg-type]
-    return {
-        "model_dim": dim,
-        "max_seq_len": int(hf.get("n_positions", 1024)),  # type: ignore[call-overload]
-        "vocab_size": int(hf.get("vocab_size", 50257)),  # type: ignore[call-overload]
-        "num_layers": int(hf.get("n_layer", 12)),  # type: ignore[call-overload]
-        "num_attn_heads": int(hf.get("n_head", 12)),  # type: ignore[call-overload]
-        "ffn_inner_dim": int(inner) if inner is not None else 4 * dim,  # type: ignore[call-overload]
-        "activation": activation,
-        "layer_norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),  # type: ignore[arg-type]
-        "dropout_p": max(drops),
-        "init_std": float(hf.get("initializer_range", 0.02)),  # type: ignore[arg-type]
-    }
-
-
 def peft_adapter(adapters: Iterable[tuple[str, Tensor, Tensor]], rank: int, alpha: float) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, object]]:
     """A LoRA run's adapters -> PEFT's for GPT2LMHeadModel: HF module -> (lora_A, lora_B), and the
     adapter_config.json keys that differ from Llama's.
