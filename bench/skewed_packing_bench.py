@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/skewed_packing_bench.py [--examples 800] [--repeats 3] [--profile]
         [--scale tiny|full] [--model-dim 96] [--layers 2] [--only length,packed,packed_loop,packed_grouped]
+        [--encoded ~/.cache/lmtune/encoded/train-HASH --max-seq-len 128 --max-num-tokens 2048]  # the demo's batches
 
 One epoch over the same synthetic examples (random token ids; prompt and response lengths lognormal
 with medians ~45 and ~75 tokens and a long tail, capped at max_seq_len 512, as bench/packing_bench.py
@@ -161,6 +162,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-seq-len", type=int, default=512)
     parser.add_argument("--max-num-tokens", type=int, default=4096)
+    parser.add_argument("--encoded", type=Path, help="an encoded data directory of the cache (e.g. the demo's train split) instead of synthetic examples; --examples caps it")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--scale", choices=["tiny", "full"], default="tiny", help="tiny_llama, or packing_bench.py's 25M-weight shape")
     parser.add_argument("--model-dim", type=int)
@@ -181,8 +183,17 @@ def main() -> int:
     from lmtune.data.batching import build_pipeline
     from lmtune.models.document_attention import DocumentSDPA
 
-    examples = skewed_examples(args.examples, 0, args.max_seq_len)
-    common = dict(dp_rank=0, dp_size=1, max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens, batch_size=None, pad_idx=0, shuffle_seed=3)
+    if args.encoded:
+        from lmtune.data.encoded_examples import EncodedExamples
+
+        examples = EncodedExamples.load(args.encoded)
+        indices = np.arange(min(args.examples, len(examples)))
+        tokens = int(examples.lengths[indices].sum())
+    else:
+        examples = skewed_examples(args.examples, 0, args.max_seq_len)
+        indices = np.arange(len(examples))
+        tokens = sum(len(e.tokens) for e in examples)
+    common = dict(indices=indices, dp_rank=0, dp_size=1, max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens, batch_size=None, pad_idx=0, shuffle_seed=3)
     batches = {
         "length": list(build_pipeline(examples, packing=False, **common)),  # type: ignore[arg-type]
         "packed": list(build_pipeline(examples, packing=True, **common)),  # type: ignore[arg-type]
@@ -229,9 +240,8 @@ def main() -> int:
                 times[name].append(seconds)
     DocumentSDPA.forward = per_example  # type: ignore[method-assign]
 
-    tokens = sum(len(e.tokens) for e in examples)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    print(f"{args.examples} examples, {tokens:,} tokens; batches: length {len(batches['length'])}, packed {len(batches['packed'])}; "
+    print(f"{len(indices)} examples{' of ' + str(args.encoded) if args.encoded else ''}, {tokens:,} tokens; batches: length {len(batches['length'])}, packed {len(batches['packed'])}; "
           f"model {shape or 'tiny_llama'}; torch threads {torch.get_num_threads()}; git {commit}; load {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"| contender | epoch wall time, best (s) | median (s) | tokens/s (best) |\n|---|---|---|---|")
     for name, ts in times.items():
