@@ -11,9 +11,10 @@ put back in place. Unpacked batches go to fairseq2's TorchSDPA unchanged.
 
 On CPU, where SDPA would run its fused flash kernel anyway, the loop over examples
 runs inside one autograd function that calls that kernel and its backward directly
-(``PackedCausalAttention``): the same kernels on the same slices, so the same bits,
-without the ~10 view and autograd nodes per example and layer that the plain loop
-records, which cost small models more than the attention itself saves.
+(``PackedCausalAttention``), and examples of one length share one call: the same
+kernels on the same rows, so the same bits, without the ~10 view and autograd nodes
+per example and layer that the plain loop records. On small models with many short
+examples those per-call costs were about what packing saves in padding (issue 23).
 """
 
 from __future__ import annotations
