@@ -160,3 +160,58 @@ def test_best_fit_equals_the_scanning_algorithm_row_for_row() -> None:
     for capacity in (64, 512):
         lengths = [max(1, min(capacity, int(rng.lognormvariate(3.5, 0.9)))) for _ in range(3000)]
         assert best_fit_bins(lengths, capacity) == _best_fit_by_scanning(lengths, capacity)
+
+
+# Lengths for the fused CPU path: all distinct (one kernel call each, in place), a few repeated next to
+# each other (runs in place), and many repeated apart (sorted by length, one call per length).
+@pytest.mark.parametrize(
+    ("lengths", "sorted_runs"),
+    [((17, 5, 33, 9, 24, 3, 120), False), ((17, 17, 5, 33, 33, 33, 9, 24), False), ((17, 5, 17, 5, 17, 5, 33, 9, 33, 9, 17, 40, 5, 40), True)],
+)
+def test_fused_packed_attention_is_bit_identical_to_the_per_example_loop(
+    lengths: tuple[int, ...], sorted_runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PackedCausalAttention (one autograd node, examples of one length in one kernel call) against
+    DocumentSDPA's plain loop of one SDPA per example (what packing ran before): loss, every gradient
+    and the eval logits equal to the bit."""
+    from lmtune.models import document_attention
+    from lmtune.training.nll_unit import target_nll
+
+    plan = document_attention.equal_length_runs(lengths)
+    assert (plan.order is not None) == sorted_runs
+    assert sum(m for _, _, m in plan.runs) == len(lengths)
+
+    model = _tiny_model("document")
+    rng = random.Random(5)
+    items = [_example(rng, n) for n in lengths]
+    calls = []
+    fused = document_attention._fused_cpu_kernel_applies
+    results = {}
+    for name in ("loop", "fused"):
+        if name == "loop":
+            monkeypatch.setattr(document_attention, "_fused_cpu_kernel_applies", lambda *args: False)
+        else:
+            monkeypatch.setattr(document_attention, "_fused_cpu_kernel_applies", lambda *args: calls.append(1) or fused(*args))
+        model.train()
+        loss, _ = target_nll(model, collate_packed(items))
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        model.eval()
+        with torch.no_grad():
+            logits = model(*collate_packed(items).as_input())
+        results[name] = (loss.detach(), grads, logits)
+    assert calls and fused(*[torch.zeros(4, 2, 8)] * 3, 0.0, None)  # the fused path was asked and taken
+    (loss_a, grads_a, logits_a), (loss_b, grads_b, logits_b) = results["loop"], results["fused"]
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert torch.equal(logits_a, logits_b)
+
+
+def test_equal_length_runs_by_hand() -> None:
+    from lmtune.models.document_attention import equal_length_runs
+
+    assert equal_length_runs((3, 3, 5, 2, 2)).runs == ((0, 3, 2), (6, 5, 1), (11, 2, 2))  # in place
+    plan = equal_length_runs((2, 3, 2, 3, 2, 3))  # sorting turns 6 calls into 2
+    assert plan.runs == ((0, 2, 3), (6, 3, 3))
+    assert plan.order is not None and plan.inverse is not None
+    assert plan.order.tolist() == [0, 1, 5, 6, 10, 11, 2, 3, 4, 7, 8, 9, 12, 13, 14]
+    assert plan.order[plan.inverse].tolist() == list(range(15))
