@@ -98,7 +98,7 @@ def _fused_cpu_kernel_applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
 
     Under autocast SDPA may cast its inputs first, so that case keeps the plain loop.
     """
-    if q.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not (q.dtype == k.dtype == v.dtype):
+    if not _KERNELS_KNOWN or q.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not (q.dtype == k.dtype == v.dtype):
         return False
     choice = torch._fused_sdp_choice(_examples(q, 0, 1), _examples(k, 0, 1), _examples(v, 0, 1), None, dropout_p, True, scale=scale)
     return bool(choice == SDPBackend.FLASH_ATTENTION.value)
@@ -187,5 +187,8 @@ class PackedCausalAttention(torch.autograd.Function):
         return gq, gk, gv, None, None
 
 
+# The CPU flash kernels are private aten ops, called here with the signatures torch 2.9 (fairseq2 0.8.1's pin)
+# gives them; another torch keeps the plain per-example loop rather than guess.
+_KERNELS_KNOWN = torch.__version__.startswith("2.9.")
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
