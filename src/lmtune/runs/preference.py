@@ -88,7 +88,7 @@ def check_preference_options(o: PreferenceOptions) -> None:
     c = o.criterion
     if c.beta <= 0:
         raise UserError(f"config key 'criterion.beta' must be positive, got {c.beta}.")
-    if c.nll_scale < 0 or c.orpo_lambda < 0:
+    if (c.nll_scale is not None and c.nll_scale < 0) or c.orpo_lambda < 0:
         raise UserError(f"config keys 'criterion.nll_scale' and 'criterion.orpo_lambda' must be 0 or more, got {c.nll_scale} and {c.orpo_lambda}.")
     if o.reference_model is not None and not needs_reference(c.name):
         print(f"lmtune: warning: criterion.name={c.name} is reference-free; reference_model={o.reference_model} is not used.", file=sys.stderr)
