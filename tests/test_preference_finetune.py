@@ -200,6 +200,27 @@ def test_two_ranks_compute_their_shares_of_the_same_reference_logps(tmp_path: Pa
     assert _metrics(tmp_path / "two")[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
+def test_a_sweep_over_beta_trains_each_point_on_one_shared_reference(tmp_path: Path, sft: Path) -> None:
+    """``lmtune sweep --recipe preference_finetune``: each point trains as the verb would, and the
+    points share the encoded pairs and the reference log-probs (computed once, by the first point)."""
+    data = write_pairs(tmp_path / "data", 60, 10)
+    out = tmp_path / "sweep"
+    args = _args(sft, data, "max_num_steps=2", "checkpoint_every_n_steps=2")
+    r = run_lmtune("sweep", str(out), "--recipe", "preference_finetune", *args, "--grid", "criterion.beta=0.1,0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    points = {beta: _metrics(out / f"runs/criterion.beta={beta}") for beta in ("0.1", "0.5")}
+    for train in points.values():
+        assert sorted(train) == [1, 2]
+        assert train[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)  # each point's reference is the start
+    assert points["0.1"][2]["Preference Loss"] != pytest.approx(points["0.5"][2]["Preference Loss"], abs=1e-4)  # beta reached the loss
+    for name in ("train.jsonl", "valid.jsonl"):
+        assert r.stderr.count(f"lmtune: encoded {name}:") == 1, r.stderr[-3000:]
+        assert r.stderr.count(f"pairs of {name} with last_checkpoint") == 1, r.stderr[-3000:]  # computed by the first point only
+    assert r.stderr.count("lmtune: reusing the reference log-probs in ") == 2, r.stderr[-3000:]  # the second point, both splits
+    cache = Path(os.environ["LMTUNE_CACHE_DIR"])
+    assert len(list(cache.rglob("reference.json"))) == 2  # one entry per split, shared by both points
+
+
 # ------------------------------------------------------------------ bad input
 
 
