@@ -49,6 +49,7 @@ from lmtune.adapters.base_family import register_lora_base_families
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
+from lmtune.models.row_logps import use_row_logps
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.options.preference import CriterionOptions
 from lmtune.preference.losses import (
@@ -169,6 +170,7 @@ class PreferenceFinetuneRecipe(Recipe):
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
         config = context.get_config_as(PreferenceConfig)
         use_lean_swiglu(model)
+        use_row_logps(model)  # the LM head on response positions only: SFT's activations (lmtune.models.row_logps)
         lora = config.lora
         if lora.settings.rank is None:
             return model
