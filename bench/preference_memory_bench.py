@@ -120,7 +120,7 @@ def format_table(results, args, reused: bool) -> str:  # type: ignore[no-untyped
         f"### preference_memory_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `bench/preference_memory_bench.py --steps {args.steps} --pairs {args.pairs} --threads {args.threads}`",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s), git {commit}; load average "
+        f"- machine: {cpu_name()}, {os.cpu_count()} cores, {args.threads} thread(s), git {commit}; load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
         f"- model: Llama {MODEL['num_layers']} layers x {MODEL['model_dim']}, vocabulary {MODEL['vocab_size']:,} (tied), {n / 1e6:.1f} M parameters: "
         f"weights, gradients and AdamW's moments {16 * n / 2**30:.2f} GiB in float32; max_seq_len {MAX_SEQ_LEN}, max_num_tokens {MAX_NUM_TOKENS}",
@@ -134,6 +134,14 @@ def format_table(results, args, reused: bool) -> str:  # type: ignore[no-untyped
     (_, _, sft), (_, _, dpo) = results
     lines += ["", f"DPO / SFT peak RSS: {dpo / sft:.2f}x ({(dpo - sft) * 1024:+.0f} MiB)."]
     return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), which platform.processor() leaves empty on Linux."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
