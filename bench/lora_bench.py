@@ -113,8 +113,9 @@ print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)
 """ % TARGETS
 
 
-def build_run(out: Path, scale: str) -> None:
-    """A training run's checkpoint (bfloat16, random weights) of the base, and its HF export."""
+def build_run(out: Path, scale: str, config_overrides: dict[str, object] | None = None) -> None:
+    """A training run's checkpoint (bfloat16, random weights) of the base, and its HF export;
+    ``config_overrides`` (another bench's model shape) replace the scale's."""
     import torch
     import yaml
     from fairseq2.device import CPU
@@ -125,7 +126,7 @@ def build_run(out: Path, scale: str) -> None:
     from lmtune.models.loading import model_config, model_family, resolver
     from lmtune.catalog.specs import ModelSpec, resolve_tokenizer
 
-    spec = ModelSpec(name="llama3_2_1b", family="llama", arch="llama3_2_1b", config=SMOKE if scale == "smoke" else {}, checkpoint=None, source="bench")
+    spec = ModelSpec(name="llama3_2_1b", family="llama", arch="llama3_2_1b", config=config_overrides if config_overrides is not None else (SMOKE if scale == "smoke" else {}), checkpoint=None, source="bench")
     config = model_config(spec)
     model = model_family("llama").create_new_model(config, create_fake_gangs(CPU), torch.bfloat16, True, False).to_empty(device="cpu")
     gen = torch.Generator().manual_seed(0)

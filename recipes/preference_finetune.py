@@ -4,7 +4,7 @@ The path of data, top to bottom: JSONL pairs -> each pair's chosen and rejected 
 ids with a loss mask on the response (``lmtune.preference.pairs``), encoded before fairseq2
 started into the user's shared cache (or in memory with data_cache=false) -> whole pairs packed
 into batches (``lmtune.preference.packing``), each carrying the reference model's log-probs that
-``lmtune.runs.preference`` computed once before the run -> ``PreferenceTrainUnit`` (the criterion
+``lmtune.runs.preference`` computed once before the policy is loaded -> ``PreferenceTrainUnit`` (the criterion
 on the policy's per-sequence log-probs, ``lmtune.training.preference_unit``) -> fairseq2's Trainer
 (optimizer, schedule, accumulation, clipping, validation, metrics, checkpoints and resume).
 
@@ -15,13 +15,14 @@ usable by early stopping and keep_best_n_checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import final
 
 import numpy as np
 from fairseq2.datasets import DataPipelineReader, SyncMode
-from fairseq2.gang import Gangs
+from fairseq2.gang import Gang, Gangs
 from fairseq2.logging import log
 from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float
@@ -49,6 +50,7 @@ from lmtune.data.encoding import ExampleEncoder
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
+from lmtune.models.row_logps import use_row_logps
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.options.preference import CriterionOptions
 from lmtune.preference.losses import (
@@ -146,10 +148,13 @@ def make_criterion(c: CriterionOptions):
 
 @final
 class PreferenceFinetuneRecipe(Recipe):
-    def __init__(self, console: RunConsole | None = None, higher_better: dict[str, bool] | None = None) -> None:
-        """``higher_better``: a metric's direction as early_stopping.mode sets it (it ranks the checkpoints)."""
+    def __init__(self, console: RunConsole | None = None, higher_better: dict[str, bool] | None = None, reference_step: Callable[[Gang], None] | None = None) -> None:
+        """``higher_better``: a metric's direction as early_stopping.mode sets it (it ranks the checkpoints).
+        ``reference_step``: run by every rank with the root gang before the policy is loaded, to
+        compute (each rank its share) and store the reference log-probs that the batches carry."""
         self._console = console
         self._higher_better = higher_better or {}
+        self._reference_step = reference_step
 
     @override
     def register(self, container: DependencyContainer) -> None:
@@ -167,6 +172,7 @@ class PreferenceFinetuneRecipe(Recipe):
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
         config = context.get_config_as(PreferenceConfig)
         use_lean_swiglu(model)
+        use_row_logps(model)  # the LM head on response positions only: SFT's activations (lmtune.models.row_logps)
         lora = config.lora
         if lora.settings.rank is None:
             return model
@@ -187,8 +193,10 @@ class PreferenceFinetuneRecipe(Recipe):
         uses_reference = needs_reference(config.criterion.name)
         if config.common.torch.default_sdpa == "torch":
             set_default_sdpa_factory(DocumentSDPA)  # each packed sequence attends only to itself
+        gangs.root.barrier()  # rank 0 wrote the encoded caches before it joined
+        if self._reference_step is not None:
+            self._reference_step(gangs.root)  # before the policy loads: one model in memory at a time
         model = context.get_data_parallel_model()
-        gangs.root.barrier()  # rank 0 wrote the caches and the reference log-probs before it joined
 
         def reader(path: Path, encoded: Path | None, reference: Path | None, train: bool) -> DataPipelineReader[PreferenceBatch]:
             pairs = load_pairs(path, encoded, encoder)

@@ -179,6 +179,48 @@ def test_two_ranks_equal_one_rank_accumulating_two_batches(tmp_path: Path, sft: 
         assert a[step]["Preference Loss"] == pytest.approx(b[step]["Preference Loss"], rel=1e-4, abs=1e-6), step
 
 
+def test_two_ranks_compute_their_shares_of_the_same_reference_logps(tmp_path: Path, sft: Path) -> None:
+    import numpy as np
+
+    data = write_pairs(tmp_path / "data", 41, 5)  # 41 pairs: rank 0 computes 21, rank 1 20
+    common = ["max_num_steps=1", "checkpoint_every_n_steps=1", "data_cache=false"]  # OUT/reference: one file per run
+    r2 = _torchrun(tmp_path / "two", _args(sft, data, *common))
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "lmtune: computing the reference log-probs of 41 pairs of train.jsonl with last_checkpoint, each rank its share (rank 0: 21, rank 1: 20)" in r2.stderr, r2.stderr[-3000:]
+    assert "pairs of valid.jsonl with last_checkpoint, each rank its share (rank 0: 3, rank 1: 2)" in r2.stderr, r2.stderr[-3000:]
+    r1 = run_lmtune("preference_finetune", str(tmp_path / "one"), *_args(sft, data, *common))
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    assert "lmtune: computing the reference log-probs of 41 pairs of train.jsonl with last_checkpoint ->" in r1.stderr, r1.stderr[-3000:]
+    for split, n in (("train", 41), ("valid", 5)):
+        two = np.load(tmp_path / f"two/reference/{split}/reference_logps.npy")
+        one = np.load(tmp_path / f"one/reference/{split}/reference_logps.npy")
+        assert two.shape == one.shape == (n, 2) and np.isfinite(one).all() and (one < 0).all()
+        np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-4)  # packed into other batches: float32 sums may differ in the last bits
+    # The first step's loss is log 2 on both: every rank's reference values are the starting policy's.
+    assert _metrics(tmp_path / "two")[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_a_sweep_over_beta_trains_each_point_on_one_shared_reference(tmp_path: Path, sft: Path) -> None:
+    """``lmtune sweep --recipe preference_finetune``: each point trains as the verb would, and the
+    points share the encoded pairs and the reference log-probs (computed once, by the first point)."""
+    data = write_pairs(tmp_path / "data", 60, 10)
+    out = tmp_path / "sweep"
+    args = _args(sft, data, "max_num_steps=2", "checkpoint_every_n_steps=2")
+    r = run_lmtune("sweep", str(out), "--recipe", "preference_finetune", *args, "--grid", "criterion.beta=0.1,0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    points = {beta: _metrics(out / f"runs/criterion.beta={beta}") for beta in ("0.1", "0.5")}
+    for train in points.values():
+        assert sorted(train) == [1, 2]
+        assert train[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)  # each point's reference is the start
+    assert points["0.1"][2]["Preference Loss"] != pytest.approx(points["0.5"][2]["Preference Loss"], abs=1e-4)  # beta reached the loss
+    for name in ("train.jsonl", "valid.jsonl"):
+        assert r.stderr.count(f"lmtune: encoded {name}:") == 1, r.stderr[-3000:]
+        assert r.stderr.count(f"pairs of {name} with last_checkpoint") == 1, r.stderr[-3000:]  # computed by the first point only
+    assert r.stderr.count("lmtune: reusing the reference log-probs in ") == 2, r.stderr[-3000:]  # the second point, both splits
+    cache = Path(os.environ["LMTUNE_CACHE_DIR"])
+    assert len(list(cache.rglob("reference.json"))) == 2  # one entry per split, shared by both points
+
+
 # ------------------------------------------------------------------ bad input
 
 

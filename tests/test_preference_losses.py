@@ -162,3 +162,32 @@ def test_an_unknown_criterion_lists_the_valid_ones() -> None:
     policy, reference, _ = _tensors(x)
     with pytest.raises(UserError, match="valid: sigmoid, ipo"):
         dpo_loss(policy, reference, loss_type="hinge")
+
+
+def test_nll_scale_defaults_to_each_criterions_own_in_options_and_loss_functions() -> None:
+    """cpo's NLL term is on unless criterion.nll_scale says otherwise (the CPO paper's loss); dpo's is off.
+    The options' default and the loss functions' defaults are one table."""
+    import inspect
+
+    from lmtune.options.preference import DEFAULT_NLL_SCALE, CriterionOptions
+    from lmtune.preference.losses import criterion_loss
+
+    for name, fn in (("dpo", dpo_loss), ("cpo", cpo_loss)):
+        assert inspect.signature(fn).parameters["nll_scale"].default == DEFAULT_NLL_SCALE[name]
+    assert DEFAULT_NLL_SCALE == {"dpo": 0.0, "cpo": 1.0}
+    x, beta = _inputs(7), 0.1
+    policy, reference, _ = _tensors(x)
+
+    def cpo_by_hand(nll_scale: float) -> float:
+        return sum(_neg_logsig(beta * (x["pc"][i] - x["pr"][i])) - nll_scale * x["pc"][i] / x["nc"][i] for i in range(N))
+
+    cpo = CriterionOptions(name="cpo")
+    assert cpo.nll_scale is None and cpo.params() == {"beta": beta, "nll_scale": 1.0}
+    assert criterion_loss("cpo", policy, None, **cpo.params()).loss.item() == pytest.approx(cpo_by_hand(1.0), rel=1e-12)
+    off = CriterionOptions(name="cpo", nll_scale=0.0)
+    assert criterion_loss("cpo", policy, None, **off.params()).loss.item() == pytest.approx(cpo_by_hand(0.0), rel=1e-12)
+    assert cpo_by_hand(1.0) != pytest.approx(cpo_by_hand(0.0))
+    dpo = CriterionOptions(name="dpo")
+    assert dpo.params()["nll_scale"] == 0.0 and CriterionOptions(name="dpo", nll_scale=0.5).params()["nll_scale"] == 0.5
+    by_hand = sum(_neg_logsig(beta * ((x["pc"][i] - x["rc"][i]) - (x["pr"][i] - x["rr"][i]))) for i in range(N))
+    assert criterion_loss("dpo", policy, reference, **dpo.params()).loss.item() == pytest.approx(by_hand, rel=1e-12)

@@ -92,18 +92,29 @@ def _alone(model: torch.nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> 
 
 
 # "document": lmtune's per-sequence attention (what training uses); "torch": fairseq2's block-diagonal mask.
+# "rows": the LM head on the response positions alone (lmtune.models.row_logps, what training uses); "full": every position.
+@pytest.mark.parametrize("head", ["rows", "full"])
 @pytest.mark.parametrize("sdpa", ["document", "torch"])
-def test_packed_log_probs_and_gradients_equal_each_sequence_alone(sdpa: str) -> None:
+def test_packed_log_probs_and_gradients_equal_each_sequence_alone(sdpa: str, head: str) -> None:
+    from lmtune.models.row_logps import has_row_logps, use_row_logps
     from lmtune.preference.packing import collate_pairs, pair_logps
 
     model = _tiny_model(sdpa)
+    if head == "rows":
+        use_row_logps(model)
+    assert has_row_logps(model) == (head == "rows")
     params = list(model.parameters())
     rng = random.Random(5)
     pairs = _pairs(rng, [(9, 7, 12), (3, 1, 20), (15, 4, 4), (6, 10, 2)])
     batch = collate_pairs(pairs, [2, 0, 3, 1])
 
+    head_rows: list[int] = []
+    hook = model.final_proj.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[0]))
     packed = pair_logps(model, batch)
+    hook.remove()
     packed_grads = torch.autograd.grad((packed.chosen - 0.5 * packed.rejected).sum(), params)
+    # The head saw the 60 loss positions alone, or every one of the batch's 126 positions.
+    assert head_rows == [60 if head == "rows" else 126]
 
     alone_sums, alone_counts = [], []
     for p in [2, 0, 3, 1]:

@@ -154,3 +154,33 @@ def test_out_may_follow_the_grid(tmp_path: Path) -> None:
     r = run_lmtune_in_process("sweep", *BASE, "--grid", "seed=1,2", str(tmp_path / "out"), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"0: {tmp_path / 'out' / 'runs' / 'seed=1'}" in r.stdout and "1: " in r.stdout
+
+
+def test_a_sweep_runs_the_verb_its_recipe_names_and_keeps_to_it(tmp_path: Path) -> None:
+    from lmtune.sweep.grid import grid_points
+    from lmtune.sweep.points import point_options
+    from lmtune.sweep.sweep_dir import load_definition, save_definition
+
+    out = tmp_path / "out"
+    bad = run_lmtune_in_process("sweep", str(out), "--recipe", "pretrain", "--grid", "seed=1,2")
+    assert_user_error(bad, "--recipe 'pretrain' is not a verb a sweep runs", "instruction_finetune, preference_finetune")
+    # preference_finetune's keys: criterion.beta is one, and an instruction_finetune sweep does not know it.
+    dump = run_lmtune_in_process("sweep", str(out), "--recipe", "preference_finetune", "--grid", "criterion.beta=0.1,0.5", "--dump-config")
+    assert dump.returncode == 0, dump.stderr
+    points = [yaml.safe_load(part) for part in dump.stdout.split("---\n")]
+    assert [p["criterion"]["beta"] for p in points] == [0.1, 0.5] and all(p["criterion"]["name"] == "dpo" for p in points)
+    assert_user_error(run_lmtune_in_process("sweep", str(out), "--grid", "criterion.beta=0.1,0.5", "--dump-config"), "unknown config key 'criterion'")
+    assert not out.exists()
+    # The definition records the verb, which the points (--point, --array-task) run; another verb on the same OUT is refused.
+    grid = {"seed": ["1", "2"]}
+    save_definition(out, None, [], grid, [point_options(None, [], p, "preference_finetune") for p in grid_points(grid)], "preference_finetune")
+    recipe, _, _, loaded = load_definition(out)
+    assert recipe == "preference_finetune" and [p.name for p in loaded] == ["seed=1", "seed=2"]
+    before = (out / "sweep.yaml").read_text()
+    assert_user_error(run_lmtune_in_process("sweep", str(out), "--grid", "seed=1,2"), "holds a sweep of preference_finetune, not instruction_finetune", "--recipe")
+    assert (out / "sweep.yaml").read_text() == before
+    # A definition from before --recipe existed is instruction_finetune's.
+    old = yaml.safe_load(before)
+    del old["recipe"]
+    (out / "sweep.yaml").write_text(yaml.safe_dump(old))
+    assert load_definition(out)[0] == "instruction_finetune"

@@ -1,5 +1,6 @@
 """``lmtune sweep OUT --config-file F --grid learning_rate=1e-5,2e-5 seed=42,1337``:
-instruction_finetune over every point of a grid, each into ``OUT/runs/<name>``.
+instruction_finetune (or ``--recipe preference_finetune``) over every point of a grid, each
+into ``OUT/runs/<name>``.
 
 Locally the points run one after another, each in its own process; with ``--slurm``
 they become one SLURM job array. Rerunning the sweep skips finished points and resumes
@@ -22,7 +23,7 @@ from lmtune.commands.common import (
 )
 from lmtune.errors import RunFailed, Stopped, UserError
 
-SUMMARY = "instruction_finetune over a grid of config values (seeds, learning rates, ...), locally or as a SLURM job array"
+SUMMARY = "instruction_finetune (or preference_finetune) over a grid of config values (seeds, learning rates, ...), locally or as a SLURM job array"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "examples:\n"
         "  lmtune sweep OUT --config-file tiny_gsm8k --grid learning_rate=1e-4,3e-4 seed=1,2,3\n"
+        "  lmtune sweep OUT --recipe preference_finetune --config-file dpo.yaml --grid criterion.beta=0.1,0.5\n"
         "  lmtune sweep OUT --config-file cfg.yaml --grid seed=1,2,3 --slurm --sbatch gpus-per-node=8 time=04:00:00\n"
         "  lmtune sweep OUT --config-file cfg.yaml --grid seed=1,2 --launcher 'torchrun --standalone --nproc-per-node=8 --no-python'\n"
         "  lmtune report OUT            # compare the points: mean ± std over seeds, plots"
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_out_argument(parser)
     add_config_arguments(parser, "max_num_steps=500")
     parser.usage = "%(prog)s OUT [--config-file F] [--config KEY=VALUE ...] --grid KEY=V1,V2 ... [--slurm [--sbatch NAME=VALUE ...]] [--dry-run]"
+    parser.add_argument("--recipe", default="instruction_finetune", metavar="VERB", help="the training verb each point runs: instruction_finetune (default) or preference_finetune (the points share the reference log-probs)")
     parser.add_argument("--grid", metavar="KEY=V1,V2", nargs="+", action="extend", default=[], help="a config key (dotted keys too) and its values; the points are the product of all --grid keys")
     parser.add_argument("--slurm", action="store_true", help="write OUT/sweep.sbatch, a job array with one task per unfinished point, and submit it with sbatch")
     parser.add_argument("--sbatch", metavar="NAME=VALUE", nargs="+", action="extend", default=[], help="sbatch options for --slurm, without dashes (nodes=2 ntasks-per-node=8 gpus-per-node=8 time=04:00:00 partition=...)")
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from lmtune.sweep.points import is_finished, point_options
+    from lmtune.sweep.points import check_recipe, is_finished, point_options
     from lmtune.sweep.sweep_dir import run_dir
 
     out: Path = args.output_dir
@@ -62,9 +65,11 @@ def run(args: argparse.Namespace) -> None:
     from lmtune.sweep.grid import grid_points, parse_grid
     from lmtune.sweep.sweep_dir import save_definition
 
+    recipe = args.recipe
+    check_recipe(recipe)
     grid = parse_grid(args.grid)
     points = grid_points(grid)
-    options = [point_options(args.config_file, args.config, p) for p in points]  # a bad key or value fails before anything runs
+    options = [point_options(args.config_file, args.config, p, recipe) for p in points]  # a bad key or value fails before anything runs
     if args.dump_config:
         from lmtune.options.load import dump_yaml
 
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
 
     config_file = resolve_config_file(args.config_file)
     # Absolute, so that array tasks and reruns from another directory find it.
-    points = save_definition(out, None if config_file is None else str(config_file.resolve()), args.config, grid, options)
+    points = save_definition(out, None if config_file is None else str(config_file.resolve()), args.config, grid, options, recipe)
     finished = {p.index for p, o in zip(points, options) if is_finished(run_dir(out, p), o)}
     todo = [p for p in points if p.index not in finished]
     if args.slurm:
@@ -110,7 +115,7 @@ def _run_one(out: Path, args: argparse.Namespace) -> None:
     from lmtune.sweep.points import is_finished, point_options, run_point
     from lmtune.sweep.sweep_dir import load_definition, run_dir
 
-    config_file, config, points = load_definition(out)
+    recipe, config_file, config, points = load_definition(out)
     if args.array_task:
         raw = os.environ.get("SLURM_ARRAY_TASK_ID")
         if raw is None or not raw.isdigit():
@@ -121,8 +126,8 @@ def _run_one(out: Path, args: argparse.Namespace) -> None:
     if not 0 <= index < len(points):
         raise UserError(f"{out} has points 0 to {len(points) - 1}, not {index}.")
     point = points[index]
-    if is_finished(run_dir(out, point), point_options(config_file, config, point)):
+    if is_finished(run_dir(out, point), point_options(config_file, config, point, recipe)):
         if is_main_process():
             print(f"lmtune: sweep: point {index} {point.name} has finished; nothing to do.", file=sys.stderr)
         return
-    run_point(out, config_file, config, point, verbose=args.verbose)
+    run_point(out, config_file, config, point, verbose=args.verbose, recipe=recipe)

@@ -15,6 +15,9 @@ from lmtune.options.finetune import EarlyStoppingOptions
 from lmtune.options.lora import LoraSettings
 from lmtune.options.training import LRSchedulerOptions, TrainingOptions, after
 
+# criterion.nll_scale when it is not set; lmtune.preference.losses' functions default to the same.
+DEFAULT_NLL_SCALE = {"dpo": 0.0, "cpo": 1.0}
+
 
 @dataclass(kw_only=True)
 class CriterionOptions:
@@ -24,8 +27,8 @@ class CriterionOptions:
     """dpo (against the reference model), simpo, orpo or cpo (reference-free)."""
     beta: float = 0.1
     """dpo, simpo, cpo: the reward scale (SimPO's paper uses about 2.0)."""
-    nll_scale: float = 0.0
-    """dpo, cpo: weight of the chosen response's per-token NLL added to each pair's loss (cpo: 0 means none)."""
+    nll_scale: float | None = None
+    """dpo, cpo: weight of the chosen response's per-token NLL added to each pair's loss; default (null): dpo 0 (none), cpo 1 (the CPO paper's NLL term)."""
     length_normalization: bool = False
     """dpo: per-token average log-probs instead of sums (ipo always averages)."""
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
@@ -38,12 +41,18 @@ class CriterionOptions:
     def params(self) -> dict[str, object]:
         """The keyword arguments of ``criterion.name``'s loss function."""
         if self.name == "dpo":
-            return {"beta": self.beta, "nll_scale": self.nll_scale, "length_normalization": self.length_normalization, "loss_type": self.loss_type}
+            return {"beta": self.beta, "nll_scale": self.nll_scale_for("dpo"), "length_normalization": self.length_normalization, "loss_type": self.loss_type}
         if self.name == "simpo":
             return {"beta": self.beta, "gamma": self.gamma}
         if self.name == "orpo":
             return {"orpo_lambda": self.orpo_lambda}
-        return {"beta": self.beta, "nll_scale": self.nll_scale}
+        return {"beta": self.beta, "nll_scale": self.nll_scale_for("cpo")}
+
+    def nll_scale_for(self, name: str) -> float:
+        """``nll_scale``, or the criterion's default: CPO's loss has the NLL term (Xu et al. 2024), DPO's not."""
+        if self.nll_scale is not None:
+            return self.nll_scale
+        return DEFAULT_NLL_SCALE[name]
 
 
 @dataclass(kw_only=True)

@@ -24,6 +24,7 @@ from torch.nn import Module
 
 from lmtune.data.packing import collate_packed, pack_examples
 from lmtune.errors import UserError
+from lmtune.models.row_logps import has_row_logps
 from lmtune.preference.losses import SequenceLogps
 from lmtune.preference.pairs import EncodedPairs
 
@@ -69,19 +70,26 @@ def collate_pairs(pairs: EncodedPairs, pair_ids: Sequence[int], reference: np.nd
 
 def sequence_logps(model: Module, batch) -> tuple[Tensor, Tensor]:
     """Per sequence of a packed SequenceBatch: the summed log-prob of its loss tokens (float32)
-    and their number (int64). The full logits are made once (the model's forward, so DDP and
-    FSDP see a normal call); the softmax runs on the loss positions alone."""
+    and their number (int64). One call of the model's forward (so DDP and FSDP see a normal
+    call); with ``lmtune.models.row_logps`` installed the LM head runs on the loss positions
+    alone, otherwise the full logits are made and the softmax runs on those positions."""
     if not batch.packed:
         raise ValueError("sequence_logps takes a packed batch")
     seqs, layout = batch.as_input()
-    logits = model(seqs, layout)  # (S, V)
     lens = torch.tensor(list(batch.seq_lens), device=seqs.device)
     seq_of = torch.repeat_interleave(torch.arange(len(lens), device=seqs.device), lens)
     starts = torch.zeros(len(seqs), dtype=torch.bool, device=seqs.device)
     starts[torch.cumsum(lens, 0)[:-1]] = True
     # Position p predicts token p + 1 when p + 1 is a loss token of the same sequence.
-    rows = torch.nonzero(batch.target_mask[1:] & ~starts[1:]).squeeze(1)
-    logps = torch.log_softmax(logits[rows].float(), dim=-1).gather(1, seqs[rows + 1].unsqueeze(1)).squeeze(1)
+    predicts = torch.zeros_like(starts)
+    predicts[:-1] = batch.target_mask[1:] & ~starts[1:]
+    rows = torch.nonzero(predicts).squeeze(1)
+    if has_row_logps(model):
+        targets = torch.roll(seqs, -1)  # position p's target, seqs[p + 1]
+        logps = model(seqs, layout, targets=targets, target_mask=predicts)
+    else:
+        logits = model(seqs, layout)  # (S, V)
+        logps = torch.log_softmax(logits[rows].float(), dim=-1).gather(1, seqs[rows + 1].unsqueeze(1)).squeeze(1)
     sums = torch.zeros(len(lens), dtype=logps.dtype, device=logps.device).index_add(0, seq_of[rows], logps)
     counts = torch.bincount(seq_of[rows], minlength=len(lens))
     return sums, counts

@@ -30,6 +30,7 @@ from lmtune.catalog.specs import TokenizerSpec
 from lmtune.data.encoded_cache import tokenizer_fingerprint
 from lmtune.errors import UserError
 from lmtune.files import atomic_write, atomic_write_text
+from lmtune.models.row_logps import use_row_logps
 from lmtune.preference.packing import collate_pairs, pack_pairs, pair_logps
 from lmtune.preference.pairs import EncodedPairs
 
@@ -90,6 +91,7 @@ def compute_reference_logps(model: Module, pairs: EncodedPairs, pair_ids: Sequen
         return out
     where = {int(p): i for i, p in enumerate(ids)}
     device = next(model.parameters()).device
+    use_row_logps(model)  # the head on response positions only, as the policy's steps (lmtune.models.row_logps)
     was_training = model.training
     model.eval()
     try:

@@ -33,6 +33,7 @@ from lmtune.dtypes import torch_dtype
 from lmtune.options.finetune import FinetuneOptions
 from lmtune.options.instrument import warmup_steps as instrument_warmup_steps
 from lmtune.options.pretrain import PretrainOptions
+from lmtune.options.training import TrainingOptions
 from lmtune.precision import Precision, choose_precision
 from lmtune.training.instruments import InstrumentSection
 from lmtune.training.validation_plan import ValidationPlan
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from lmtune.recipes.instruction_finetune import LoraSection
 
 
-def run_precision(o: FinetuneOptions | PretrainOptions, model: ModelSpec) -> Precision:
+def run_precision(o: TrainingOptions, model: ModelSpec) -> Precision:
     """What this run computes in (lmtune.precision): ``o.dtype`` on this machine's device, for ``model``'s width."""
     from lmtune.models.loading import model_width
     from lmtune.run_dir import is_main_process

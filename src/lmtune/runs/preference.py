@@ -1,11 +1,11 @@
 """``lmtune preference_finetune OUT``: check the inputs, compute the reference log-probs once, run the recipe.
 
 What is preference tuning's own: the criterion, the pairs (their records checked before OUT is
-touched), and dpo's reference model. The reference is never in memory while training: rank 0
-loads it before fairseq2 starts (the policy's starting model by default, from its card or the
-earlier run's checkpoint, never from OUT, so a resumed run cannot score with the trained policy;
-for LoRA the base model with no adapters), computes its log-probs of every pair that trains, and
-stores them beside the encoded pairs in the shared cache (OUT/reference without data_cache),
+touched), and dpo's reference model. The reference is never in memory while training: every rank
+loads it once fairseq2's gangs exist and before the policy is loaded (the policy's starting model by
+default, from its card or the earlier run's checkpoint, never from OUT, so a resumed run cannot score
+with the trained policy; for LoRA the base model with no adapters), computes its log-probs of its
+share of the pairs that train, rank 0 gathers the shares and stores them beside the encoded pairs in the shared cache (OUT/reference without data_cache),
 keyed by the data's and the model's fingerprints (``lmtune.preference.reference``): a rerun, a
 resumed run or a sweep point on the same data reads them. The run's lifecycle is
 ``lmtune.runs.lifecycle``; fine-tuning's LoRA, model fit and early-stopping pieces are shared.
@@ -89,7 +89,7 @@ def check_preference_options(o: PreferenceOptions) -> None:
     c = o.criterion
     if c.beta <= 0:
         raise UserError(f"config key 'criterion.beta' must be positive, got {c.beta}.")
-    if c.nll_scale < 0 or c.orpo_lambda < 0:
+    if (c.nll_scale is not None and c.nll_scale < 0) or c.orpo_lambda < 0:
         raise UserError(f"config keys 'criterion.nll_scale' and 'criterion.orpo_lambda' must be 0 or more, got {c.nll_scale} and {c.orpo_lambda}.")
     if o.reference_model is not None and not needs_reference(c.name):
         print(f"lmtune: warning: criterion.name={c.name} is reference-free; reference_model={o.reference_model} is not used.", file=sys.stderr)
@@ -170,9 +170,11 @@ def reference_values_path(split: Split) -> Path:
     return split.reference_dir / VALUES
 
 
-def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: ModelSpec, lora_base: bool, loaded: object, tokenizer: TokenizerSpec) -> None:
-    """Rank 0, before fairseq2: each split's reference log-probs, read from their cache or computed
-    with the reference model (loaded once, only when some split needs it) and written there."""
+def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: ModelSpec, lora_base: bool, loaded: object, tokenizer: TokenizerSpec, gang) -> None:
+    """Every rank, inside fairseq2's run before the policy is loaded (``gang``: fairseq2's root gang):
+    each split's reference log-probs, read from their cache or computed with the reference model,
+    each rank its share of the pairs (``rank_share``), gathered and written by rank 0."""
+    import numpy as np
     import torch
 
     from lmtune.adapters.build import load_any_model
@@ -185,11 +187,14 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
     from lmtune.preference.reference import (
         cached_reference_logps,
         compute_reference_logps,
+        gather_shares,
         model_fingerprint,
+        rank_share,
         reference_fingerprint,
     )
 
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+    main = gang.rank == 0
+    device = torch.device(gang.device)
     dtype = torch_dtype(choose_precision(o.dtype, device.type, model_width(ref)).dtype)
     model = load_any_model(ref, device=device, dtype=dtype)
     model_print = model_fingerprint(name=ref.name, checkpoint=Path(ref.checkpoint) if ref.checkpoint else None, model=model, dtype=dtype, lora_base=lora_base)
@@ -200,10 +205,17 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
         fp = reference_fingerprint(data_fingerprint(split.file, tokenizer), model_print)
 
         def compute(ids, p=pairs, s=split):
-            print(f"lmtune: computing the reference log-probs of {len(ids):,} pairs of {s.file.name} with {ref.name} -> {s.reference_dir}", file=sys.stderr)
-            return compute_reference_logps(model, p, ids, max_num_tokens=o.max_num_tokens)
+            if main:
+                shares = [len(part) for part in np.array_split(ids, gang.size)]
+                each = "" if gang.size == 1 else f", each rank its share ({', '.join(f'rank {r}: {n:,}' for r, n in enumerate(shares))})"
+                print(f"lmtune: computing the reference log-probs of {len(ids):,} pairs of {s.file.name} with {ref.name}{each} -> {s.reference_dir}", file=sys.stderr)
+            mine = compute_reference_logps(model, p, rank_share(ids, gang.rank, gang.size), max_num_tokens=o.max_num_tokens)
+            return gather_shares(gang, mine, len(ids))
 
-        cached_reference_logps(split.reference_dir, fp, pairs, needed, compute)
+        # Every rank reads the same verdict from the same files; the barrier keeps the next split's
+        # verdict after rank 0's write (two splits may share one file).
+        cached_reference_logps(split.reference_dir, fp, pairs, needed, compute, writer=main)
+        gang.barrier()
 
 
 def preference_config(o: PreferenceOptions, model: ModelSpec, tokenizer: TokenizerSpec, splits: dict[str, Split], plan: ValidationPlan, out_dir: Path):
@@ -326,14 +338,16 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
         if main:
             clear_early_stop(out_dir)
 
-    def before_run() -> None:  # rank 0, before fairseq2 whose ranks map the caches and reference values
+    def before_run() -> None:  # rank 0, before fairseq2 whose ranks map the caches
         prepare_data(splits, loaded, tokenizer)
-        if ref is not None:
-            compute_references(o, splits, ref, lora is not None and model.lora is None, loaded, tokenizer)
-            import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # the reference model is gone: its memory goes back before training
+    def reference_step(gang) -> None:  # every rank, in fairseq2's run, before the policy loads
+        assert ref is not None
+        compute_references(o, splits, ref, lora is not None and model.lora is None, loaded, tokenizer, gang)
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the reference model is gone: its memory goes back before the policy loads
 
     def record_early_stop() -> None:
         record = read_early_stop(out_dir) if plan.metric is not None else None
@@ -345,4 +359,4 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
     from lmtune.recipes.preference_finetune import PreferenceFinetuneRecipe
     from lmtune.runs.fairseq2_config import run_precision
 
-    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console, {plan.metric.name: plan.metric.higher_better} if plan.metric else None), config=config, console=console, plan=plan, precision=run_precision(o, model), before_run=before_run, after_run=record_early_stop)  # type: ignore[arg-type]
+    run_training(out_dir, o, recipe=PreferenceFinetuneRecipe(console, {plan.metric.name: plan.metric.higher_better} if plan.metric else None, reference_step if ref is not None else None), config=config, console=console, plan=plan, precision=run_precision(o, model), before_run=before_run, after_run=record_early_stop)

@@ -1,7 +1,7 @@
 """A sweep as a SLURM job array: one array task per unfinished point.
 
 Each task runs ``lmtune sweep OUT --array-task`` under ``srun``, which reads its point
-from ``SLURM_ARRAY_TASK_ID`` and trains it like ``srun lmtune instruction_finetune``
+from ``SLURM_ARRAY_TASK_ID`` and trains it like ``srun lmtune instruction_finetune`` (or the sweep's ``--recipe``)
 (every srun task a rank). Preemption is the single run's: SIGUSR1 120 s before the time
 limit, a checkpoint, exit 75, and the task requeues itself; the requeued task resumes
 its point.
