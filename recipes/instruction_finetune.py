@@ -58,6 +58,7 @@ from lmtune.data.records import read_records
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
+from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.target_loss import use_target_only_loss
 from lmtune.options.lora import LoraSettings
@@ -190,6 +191,7 @@ class InstructionFinetuneRecipe(Recipe):
         register_profiler(container, FinetuneConfig, self._console)  # profiler.enabled (lmtune.training.profiling)
         register_lora_base_families(container)
         register_gpt2_family(container)  # lmtune's GPT-2 (lmtune.models.gpt2)
+        register_transformers_family(container)  # transformers-backed causal LMs (lmtune.models.transformers_fairseq2)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:

@@ -38,12 +38,13 @@ def resolver() -> DependencyResolver:
     from fairseq2.runtime.dependency import get_dependency_resolver
 
     from lmtune.models.gpt2 import register_gpt2_family
+    from lmtune.models.transformers_fairseq2 import register_transformers_family
     from lmtune.safe_load import use_safe_tensor_loader
 
     # lmtune's own families join fairseq2's when lmtune is the first to start it; when fairseq2 has
     # started already (an earlier call, or a recipe's run, whose ``register`` adds them), nothing to do.
     with suppress(InvalidOperationError):
-        init_fairseq2(extras=register_gpt2_family)
+        init_fairseq2(extras=lambda container: (register_gpt2_family(container), register_transformers_family(container)))
     found = get_dependency_resolver()
     use_safe_tensor_loader(found)
     return found
