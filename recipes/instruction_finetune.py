@@ -58,9 +58,9 @@ from lmtune.data.records import read_records
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
-from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.target_loss import use_target_only_loss
+from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.options.lora import LoraSettings
 from lmtune.safe_load import use_safe_tensor_loader
 from lmtune.training.console import RunConsole

@@ -49,8 +49,8 @@ from lmtune.data.encoding import ExampleEncoder
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
-from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.options.preference import CriterionOptions
 from lmtune.preference.losses import (
     PreferenceLoss,

@@ -48,8 +48,8 @@ from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
-from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.safe_load import use_safe_tensor_loader
 from lmtune.training.console import RunConsole
 from lmtune.training.instruments import InstrumentSection

@@ -166,7 +166,7 @@ class Generator:
     @property
     def max_seq_len(self) -> int:
         if self._wrapped:
-            return int(self.model.hf.config.max_position_embeddings)  # type: ignore[union-attr]
+            return int(self.model.hf.config.max_position_embeddings)  # type: ignore[union-attr,arg-type]
         return int(self.model.max_seq_len)  # type: ignore[arg-type]
 
     def __call__(self, prompts: Sequence[Sequence[int]], device: torch.device | None = None) -> list[Completion]:
