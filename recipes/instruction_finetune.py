@@ -60,6 +60,11 @@ from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.target_loss import use_target_only_loss
+from lmtune.models.transformers_fairseq2 import register_transformers_family
+from lmtune.models.transformers_family import (
+    TransformersCausalLM,
+    packing_or_length_batching,
+)
 from lmtune.options.lora import LoraSettings
 from lmtune.safe_load import use_safe_tensor_loader
 from lmtune.training.console import RunConsole
@@ -190,6 +195,7 @@ class InstructionFinetuneRecipe(Recipe):
         register_profiler(container, FinetuneConfig, self._console)  # profiler.enabled (lmtune.training.profiling)
         register_lora_base_families(container)
         register_gpt2_family(container)  # lmtune's GPT-2 (lmtune.models.gpt2)
+        register_transformers_family(container)  # transformers-backed causal LMs (lmtune.models.transformers_fairseq2)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
@@ -217,6 +223,11 @@ class InstructionFinetuneRecipe(Recipe):
         pad_idx = tokenizer.vocab_info.pad_idx
         if pad_idx is None:
             pad_idx = 0  # padded positions are masked out of attention and loss
+        packing = data.packing and data.batch_size is None
+        model = context.get_model()
+        if isinstance(model, TransformersCausalLM):
+            # An architecture that mixes packed examples (its logits change when packed) is batched by length.
+            packing = packing_or_length_batching(model, packing, say=gangs.root.rank == 0)
 
         encoder = ExampleEncoder(tokenizer, data.chat_tokenizer_dir)
 
@@ -233,7 +244,7 @@ class InstructionFinetuneRecipe(Recipe):
                 pipeline = build_pipeline(
                     examples, indices=kept[gangs.dp.rank :: gangs.dp.size], dp_rank=0, dp_size=1, max_seq_len=data.max_seq_len,
                     max_num_tokens=data.max_num_tokens, batch_size=data.batch_size, pad_idx=pad_idx, shuffle_seed=None,
-                    packing=data.packing and data.batch_size is None,
+                    packing=packing,
                 )  # fmt: skip
                 return DataPipelineReader(pipeline, gangs, sync_mode=SyncMode.UNTIL_LAST)
             pipeline = build_pipeline(
@@ -246,7 +257,7 @@ class InstructionFinetuneRecipe(Recipe):
                 batch_size=data.batch_size,
                 pad_idx=pad_idx,
                 shuffle_seed=config.common.seed + 1 if shuffle else None,
-                packing=data.packing and data.batch_size is None,
+                packing=packing,
             )
             return DataPipelineReader(pipeline, gangs, num_accumulate=config.trainer.grad_accumulation.num_batches)
 

@@ -52,6 +52,7 @@ from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.row_logps import use_row_logps
 from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.options.preference import CriterionOptions
 from lmtune.preference.losses import (
     PreferenceLoss,
@@ -167,6 +168,7 @@ class PreferenceFinetuneRecipe(Recipe):
         register_profiler(container, PreferenceConfig, self._console)
         register_lora_base_families(container)
         register_gpt2_family(container)  # lmtune's GPT-2 (lmtune.models.gpt2)
+        register_transformers_family(container)  # transformers-backed causal LMs (lmtune.models.transformers_fairseq2)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:

@@ -49,6 +49,7 @@ from lmtune.data.text_stream import TextStreamReader
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.swiglu import use_lean_swiglu
+from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.safe_load import use_safe_tensor_loader
 from lmtune.training.console import RunConsole
 from lmtune.training.instruments import InstrumentSection
@@ -103,6 +104,7 @@ class PretrainRecipe(Recipe):
             self._console.attach(container)
         register_profiler(container, PretrainConfig, self._console)  # profiler.enabled (lmtune.training.profiling)
         register_gpt2_family(container)  # lmtune's GPT-2 (lmtune.models.gpt2)
+        register_transformers_family(container)  # transformers-backed causal LMs (lmtune.models.transformers_fairseq2)
 
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:

@@ -157,8 +157,9 @@ def test_unknown_architecture_is_one_sentence(tmp_path: Path) -> None:
 
 
 def test_cards_naming_such_directories_say_what_they_are(tmp_path: Path, isolated_user_cards: Path) -> None:
-    """A card naming a GPT-NeoX directory names the class transformers builds; one naming an architecture
-    transformers does not know says so; either way exit 2 and nothing written."""
+    """A card naming a GPT-NeoX directory is the transformers-backed family (this one has no tokenizer, so
+    training says so); one naming an architecture transformers does not know says so; either way exit 2
+    and nothing written. Training through the CLI: tests/test_transformers_family_cli.py."""
     import yaml
 
     from helpers import assert_user_error, run_lmtune_in_process
@@ -171,7 +172,9 @@ def test_cards_naming_such_directories_say_what_they_are(tmp_path: Path, isolate
         (isolated_user_cards / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "checkpoint": str(directory)}))
     out = tmp_path / "out"
     r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=neox")
-    assert_user_error(r, "model_type 'gpt_neox' (GPTNeoXForCausalLM)", "lmtune.models.transformers_family")
+    assert_user_error(r, "model 'neox' names no tokenizer")
+    shown = run_lmtune_in_process("assets", "show", "neox")
+    assert shown.returncode == 0 and "model_family: transformers" in shown.stdout and "hf_architecture: GPTNeoXForCausalLM" in shown.stdout
     r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=odd")
     assert_user_error(r, f"{odd / 'config.json'}: transformers cannot build this model", "not_a_real_model")
     assert not out.exists()

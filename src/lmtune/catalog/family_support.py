@@ -3,7 +3,8 @@ and the README's model section repeats.
 
 "yes" means a test proves it against a reference (transformers, PEFT, vLLM, an uninterrupted run);
 "untested" means no test here tries it; "API" means proved through lmtune's Python API
-(``lmtune.models.transformers_family``) but not yet taken by the CLI recipes; "per-arch": a probe decides per architecture. Mistral is built as fairseq2's llama family and exported as MistralForCausalLM.
+(``lmtune.models.transformers_family``) but not yet taken by the CLI recipes (the transformers family's SFT and
+export go through the CLI: tests/test_transformers_family_cli.py); "per-arch": a probe decides per architecture. Mistral is built as fairseq2's llama family and exported as MistralForCausalLM.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
     "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "gpt2":    ("gpt2",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     # Any other causal LM transformers builds from a local directory (tested: GPT-NeoX).
-    "transformers": ("transformers", ("API", "API", "no", "per-arch", "API", "untested")),
+    "transformers": ("transformers", ("yes", "API", "no", "per-arch", "yes", "untested")),
 }  # fmt: skip
 
 

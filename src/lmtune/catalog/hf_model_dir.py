@@ -202,9 +202,9 @@ def detected_fields(directory: Path) -> dict[str, object]:
     where = str(directory / "config.json")
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
-        from lmtune.catalog.transformers_dir import not_native_sentence
+        from lmtune.catalog.transformers_dir import transformers_fields
 
-        raise UserError(not_native_sentence(directory, model_type, list(HF_MODEL_TYPES)))
+        return transformers_fields(directory)
     family, tokenizer_family, convert = HF_MODEL_TYPES[str(model_type)]
     archs = hf.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
@@ -243,8 +243,9 @@ def with_detected_model(fields: dict[str, object]) -> dict[str, object]:
     out["model_config"] = deep_merge(found["model_config"], own) if isinstance(own, dict) else found["model_config"]  # type: ignore[arg-type]
     if "tokenizer" not in fields and "tokenizer_ref" not in fields and any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         out["tokenizer"] = str(directory)
-    if "tokenizer_family" in fields:
-        out["tokenizer_family"] = fields["tokenizer_family"]
+    for key in ("tokenizer_family", "tokenizer_config"):
+        if key in fields:
+            out[key] = fields[key]
     return out
 
 

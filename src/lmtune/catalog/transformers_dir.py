@@ -38,15 +38,27 @@ def transformers_architecture(directory: Path) -> str:
     return str(getattr(kls, "__name__", kls))
 
 
-def not_native_sentence(directory: Path, model_type: object, native: list[str]) -> str:
-    """Why a directory whose model_type is no native family cannot be a card's model yet: transformers'
-    own refusal, or which causal LM it is and where lmtune takes it (the Python API, not yet the CLI)."""
-    where = directory / "config.json"
-    try:
-        architecture = transformers_architecture(directory)
-    except UserError as ex:
-        return str(ex)
-    return (
-        f"{where}: model_type {model_type!r} ({architecture}) is no family lmtune builds natively ({', '.join(native)}); "
-        "its transformers-backed wrapper (lmtune.models.transformers_family) trains, generates and exports it from Python, but the CLI recipes do not take it yet."
-    )
+def transformers_fields(directory: Path) -> dict[str, object]:
+    """The card keys of a directory lmtune builds through transformers (``lmtune.models.transformers_fairseq2``):
+    its tokenizer is read from ``tokenizer.json`` as GPT-2's is (byte-level BPE), ending responses with the
+    directory's own EOS token."""
+    import json
+
+    architecture = transformers_architecture(directory)
+    config = transformers_config(directory)
+    sizes = {key: value for key, value in (("max_seq_len", getattr(config, "max_position_embeddings", None)), ("vocab_size", getattr(config, "vocab_size", None))) if isinstance(value, int)}
+    fields: dict[str, object] = {
+        "model_family": "transformers", "model_config": {"directory": str(directory.resolve()), **sizes}, "tokenizer_family": "gpt2",
+        "hf_architecture": architecture, "hf_model_type": config.model_type,
+    }  # fmt: skip
+    tokenizer_config = directory / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        try:
+            eos = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("eos_token")
+        except (OSError, ValueError, AttributeError):
+            eos = None
+        if isinstance(eos, dict):
+            eos = eos.get("content")
+        if isinstance(eos, str):
+            fields["tokenizer_config"] = {"eos_token": eos}
+    return fields

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from fairseq2.models.qwen import QwenConfig
 
 # The families lmtune exports: those of the key table, and GPT-2 (lmtune.models.gpt2_hf).
-EXPORTABLE_FAMILIES = (*HF_FAMILIES, "gpt2")
+EXPORTABLE_FAMILIES = (*HF_FAMILIES, "gpt2", "transformers")  # transformers: lmtune.export.transformers_export
 
 # fairseq2 builds Llama's RMSNorm with its default epsilon and Qwen's with 1e-6.
 LLAMA_RMS_NORM_EPS = 1e-5

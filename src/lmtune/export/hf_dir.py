@@ -220,6 +220,10 @@ def export_hf(
         if not output.is_dir():
             raise UserError(f"{output} exists and is not a directory; remove it or choose another --output.")
 
+    if spec.family == "transformers":
+        from lmtune.export.transformers_export import export_transformers_hf
+
+        return export_transformers_hf(spec, tokenizer, output, dtype=dtype, log=log)
     from lmtune.models.loading import model_config
 
     config = cast("LLaMAConfig | QwenConfig", model_config(spec))  # llama and qwen; gpt2 (Gpt2Config) has the fields export reads too

@@ -132,6 +132,13 @@ class Generator:
         self.options = options
         self.model = model
         self._recorder: _StopRecorder | None = None
+        self._wrapped = hasattr(model, "greedy")  # lmtune.models.transformers_family: transformers' own KV cache
+        if self._wrapped:
+            if options.beam_size > 1 or not (options.temperature == 0 or options.top_k == 1):
+                from lmtune.errors import UserError
+
+                raise UserError("a transformers-backed model (model_family: transformers) generates greedily only; set generator_config.temperature=0 and beam_size=1.")
+            return
         lm = cast("CausalLM", model)  # fairseq2's Llama and Qwen models are CausalLMs
         self._generator: SequenceGenerator
         budget = options.max_gen_len + 1  # the last step is fairseq2's forced EOS, dropped below
@@ -158,11 +165,15 @@ class Generator:
 
     @property
     def max_seq_len(self) -> int:
+        if self._wrapped:
+            return int(self.model.hf.config.max_position_embeddings)  # type: ignore[union-attr,arg-type]
         return int(self.model.max_seq_len)  # type: ignore[arg-type]
 
     def __call__(self, prompts: Sequence[Sequence[int]], device: torch.device | None = None) -> list[Completion]:
         from fairseq2.nn.utils.padding import pad_seqs
 
+        if self._wrapped:
+            return [self._greedy_wrapped(p) for p in prompts]
         seqs, layout = pad_seqs([torch.tensor(p, dtype=torch.int64) for p in prompts], device=device)
         if self._recorder is not None:
             self._recorder.stop_of = {}
@@ -174,6 +185,11 @@ class Generator:
             stop_id = self._recorder.stop_of.get(i) if self._recorder is not None else None
             completions.append(self._finish(gen, len(prompts[i]), limit, stop_id))
         return completions
+
+    def _greedy_wrapped(self, prompt: Sequence[int]) -> Completion:
+        budget = min(self.options.max_gen_len, self.max_seq_len - len(prompt))
+        gen = self.model.greedy(prompt, max_new_tokens=budget, eos_idx=self.stop_ids)  # type: ignore[operator]
+        return Completion(token_ids=gen, stopped=bool(gen) and gen[-1] in self.stop_ids)
 
     def _finish(self, gen: list[int], prompt_len: int, limit: int, stop_id: int | None) -> Completion:
         n = self.options.max_gen_len

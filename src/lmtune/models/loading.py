@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from fairseq2.data.tokenizers import Tokenizer
     from fairseq2.models import ModelFamily
     from fairseq2.models.llama import LLaMAConfig
-    from fairseq2.runtime.dependency import DependencyResolver
+    from fairseq2.runtime.dependency import DependencyContainer, DependencyResolver
     from fairseq2.utils.structured import ValueConverter
 
 
@@ -37,16 +37,24 @@ def resolver() -> DependencyResolver:
     from fairseq2.error import InvalidOperationError
     from fairseq2.runtime.dependency import get_dependency_resolver
 
-    from lmtune.models.gpt2 import register_gpt2_family
     from lmtune.safe_load import use_safe_tensor_loader
 
     # lmtune's own families join fairseq2's when lmtune is the first to start it; when fairseq2 has
     # started already (an earlier call, or a recipe's run, whose ``register`` adds them), nothing to do.
     with suppress(InvalidOperationError):
-        init_fairseq2(extras=register_gpt2_family)
+        init_fairseq2(extras=_register_lmtune_families)
     found = get_dependency_resolver()
     use_safe_tensor_loader(found)
     return found
+
+
+def _register_lmtune_families(container: DependencyContainer) -> None:
+    """lmtune's own model families: GPT-2, and any other causal LM transformers builds."""
+    from lmtune.models.gpt2 import register_gpt2_family
+    from lmtune.models.transformers_fairseq2 import register_transformers_family
+
+    register_gpt2_family(container)
+    register_transformers_family(container)
 
 
 def model_family(name: str) -> ModelFamily:

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
 
 def use_target_only_loss(model: Module) -> None:
-    """Makes ``model`` (a fairseq2 TransformerLM) compute its training loss on target rows only."""
+    """Makes ``model`` (a fairseq2 TransformerLM) compute its training loss on target rows only. The
+    transformers-backed wrapper (``lmtune.models.transformers_family``) computes its own loss and is left alone."""
+    if not hasattr(model, "compute_fused_loss"):
+        return
     replace_fused_loss(model, lambda full_loss: _target_only_loss(model, full_loss))
 
 

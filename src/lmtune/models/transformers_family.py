@@ -13,7 +13,7 @@ are the logits it has alone. Nothing is ever fetched: ``local_files_only=True`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -105,8 +105,9 @@ class TransformersCausalLM(Module):
         return (loss, logits) if return_logits else loss
 
     @torch.no_grad()
-    def greedy(self, prompt: Sequence[int], *, max_new_tokens: int, eos_idx: int | None = None) -> list[int]:
-        """Greedy tokens after ``prompt`` (with transformers' KV cache), stopping at ``eos_idx``."""
+    def greedy(self, prompt: Sequence[int], *, max_new_tokens: int, eos_idx: int | Collection[int] | None = None) -> list[int]:
+        """Greedy tokens after ``prompt`` (with transformers' KV cache), stopping at ``eos_idx`` (one id or several)."""
+        stops = {eos_idx} if isinstance(eos_idx, int) else set(eos_idx or ())
         ids = torch.tensor([list(prompt)], device=next(self.hf.parameters()).device)
         out: list[int] = []
         past: Any = None
@@ -116,7 +117,7 @@ class TransformersCausalLM(Module):
             past = result.past_key_values
             token = int(result.logits[0, -1].argmax())
             out.append(token)
-            if token == eos_idx:
+            if token in stops:
                 break
             step = torch.tensor([[token]], device=ids.device)
         return out
@@ -188,9 +189,9 @@ def load_transformers_causal_lm(directory: Path, *, random_init: bool = False, d
         if random_init:
             if seed is not None:
                 torch.manual_seed(seed)
-            hf = AutoModelForCausalLM.from_config(config, torch_dtype=dtype, attn_implementation="sdpa")
+            hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
         else:
-            hf = AutoModelForCausalLM.from_pretrained(directory, config=config, torch_dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+            hf = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
     except ValueError as ex:
         first = str(ex).strip().splitlines()[0]
         raise UserError(f"{directory / 'config.json'}: transformers has no causal LM for this config ({first}).") from None
