@@ -42,3 +42,33 @@ def one_thread_per_xdist_worker() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+
+
+# Rough serial seconds of the slowest modules on a busy 2-core machine (tests/TIMINGS.md, "per module"); only
+# their order matters. Under `-n auto --dist loadfile` each module runs whole on one worker, longest first, so
+# that no long module starts last and keeps one core busy alone at the end (xdist's own order, most tests
+# first, started the slow modules with few tests last). A module not listed runs after these, in file order.
+MODULE_SECONDS: dict[str, float] = {
+    "test_preference_finetune": 2400, "test_lora": 1750, "test_early_stopping": 700, "test_resume": 700,
+    "test_distributed": 500, "test_pretrain": 490, "test_instrument": 490, "test_encoded_cache": 400,
+    "test_safe_load": 400, "test_sweep": 350, "test_ag_news": 300, "test_lora_export": 300, "test_vllm": 300,
+    "test_lora_vllm": 300, "test_demo": 250, "test_generate": 200, "test_stages": 150, "test_drift": 150,
+    "test_cli_errors": 150, "test_packaging": 120, "test_console": 120,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's --loadscope-reorder, on by default
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], index)
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        module = item.nodeid.split("::")[0]
+        return (-MODULE_SECONDS.get(Path(module).stem, 0.0), first[module])
+
+    items.sort(key=key)  # stable: a module's tests keep their order

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import losses, run_lmtune  # noqa: F401 (losses: the LoRA tests read runs through this module)
+from helpers import losses, run_lmtune_in_process  # noqa: F401 (losses: the LoRA tests read runs through this module)
 from tiny_builders import build_tiny_model, write_hf_dir
 
 BASE_CONFIG: dict[str, object] = {
@@ -47,7 +47,7 @@ def write_base(root: Path) -> Path:
 
 def train(out: Path, cards: Path, *extra: str) -> Path:
     """``lmtune instruction_finetune OUT`` with RUN_ARGS and ``extra`` keys; returns OUT."""
-    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *extra, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *extra, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, assert_user_error, run_lmtune
+from helpers import REPO, assert_user_error, run_lmtune_in_process
 from lmtune.data.audit import (
     fixed_size_batches,
     length_batches,
@@ -184,7 +184,7 @@ def _expected_stats(values: list[int]) -> tuple[object, ...]:
 
 @pytest.mark.slow
 def test_tiny_default_matches_an_independent_tokenization() -> None:
-    r = run_lmtune("audit", "tiny_gsm8k", "--model", "tiny_llama", timeout=300)
+    r = run_lmtune_in_process("audit", "tiny_gsm8k", "--model", "tiny_llama")
     assert r.returncode == 0, r.stderr[-3000:]
     got = _parse(r.stdout)
     lengths, targets = _reference_lengths(TINY_TRAIN)
@@ -245,25 +245,25 @@ def test_handmade_jsonl_with_chat_records(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_missing_dataset_is_one_sentence(tmp_path: Path) -> None:
-    r = run_lmtune("audit", str(tmp_path / "nope.jsonl"), "--model", "tiny_llama")
+    r = run_lmtune_in_process("audit", str(tmp_path / "nope.jsonl"), "--model", "tiny_llama")
     assert_user_error(r, "nope.jsonl", "no such file")
 
 
 def test_unknown_model_is_one_sentence() -> None:
-    r = run_lmtune("audit", "tiny_gsm8k", "--model", "tiny_lama")
+    r = run_lmtune_in_process("audit", "tiny_gsm8k", "--model", "tiny_lama")
     assert_user_error(r, "unknown model 'tiny_lama'", "tiny_llama")
 
 
 def test_malformed_record_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"src": "a", "tgt": "b"}\n{"src": "a"\n')
-    r = run_lmtune("audit", str(path), "--model", "tiny_llama")
+    r = run_lmtune_in_process("audit", str(path), "--model", "tiny_llama")
     assert_user_error(r, f"{path}:2", "not valid JSON")
 
 
 def test_bad_numbers_are_one_sentence() -> None:
-    assert_user_error(run_lmtune("audit", "tiny_gsm8k"), "--model")
-    assert_user_error(run_lmtune("audit", "tiny_gsm8k", "--model", "tiny_llama", "--batch-size", "0"), "--batch-size")
+    assert_user_error(run_lmtune_in_process("audit", "tiny_gsm8k"), "--model")
+    assert_user_error(run_lmtune_in_process("audit", "tiny_gsm8k", "--model", "tiny_llama", "--batch-size", "0"), "--batch-size")
 
 
 def test_help_is_fast_and_light() -> None:

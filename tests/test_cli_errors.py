@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
+from helpers import assert_user_error, run_lmtune_in_process
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=2"]
 
@@ -74,7 +74,7 @@ def test_empty_dataset(out: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_every_example_too_long(out: Path) -> None:
-    r = run_lmtune("instruction_finetune", str(out), *TINY, "max_seq_len=8", "max_num_tokens=64")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, "max_seq_len=8", "max_num_tokens=64")
     assert_user_error(r, "every example is longer than max_seq_len=8")
     assert (out / "keep.txt").read_text() == "precious"
 
@@ -101,7 +101,7 @@ def test_card_checkpoint_missing(out: Path, isolated_user_cards: Path) -> None:
 @pytest.mark.slow
 def test_tokenizer_larger_than_model_vocabulary(out: Path, isolated_user_cards: Path) -> None:
     (isolated_user_cards / "m.yaml").write_text("name: small_vocab\nbase: tiny_llama\nmodel_config:\n  vocab_size: 300\n")
-    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=small_vocab")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, "model=small_vocab")
     assert_user_error(r, "476 tokens", "vocab_size=300")
     _untouched(out)
 
@@ -124,14 +124,14 @@ def test_checkpoint_of_another_size(out: Path, tmp_path: Path, isolated_user_car
     pth = write_meta_reference(build_tiny_model("llama", "tiny_llama", TINY_LLAMA), tmp_path / "weights")  # model_dim 128
     card = f"name: my_model\nbase: tiny_llama\ninit: null\ncheckpoint: {pth}\nmodel_config:\n  model_dim: 64\n"
     (isolated_user_cards / "m.yaml").write_text(card)
-    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=my_model")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, "model=my_model")
     assert_user_error(r, str(pth), "does not fit the model's architecture", "(512, 64) in the model", "model_config")
     assert (out / "keep.txt").read_text() == "precious"
-    r = run_lmtune("generate", str(tmp_path / "gen"), "--config", "model=my_model", "dataset=tiny_gsm8k")
+    r = run_lmtune_in_process("generate", str(tmp_path / "gen"), "--config", "model=my_model", "dataset=tiny_gsm8k")
     assert_user_error(r, str(pth), "does not fit the model's architecture")
     # With the card fixed, the same OUT trains: the failed attempt left no checkpoint to protect.
     (isolated_user_cards / "m.yaml").write_text(card.replace("model_dim: 64", "model_dim: 128"))
-    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=my_model")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, "model=my_model")
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -150,7 +150,7 @@ def test_added_tokens_beyond_the_model_vocabulary(out: Path, tmp_path: Path, iso
     cards = f"name: tok_plus\ntokenizer: {tok_dir}\ntokenizer_family: llama\ntokenizer_config:\n  impl: hg\n  use_eot: true\n---\n"
     cards += "name: vocab_476\nbase: tiny_llama\ntokenizer_ref: tok_plus\nmodel_config:\n  vocab_size: 476\n"
     (isolated_user_cards / "m.yaml").write_text(cards)
-    r = run_lmtune("instruction_finetune", str(out), *TINY, "model=vocab_476")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *TINY, "model=vocab_476")
     assert_user_error(r, "477 tokens", "vocab_size=476")
     _untouched(out)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import free_port, metric_rows, run_lmtune
+from helpers import free_port, metric_rows, run_lmtune_in_process
 
 pytestmark = pytest.mark.slow  # every test trains under torchrun or srun-like ranks
 
@@ -106,7 +106,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path: Path) -> None:
     assert r.stderr.count("lmtune: encoded train.jsonl: 4,000 examples") == 1, r.stderr[-3000:]
     assert len(list(Path(os.environ["LMTUNE_CACHE_DIR"], "encoded").glob("*/tokens.npy"))) == 1
     one = tmp_path / "one"
-    r1 = run_lmtune(*_args(one, "batch_size=16", "max_grad_norm=null"))
+    r1 = run_lmtune_in_process(*_args(one, "batch_size=16", "max_grad_norm=null"))
     assert r1.returncode == 0, r1.stderr[-3000:]
     # Sharding alternates examples, so the 2x8 batches hold the same 16 examples as the 1x16 batch.
     for a, b in zip(_losses(two), _losses(one)):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune_in_process
 from lora_runs import BASE_CONFIG, losses, train, write_base
 
 pytestmark = pytest.mark.slow  # trains runs with saved representations
@@ -135,7 +135,7 @@ def test_representations_leave_the_training_losses_unchanged(runs: tuple[Path, P
 
 def test_drift_prints_cka_and_cosine_per_layer_and_writes_json_and_plot(runs: tuple[Path, Path, Path]) -> None:
     _, out, _ = runs
-    result = run_lmtune("drift", str(out))
+    result = run_lmtune_in_process("drift", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     tables = result.stdout.split("mean cosine similarity against step 0")
     assert tables[0].startswith("linear CKA against step 0")
@@ -168,18 +168,18 @@ def test_a_resumed_run_keeps_step_0_and_adds_later_steps(runs: tuple[Path, Path,
 
 def test_representations_without_a_validation_split_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "representations.every_n_steps=5")
+    result = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "representations.every_n_steps=5")
     assert_user_error(result, "representations.every_n_steps needs a validation split")
     assert not out.exists()
 
 
 def test_bad_layers_are_refused(tmp_path: Path) -> None:
-    result = run_lmtune("instruction_finetune", str(tmp_path / "out"), "--config-file", "tiny_gsm8k", "--config", *REPS[1:], "representations.layers=[0,3]")
+    result = run_lmtune_in_process("instruction_finetune", str(tmp_path / "out"), "--config-file", "tiny_gsm8k", "--config", *REPS[1:], "representations.layers=[0,3]")
     assert_user_error(result, "representations.layers=[0, 3]", "from 0 (the embedding output) to 2")
 
 
 def test_drift_without_saved_representations_is_one_sentence(tmp_path: Path) -> None:
-    assert_user_error(run_lmtune("drift", str(tmp_path)), "holds no saved representations")
+    assert_user_error(run_lmtune_in_process("drift", str(tmp_path)), "holds no saved representations")
 
 
 def test_more_examples_than_the_split_has_uses_all_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

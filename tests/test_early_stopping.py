@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, metric_rows, run_lmtune, run_lmtune_in_process
+from helpers import assert_user_error, metric_rows, run_lmtune_in_process
 
 
 def write_task(root: Path) -> Path:
@@ -70,7 +70,7 @@ PLATEAU = ["learning_rate=1e-12", "max_num_steps=40", "checkpoint_every_n_steps=
 @pytest.fixture(scope="module")
 def plateau(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("plateau") / "out"
-    result = run_lmtune("instruction_finetune", str(out), *common(data, *PLATEAU))
+    result = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *PLATEAU))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -96,17 +96,17 @@ def test_a_stopped_run_rerun_ends_at_once_and_continues_when_allowed(plateau: tu
     out = tmp_path / "out"
     shutil.copytree(plateau[0], out)
     message = json.loads((out / "early_stop.json").read_text())["message"]
-    again = run_lmtune("instruction_finetune", str(out), *common(data, *PLATEAU))
+    again = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *PLATEAU))
     assert again.returncode == 0 and message in again.stderr
     assert trained_steps(out)[-1] == 6
 
     # One more validation of patience: stops at the next one.
-    more = run_lmtune("instruction_finetune", str(out), *common(data, *PLATEAU, "early_stopping.patience=3"))
+    more = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *PLATEAU, "early_stopping.patience=3"))
     assert more.returncode == 0, more.stderr[-3000:]
     assert sorted(valid_rows(out)) == [2, 4, 6, 8] and "stopped early at step 8" in more.stderr
 
     # More steps with the same patience: the count starts afresh at the resumed step.
-    longer = run_lmtune("instruction_finetune", str(out), *common(data, *PLATEAU, "early_stopping.patience=3", "max_num_steps=60"))
+    longer = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *PLATEAU, "early_stopping.patience=3", "max_num_steps=60"))
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert sorted(valid_rows(out)) == [2, 4, 6, 8, 10, 12, 14] and "stopped early at step 14" in longer.stderr
 
@@ -117,7 +117,7 @@ LEARN = ["learning_rate=1e-3", "max_num_steps=40", "checkpoint_every_n_steps=1",
 @pytest.fixture(scope="module")
 def learned(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("learned") / "out"
-    result = run_lmtune("instruction_finetune", str(out), *common(data, *LEARN, "checkpoint_every_n_steps=2", "keep_best_n_checkpoints=1"))
+    result = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *LEARN, "checkpoint_every_n_steps=2", "keep_best_n_checkpoints=1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "early_stop.json").is_file(), "the run was meant to stop early"
     return out
@@ -131,7 +131,7 @@ def test_the_best_checkpoint_scores_as_recorded(learned: Path, data: Path, tmp_p
     assert rows[best]["Accuracy"] == max(r["Accuracy"] for r in rows.values()) > 0  # the model learned the labels
     assert best in checkpoints(learned)  # kept by keep_best_n_checkpoints=1, beside the last
     gen = tmp_path / "gen"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "generate", str(gen), "--config", f"checkpoint_dir={learned}/checkpoints", "model=best_checkpoint",
         f"dataset={data / 'valid.jsonl'}",
         "score=classification", "generator_config.max_gen_len=4",
@@ -140,14 +140,14 @@ def test_the_best_checkpoint_scores_as_recorded(learned: Path, data: Path, tmp_p
     scores = json.loads((gen / "scores.json").read_text())
     assert scores["accuracy"] == rows[best]["Accuracy"] and scores["macro_f1"] == pytest.approx(rows[best]["Macro F1"], abs=1e-12)
 
-    export = run_lmtune("write_hf_config", f"{learned}/best_checkpoint")
+    export = run_lmtune_in_process("write_hf_config", f"{learned}/best_checkpoint")
     assert export.returncode == 0, export.stderr[-3000:]
     assert (learned / "checkpoints" / f"step_{best}" / "hf" / "config.json").is_file()
 
     # A new stage from the best checkpoint: its first validation, before any update counts (warmup
     # from 0), scores the best checkpoint's weights.
     stage = tmp_path / "stage2"
-    r = run_lmtune("instruction_finetune", str(stage), *common(data, "model=best_checkpoint", f"resume_checkpoint_dir={learned}/checkpoints",
+    r = run_lmtune_in_process("instruction_finetune", str(stage), *common(data, "model=best_checkpoint", f"resume_checkpoint_dir={learned}/checkpoints",
                    "max_num_steps=1", "validate_every_n_steps=1", "lr_scheduler.num_warmup_steps=1", "early_stopping.metric=null"))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert valid_rows(stage)[1]["Accuracy"] == rows[best]["Accuracy"]
@@ -156,7 +156,7 @@ def test_the_best_checkpoint_scores_as_recorded(learned: Path, data: Path, tmp_p
 @pytest.mark.slow
 def test_killed_and_resumed_run_stops_at_the_same_step_with_the_same_metrics(learned: Path, data: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    assert run_lmtune("instruction_finetune", str(reference), *common(data, *LEARN)).returncode == 0
+    assert run_lmtune_in_process("instruction_finetune", str(reference), *common(data, *LEARN)).returncode == 0
     expected = valid_rows(reference)
     stop = json.loads((reference / "early_stop.json").read_text())["step"]
 
@@ -172,7 +172,7 @@ def test_killed_and_resumed_run_stops_at_the_same_step_with_the_same_metrics(lea
     killed_at = checkpoints(out)[-1]
     assert proc.returncode == -signal.SIGKILL and killed_at < stop, (killed_at, stop)
 
-    resumed = run_lmtune("instruction_finetune", str(out), *common(data, *LEARN))
+    resumed = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *LEARN))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"stopped early at step {stop}" in resumed.stderr
     got = valid_rows(out)
@@ -209,10 +209,10 @@ def test_early_stopping_without_a_validation_split(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_best_checkpoint_of_a_run_without_scores(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=2", "checkpoint_every_n_steps=2").returncode == 0
-    r = run_lmtune("generate", str(tmp_path / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=best_checkpoint", "dataset=tiny_gsm8k")
+    assert run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=2", "checkpoint_every_n_steps=2").returncode == 0
+    r = run_lmtune_in_process("generate", str(tmp_path / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=best_checkpoint", "dataset=tiny_gsm8k")
     assert_user_error(r, "model=best_checkpoint", "no scored checkpoint", "early_stopping.metric")
-    r = run_lmtune("instruction_finetune", str(tmp_path / "stage2"), "--config-file", "tiny_gsm8k", "--config", "model=best_checkpoint", f"resume_checkpoint_dir={out}/checkpoints", "max_num_steps=2")
+    r = run_lmtune_in_process("instruction_finetune", str(tmp_path / "stage2"), "--config-file", "tiny_gsm8k", "--config", "model=best_checkpoint", f"resume_checkpoint_dir={out}/checkpoints", "max_num_steps=2")
     assert_user_error(r, "model=best_checkpoint", "no scored checkpoint")
 
 
@@ -244,7 +244,7 @@ def test_two_ranks_share_the_task_evaluation(plateau: tuple[Path, subprocess.Com
 def test_the_direction_of_the_metric_orders_the_checkpoints(data: Path, tmp_path: Path, mode: str, sign: int) -> None:
     """fairseq2 ranks checkpoints by a score where higher is better: the loss is negated, unless mode=max."""
     out = tmp_path / "out"
-    r = run_lmtune("instruction_finetune", str(out), *common(data, *PLATEAU, "max_num_steps=2", "early_stopping.metric=valid.loss", f"early_stopping.mode={mode}"))
+    r = run_lmtune_in_process("instruction_finetune", str(out), *common(data, *PLATEAU, "max_num_steps=2", "early_stopping.metric=valid.loss", f"early_stopping.mode={mode}"))
     assert r.returncode == 0, r.stderr[-3000:]
     loss = valid_rows(out)[2]["NLL Loss"]
     assert float((out / "checkpoints/scores/step_2.txt").read_text()) == pytest.approx(sign * loss, rel=1e-6)

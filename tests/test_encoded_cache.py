@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_user_error, metric_rows, run_lmtune
+from helpers import assert_user_error, metric_rows, run_lmtune_in_process
 
 TINY = ["--config-file", "tiny_gsm8k", "--config", "max_num_steps=8", "publish_metrics_every_n_steps=1", "max_num_tokens=1024"]
 
@@ -149,7 +149,7 @@ def test_two_outs_on_the_same_data_share_one_entry_that_cache_list_shows_and_cle
     from lmtune.commands.cache import clear_cache, list_cache
 
     first = tmp_path / "first"
-    r = run_lmtune("instruction_finetune", str(first), *TINY)
+    r = run_lmtune_in_process("instruction_finetune", str(first), *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "lmtune: encoded train.jsonl: 4,000 examples" in r.stderr
     files = _cache_files()
@@ -162,14 +162,14 @@ def test_two_outs_on_the_same_data_share_one_entry_that_cache_list_shows_and_cle
 
     # A new OUT on the same data maps the entry as it is: no encoding, not one file rewritten.
     second = tmp_path / "second"
-    r = run_lmtune("instruction_finetune", str(second), *TINY)
+    r = run_lmtune_in_process("instruction_finetune", str(second), *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"lmtune: reusing the encoded train.jsonl in {_cache_root()}/train-" in r.stderr and "lmtune: encoded" not in r.stderr
     assert _cache_files() == files
     assert _losses(second) == expected
 
     without = tmp_path / "without"
-    r = run_lmtune("instruction_finetune", str(without), *TINY, "data_cache=false")
+    r = run_lmtune_in_process("instruction_finetune", str(without), *TINY, "data_cache=false")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "lmtune: reusing" not in r.stderr and _cache_files() == files  # the cache is neither read nor written
     assert _losses(without) == expected
@@ -259,7 +259,7 @@ def test_a_killed_build_is_never_used_and_its_leftovers_are_removed(tmp_path: Pa
 @pytest.mark.slow
 def test_a_damaged_entry_is_rebuilt_saying_which_file_and_trains_the_same_losses(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    r = run_lmtune("instruction_finetune", str(reference), *TINY)
+    r = run_lmtune_in_process("instruction_finetune", str(reference), *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     expected = _losses(reference)
     train = next(_cache_root().glob("train-*"))
@@ -275,7 +275,7 @@ def test_a_damaged_entry_is_rebuilt_saying_which_file_and_trains_the_same_losses
                 fp.truncate(size - 8)  # what a copy cut short or a full disk leaves
             damages[name] = f"{name} has {size - 8:,} bytes where {size:,} were written"
         out = tmp_path / name
-        r = run_lmtune("instruction_finetune", str(out), *TINY)
+        r = run_lmtune_in_process("instruction_finetune", str(out), *TINY)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
         rebuilt = [line for line in r.stderr.splitlines() if line.startswith("lmtune: re-encoding train.jsonl:")]

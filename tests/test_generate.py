@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, free_port, run_lmtune, run_lmtune_in_process
+from helpers import REPO, free_port, run_lmtune_in_process
 
 TOKENIZER_DIR = REPO / "assets" / "tiny" / "tokenizer"
 MAX_GEN_LEN = 24
@@ -144,7 +144,7 @@ def test_greedy_generate_equals_transformers(tmp_path: Path, isolated_user_cards
     state, config = write_model_card(tmp_path, isolated_user_cards)
     data = _jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     out = tmp_path / "out"
-    r = run_lmtune("generate", str(out), "--config", "model=parity_llama", f"dataset={data}", f"generator_config.max_gen_len={MAX_GEN_LEN}", "score=none")
+    r = run_lmtune_in_process("generate", str(out), "--config", "model=parity_llama", f"dataset={data}", f"generator_config.max_gen_len={MAX_GEN_LEN}", "score=none")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _read(out / "generations.jsonl")
     assert len(rows) == len(PROMPTS)
@@ -219,7 +219,7 @@ def test_sampling_is_reproducible_with_its_seed(tmp_path: Path, isolated_user_ca
     args = ["--config", "model=parity_llama", f"dataset={data}", "generator_config.max_gen_len=16", "generator_config.temperature=1.0", "generator_config.top_p=0.95"]
     ids = []
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        r = run_lmtune("generate", str(tmp_path / name), *args, f"seed={seed}")
+        r = run_lmtune_in_process("generate", str(tmp_path / name), *args, f"seed={seed}")
         assert r.returncode == 0, r.stderr[-3000:]
         ids.append([row["token_ids"] for row in _read(tmp_path / name / "generations.jsonl")])
     assert ids[0] == ids[1]
@@ -245,7 +245,7 @@ def test_two_processes_under_torchrun_merge_in_input_order(tmp_path: Path, isola
     data = _jsonl(tmp_path / "prompts.jsonl", PROMPTS * 2)
     args = ["generate", "--config", "model=parity_llama", f"dataset={data}", "generator_config.max_gen_len=12", "batch_size=1", "score=none"]
     single = tmp_path / "single"
-    r = run_lmtune(args[0], str(single), *args[1:])
+    r = run_lmtune_in_process(args[0], str(single), *args[1:])
     assert r.returncode == 0, r.stderr[-3000:]
 
     two = tmp_path / "two"
@@ -269,7 +269,7 @@ def test_two_srun_tasks_split_the_prompts_and_merge_like_one_process(tmp_path: P
     data = _jsonl(tmp_path / "prompts.jsonl", PROMPTS * 2)
     args = ["--config", "model=parity_llama", f"dataset={data}", "generator_config.max_gen_len=12", "batch_size=1", "score=none"]
     single = tmp_path / "single"
-    r = run_lmtune("generate", str(single), *args)
+    r = run_lmtune_in_process("generate", str(single), *args)
     assert r.returncode == 0, r.stderr[-3000:]
 
     two = tmp_path / "two"

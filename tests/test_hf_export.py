@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
+from helpers import assert_user_error, run_lmtune_in_process
 from lmtune.adapters.build import load_any_model
 from lmtune.catalog.specs import TokenizerSpec
 from lmtune.errors import UserError
@@ -338,7 +338,7 @@ def test_tutorial_form_through_the_cli(tmp_path: Path, tokenizers: dict[str, Tok
     meta = write_meta_reference(tiny, tmp_path / "ckpt").parent
     shutil.copytree(tokenizers["llama3_hf"].path, meta, dirs_exist_ok=True)
     (isolated_user_cards / "tiny.yaml").write_text(yaml.safe_dump(tiny.card("tiny_meta", meta / "consolidated.00.pth")))
-    result = run_lmtune("write_hf_config", "--model", "tiny_meta", str(meta), "--verify")
+    result = run_lmtune_in_process("write_hf_config", "--model", "tiny_meta", str(meta), "--verify")
     assert result.returncode == 0, result.stderr[-3000:]
     difference = float(result.stderr.split("max abs logit difference ")[1].split()[0])
     assert difference <= TOLERANCE

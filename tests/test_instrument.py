@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune_in_process
 from lmtune.training.grad_stats import gradient_stats, parameter_group
 from lmtune.training.memory_stats import peak_rss_bytes
 from tiny_builders import float64_model, tiny_llama, tiny_qwen3
@@ -46,7 +46,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subp
     done = {}
     for name, extra in (("instrumented", INSTRUMENTED), ("plain", PLAIN)):
         out = tmp_path_factory.mktemp(name) / "out"
-        r = run_lmtune("instruction_finetune", str(out), *RUN, *extra)
+        r = run_lmtune_in_process("instruction_finetune", str(out), *RUN, *extra)
         assert r.returncode == 0, r.stderr[-3000:]
         done[name] = (out, r)
     return done
@@ -169,7 +169,7 @@ def test_peak_rss_is_the_kernels_high_water_mark() -> None:
 )
 def test_bad_instrument_keys_are_one_sentence(tmp_path: Path, verb: str, args: list[str], fragment: str) -> None:
     out = tmp_path / "out"
-    r = run_lmtune(verb, str(out), "--config", "model=tiny_llama", "dataset=tiny_gsm8k", *args)
+    r = run_lmtune_in_process(verb, str(out), "--config", "model=tiny_llama", "dataset=tiny_gsm8k", *args)
     assert_user_error(r, fragment)
     assert not (out / "checkpoints").exists()
 
@@ -178,7 +178,7 @@ def test_switching_instruments_on_when_resuming_keeps_the_run(runs, tmp_path: Pa
     # Nothing of theirs is in the checkpoints: a run started without them continues with them.
     out = tmp_path / "out"
     shutil.copytree(runs["plain"][0], out)
-    r = run_lmtune("instruction_finetune", str(out), *RUN, *PLAIN, f"max_num_steps={STEPS + 2}", "grad_stats=true")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *RUN, *PLAIN, f"max_num_steps={STEPS + 2}", "grad_stats=true")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {STEPS}" in r.stderr
     rows = {row["Step"]: row for row in _rows(out)}
@@ -194,7 +194,7 @@ def test_pretrain_takes_the_same_keys(tmp_path: Path) -> None:
     corpus.write_text("".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + "\n\n" for _ in range(60)))
     out = tmp_path / "out"
     steps, lr = 6, 3e-3
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "pretrain", str(out), "--config", "model=tiny_llama", "init=random", f"dataset={corpus}", "max_seq_len=64", "batch_size=4",
         f"max_num_steps={steps}", f"learning_rate={lr}", "publish_metrics_every_n_steps=1", f"checkpoint_every_n_steps={steps}",
         "tensorboard=false", "warmup_ratio=0.5", "grad_stats=true",
@@ -236,7 +236,7 @@ def test_report_draws_the_norm_and_the_memory(runs, tmp_path: Path) -> None:  # 
 
     from lmtune.report.plots import panel_pixels
 
-    r = run_lmtune("report", str(runs["instrumented"][0]), str(runs["plain"][0]), "--output", str(tmp_path / "report"))
+    r = run_lmtune_in_process("report", str(runs["instrumented"][0]), str(runs["plain"][0]), "--output", str(tmp_path / "report"))
     assert r.returncode == 0, r.stderr[-3000:]
     plots = tmp_path / "report/plots"
     assert Image.open(plots / "grad_norm.png").size == panel_pixels(1)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO, assert_user_error, run_lmtune
+from helpers import REPO, assert_user_error, run_lmtune_in_process
 from lora_runs import LORA_ARGS, losses, train, write_base
 from test_generate import hf_greedy
 
@@ -39,12 +39,12 @@ def exported(request: pytest.FixtureRequest, cards: Path, tmp_path_factory: pyte
     out = train(root / "out", cards, *LORA_ARGS, *extra, "export_hf=last")  # the merged export, as training ends
     assert (out / "checkpoints/step_6/hf/config.json").is_file()
     env = {"LMTUNE_USER_ASSET_DIR": str(cards)}
-    r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
+    r = run_lmtune_in_process("write_hf_config", str(out), "--adapter", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = (REPO / "assets/tiny/gsm8k/test/test.jsonl").read_text().splitlines()[:3]
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(line + "\n" for line in lines))
-    r = run_lmtune("generate", str(root / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=last_checkpoint",
+    r = run_lmtune_in_process("generate", str(root / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=last_checkpoint",
                    f"dataset={prompts}", f"generator_config.max_gen_len={MAX_GEN_LEN}", "score=none", "dtype=float32", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (root / "gen/generations.jsonl").read_text().splitlines()]
@@ -140,10 +140,10 @@ def test_export_of_a_checkpoint_whose_base_is_gone_is_refused(exported: dict[str
     card_file.write_text(yaml.safe_dump(card))
     env = {"LMTUNE_USER_ASSET_DIR": str(exported["cards"])}
     for flags in ([], ["--adapter"]):
-        line = assert_user_error(run_lmtune("write_hf_config", str(out), *flags, env=env), "lora_base", str(tmp_path / "gone"))
+        line = assert_user_error(run_lmtune_in_process("write_hf_config", str(out), *flags, env=env), "lora_base", str(tmp_path / "gone"))
         assert "not there" in line
     assert not list((out / "checkpoints/step_6").glob("*hf*"))
-    r = run_lmtune("generate", str(tmp_path / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "dataset=tiny_gsm8k", env=env)
+    r = run_lmtune_in_process("generate", str(tmp_path / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "dataset=tiny_gsm8k", env=env)
     assert_user_error(r, "lora_base", "not there")
 
 

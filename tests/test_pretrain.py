@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_user_error, losses, metric_rows, run_lmtune
+from helpers import assert_user_error, losses, metric_rows, run_lmtune_in_process
 from lmtune.data.text_corpus import (
     JSONL,
     TEXT,
@@ -288,7 +288,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def trained(tmp_path_factory: pytest.TempPathFactory, corpus: dict[str, Path]) -> Path:
     """tiny_llama from random weights, 40 steps, crossing a data epoch."""
     out = tmp_path_factory.mktemp("trained") / "out"
-    r = run_lmtune("pretrain", str(out), *_args(corpus))
+    r = run_lmtune_in_process("pretrain", str(out), *_args(corpus))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "lmtune: pretraining tiny_llama (random initial weights)" in r.stderr
     assert "dataset: 2 file(s)" in r.stderr and " 60 documents" in r.stderr
@@ -331,7 +331,7 @@ def test_killed_run_resumes_mid_stream_to_identicallosses(tmp_path: Path, corpus
     assert steps_at_kill and steps_at_kill[-1] < 40, steps_at_kill
     state = torch.load(out / f"checkpoints/step_{steps_at_kill[-1]}/data_reader/dp_00.pt", weights_only=False)
     assert set(state) == {"share", "piece", "offset", "token"}
-    r = run_lmtune("pretrain", str(out), *_args(corpus))
+    r = run_lmtune_in_process("pretrain", str(out), *_args(corpus))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step {steps_at_kill[-1]}" in r.stderr
     expected, resumed = losses(trained), losses(out)
@@ -346,11 +346,11 @@ def test_generate_and_write_hf_config_work_on_its_checkpoints(tmp_path: Path, tr
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"src": s, "tgt": "mat"}) + "\n" for s in ["the cat sat", "a big red"]))
     gen = tmp_path / "gen"
-    r = run_lmtune("generate", str(gen), "--config", f"checkpoint_dir={trained / 'checkpoints'}", "model=last_checkpoint", f"dataset={prompts}", "generator_config.max_gen_len=16")
+    r = run_lmtune_in_process("generate", str(gen), "--config", f"checkpoint_dir={trained / 'checkpoints'}", "model=last_checkpoint", f"dataset={prompts}", "generator_config.max_gen_len=16")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (gen / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(row["completion"].strip() for row in rows)
-    r = run_lmtune("write_hf_config", str(trained), "--verify")
+    r = run_lmtune_in_process("write_hf_config", str(trained), "--verify")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((trained / "checkpoints/step_40/hf/config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
@@ -359,7 +359,7 @@ def test_generate_and_write_hf_config_work_on_its_checkpoints(tmp_path: Path, tr
 def test_continues_from_a_checkpoints_weights(tmp_path: Path, corpus: dict[str, Path], trained: Path) -> None:
     """model=last_checkpoint: a second stage starts from the trained weights, not from random ones."""
     out = tmp_path / "stage2"
-    r = run_lmtune("pretrain", str(out), *_args(corpus, "init=checkpoint", "model=last_checkpoint", f"resume_checkpoint_dir={trained / 'checkpoints'}", "max_num_steps=3", "checkpoint_every_n_steps=3", "valid_dataset=null"))
+    r = run_lmtune_in_process("pretrain", str(out), *_args(corpus, "init=checkpoint", "model=last_checkpoint", f"resume_checkpoint_dir={trained / 'checkpoints'}", "max_num_steps=3", "checkpoint_every_n_steps=3", "valid_dataset=null"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert losses(out)[1] < 0.6 * losses(trained)[1]
 
@@ -454,10 +454,10 @@ def test_binary_file_among_text_files_is_refused_or_skipped(tmp_path: Path, corp
     (folder / "a.txt").write_bytes(corpus["a"].read_bytes())
     (folder / "model.txt").write_bytes(b"PK\x03\x04\x00\x00binary" * 10)
     out = tmp_path / "out"
-    r = run_lmtune("pretrain", str(out), *_quick(corpus, f"dataset={folder}"))
+    r = run_lmtune_in_process("pretrain", str(out), *_quick(corpus, f"dataset={folder}"))
     assert_user_error(r, f"{folder / 'model.txt'} is a binary file", "skip_invalid=true")
     assert not out.exists()  # nothing written
-    r = run_lmtune("pretrain", str(out), *_quick(corpus, f"dataset={folder}", "skip_invalid=true"))
+    r = run_lmtune_in_process("pretrain", str(out), *_quick(corpus, f"dataset={folder}", "skip_invalid=true"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipping 1 binary file(s)" in r.stderr and "dataset: 1 file(s)" in r.stderr
 
@@ -470,10 +470,10 @@ def test_invalid_utf8_names_file_and_line_or_is_skipped_with_a_count(tmp_path: P
     lines[40] = b"\xff\xfe"
     bad.write_bytes(b"\n".join(lines))
     out = tmp_path / "out"
-    r = run_lmtune("pretrain", str(out), *_quick(corpus, f"dataset={bad}"))
+    r = run_lmtune_in_process("pretrain", str(out), *_quick(corpus, f"dataset={bad}"))
     assert_user_error(r, f"{bad}:7: invalid UTF-8 (byte 0xe9 at column 4)", "skip_invalid=true")
     assert not out.exists()
-    r = run_lmtune("pretrain", str(out), *_quick(corpus, f"dataset={bad}", "skip_invalid=true"))
+    r = run_lmtune_in_process("pretrain", str(out), *_quick(corpus, f"dataset={bad}", "skip_invalid=true"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"skipping 2 invalid line(s) (skip_invalid=true; the first: {bad}:7: invalid UTF-8" in r.stderr
 
@@ -482,10 +482,10 @@ def test_invalid_utf8_names_file_and_line_or_is_skipped_with_a_count(tmp_path: P
 def test_invalid_json_line_names_file_and_line(tmp_path: Path, corpus: dict[str, Path]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "also fine"}\n{"content": "no text field"}\n')
-    r = run_lmtune("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={bad}"))
+    r = run_lmtune_in_process("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={bad}"))
     assert_user_error(r, f"{bad}:3: not a JSON object with a string \"text\" field")
     bad.write_text('{"text": "fine"}\n{"text": "unterminated\n')
-    r = run_lmtune("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={bad}"))
+    r = run_lmtune_in_process("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={bad}"))
     assert_user_error(r, f"{bad}:2: not valid JSON")
 
 
@@ -496,15 +496,15 @@ def test_corpus_without_text_is_refused(tmp_path: Path, corpus: dict[str, Path])
     (empty / "a.txt").write_text("")
     (empty / "b.txt").write_text("\n  \n\t\n")
     (empty / "c.jsonl").write_text('{"text": ""}\n\n')
-    r = run_lmtune("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={empty}"))
+    r = run_lmtune_in_process("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={empty}"))
     assert_user_error(r, "no readable text in 3 file(s)")
     (tmp_path / "none").mkdir()
     (tmp_path / "none" / "notes.md").write_text("text, but not .txt")
-    r = run_lmtune("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={tmp_path / 'none'}"))
+    r = run_lmtune_in_process("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={tmp_path / 'none'}"))
     assert_user_error(r, "holds no .txt or .jsonl file")
-    r = run_lmtune("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={tmp_path / 'missing.txt'}"))
+    r = run_lmtune_in_process("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={tmp_path / 'missing.txt'}"))
     assert_user_error(r, "no such file or directory")
-    r = run_lmtune("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={corpus['a']}", "init=checkpoint", "model=llama3_2_1b"))
+    r = run_lmtune_in_process("pretrain", str(tmp_path / "out"), *_quick(corpus, f"dataset={corpus['a']}", "init=checkpoint", "model=llama3_2_1b"))
     assert_user_error(r, "model card 'llama3_2_1b' has no checkpoint; set init=random")
     assert not (tmp_path / "out").exists()
 
@@ -515,11 +515,11 @@ def test_corrupted_corpus_on_resume_keeps_the_checkpoints(tmp_path: Path, corpus
     data.write_bytes(corpus["a"].read_bytes())
     out = tmp_path / "out"
     args = _quick(corpus, f"dataset={data}")
-    assert run_lmtune("pretrain", str(out), *args).returncode == 0
+    assert run_lmtune_in_process("pretrain", str(out), *args).returncode == 0
     before = sorted(p.relative_to(out) for p in out.rglob("*") if "logs" not in p.parts)
     with open(data, "ab") as f:
         f.write(b"\n\nbroken \xc3\x28 text\n")
     lines = data.read_bytes().count(b"\n")
-    r = run_lmtune("pretrain", str(out), *args, "max_num_steps=4")
+    r = run_lmtune_in_process("pretrain", str(out), *args, "max_num_steps=4")
     assert_user_error(r, f"{data}:{lines}: invalid UTF-8")
     assert sorted(p.relative_to(out) for p in out.rglob("*") if "logs" not in p.parts) == before

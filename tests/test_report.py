@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import assert_user_error, metric_rows, run_lmtune, run_lmtune_in_process
+from helpers import assert_user_error, metric_rows, run_lmtune_in_process
 
 LRS, SEEDS = [1e-05, 2e-05], [42, 1337, 7]
 TRAIN_STEPS, VALID_STEPS = [5, 10, 15, 20, 25, 30], [10, 20, 30]
@@ -250,7 +250,7 @@ def test_training_writes_its_plots_and_report_reads_the_real_metrics(tmp_path: P
             lines.append(json.dumps({"src": f"Is {k} even? Answer yes or no.", "tgt": "yes" if k % 2 == 0 else "no"}) + "\n")
         (data / f"{split}.jsonl").write_text("".join(lines))
     out = tmp_path / "out"
-    result = run_lmtune(
+    result = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config", "model=tiny_llama", f"dataset={data}", "eval_task=classification",
         "validate_every_n_steps=2", "eval_max_gen_len=4", "max_num_tokens=512", "max_seq_len=64", "tensorboard=false",
         "publish_metrics_every_n_steps=1", "max_num_steps=6", "learning_rate=1e-3",
@@ -259,7 +259,7 @@ def test_training_writes_its_plots_and_report_reads_the_real_metrics(tmp_path: P
     for name in ("loss", "lr", "tokens_per_second", "valid_metrics"):
         assert_png(out / "plots" / f"{name}.png", (800, 450))
 
-    report = run_lmtune("report", str(out), "--output", str(tmp_path / "r"))
+    report = run_lmtune_in_process("report", str(out), "--output", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr[-3000:]
     train, valid = metric_rows(out), metric_rows(out, "valid")
     assert table_rows(report.stdout)[2] == ["out", "1", *(fmt(x, d) for x, d in zip(hand_run(train, valid), DIGITS))]

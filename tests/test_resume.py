@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, losses, metric_rows, run_lmtune
+from helpers import assert_user_error, losses, metric_rows, run_lmtune_in_process
 
 pytestmark = pytest.mark.slow  # every test trains (and kills) real runs
 
@@ -31,7 +31,7 @@ def _complete_steps(out: Path) -> list[int]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run of the same command."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert run_lmtune("instruction_finetune", str(out), *ARGS).returncode == 0
+    assert run_lmtune_in_process("instruction_finetune", str(out), *ARGS).returncode == 0
     return out
 
 
@@ -49,7 +49,7 @@ def test_killed_run_resumes_to_identicallosses(tmp_path: Path, reference: Path) 
 def test_killed_length_batched_run_resumes_to_identicallosses(tmp_path: Path) -> None:
     args = [*ARGS, "packing=false"]
     reference = tmp_path / "reference"
-    assert run_lmtune("instruction_finetune", str(reference), *args).returncode == 0
+    assert run_lmtune_in_process("instruction_finetune", str(reference), *args).returncode == 0
     assert metric_rows(reference)[0]["Padding"] > 0  # really padded batches
     _kill_resume_and_compare(tmp_path / "killed", reference, args)
 
@@ -76,7 +76,7 @@ def _kill_resume_and_compare(out: Path, reference: Path, args: list[str]) -> Non
     assert steps_at_kill and steps_at_kill[-1] < 60, steps_at_kill  # killed mid-run, after a checkpoint
 
     # The lock died with the process: the same command resumes.
-    result = run_lmtune("instruction_finetune", str(out), *args)
+    result = run_lmtune_in_process("instruction_finetune", str(out), *args)
     assert result.returncode == 0, result.stderr[-2000:]
     expected, resumed = losses(reference), losses(out)
     assert sorted(resumed) == sorted(expected) == list(range(1, 61))
@@ -97,7 +97,7 @@ def test_preemption_signal_checkpoints_exits_75_and_resumes(tmp_path: Path, refe
     stopped_at = _complete_steps(out)[-1]
     assert 0 < stopped_at < 60
     assert f"writing a checkpoint at step {stopped_at}; rerun the same command to resume" in stderr.decode()
-    assert run_lmtune("instruction_finetune", str(out), *ARGS).returncode == 0
+    assert run_lmtune_in_process("instruction_finetune", str(out), *ARGS).returncode == 0
     expected, resumed = losses(reference), losses(out)
     for step in range(1, 61):
         assert resumed[step] == expected[step], step
@@ -106,8 +106,8 @@ def test_preemption_signal_checkpoints_exits_75_and_resumes(tmp_path: Path, refe
 def test_finished_run_extended_continues_from_its_last_step(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--config-file", "tiny_gsm8k", "--config", "checkpoint_every_n_steps=10", "publish_metrics_every_n_steps=1"]
-    assert run_lmtune("instruction_finetune", str(out), *args, "max_num_steps=10").returncode == 0
-    result = run_lmtune("instruction_finetune", str(out), *args, "max_num_steps=15")
+    assert run_lmtune_in_process("instruction_finetune", str(out), *args, "max_num_steps=10").returncode == 0
+    result = run_lmtune_in_process("instruction_finetune", str(out), *args, "max_num_steps=15")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "max_num_steps 10 -> 15" in result.stderr
     assert sorted(losses(out)) == list(range(1, 16))
@@ -118,10 +118,10 @@ def test_finished_run_extended_continues_from_its_last_step(tmp_path: Path) -> N
 
 def test_rerun_with_another_model_is_refused(tmp_path: Path, isolated_user_cards: Path) -> None:
     out = tmp_path / "out"
-    assert run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=2", "checkpoint_every_n_steps=2").returncode == 0
+    assert run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=2", "checkpoint_every_n_steps=2").returncode == 0
     (isolated_user_cards / "m.yaml").write_text("name: other\nbase: tiny_llama\n")
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
-    r = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "model=other")
+    r = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=4", "model=other")
     assert_user_error(r, "model='tiny_llama'", "new output directory")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
@@ -134,7 +134,7 @@ def test_second_run_on_busy_output_dir_is_refused(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         while not (out / "lmtune.yaml").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = run_lmtune("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=100000", "checkpoint_every_n_steps=100000")
+        second = run_lmtune_in_process("instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=100000", "checkpoint_every_n_steps=100000")
         assert_user_error(second, str(out), "in use by another lmtune run", f"pid {first.pid}")
         assert first.poll() is None  # the first run is unharmed
     finally:
@@ -150,7 +150,7 @@ def test_killed_run_resumes_identically_across_data_epochs(tmp_path: Path) -> No
     data.write_text("\n".join(lines) + "\n")  # about 8 packed batches: 60 steps run 7 epochs
     args = [*ARGS, f"dataset={data}"]
     reference = tmp_path / "reference"
-    assert run_lmtune("instruction_finetune", str(reference), *args).returncode == 0
+    assert run_lmtune_in_process("instruction_finetune", str(reference), *args).returncode == 0
     epochs = {row["Data Epoch"] for row in metric_rows(reference)}
     assert len(epochs) >= 5, epochs
     _kill_resume_and_compare(tmp_path / "killed", reference, args)
@@ -163,7 +163,7 @@ SHORT = ["--config-file", "tiny_gsm8k", "--config", "checkpoint_every_n_steps=2"
 def finished_4_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run with checkpoints at steps 2 (the model only) and 4 (everything)."""
     out = tmp_path_factory.mktemp("finished") / "out"
-    result = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=4")
+    result = run_lmtune_in_process("instruction_finetune", str(out), *SHORT, "max_num_steps=4")
     assert result.returncode == 0, result.stderr[-2000:]
     assert _complete_steps(out) == [2, 4] and not (out / "checkpoints/step_2/trainer").exists()
     return out
@@ -179,12 +179,12 @@ def test_checkpoint_cut_short_is_named_and_nothing_is_touched(tmp_path: Path, fi
     damaged = out / "checkpoints/step_4/model/pp_00/tp_00/sdp_00.pt"
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     before = _files(out)
-    r = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=6")  # extended: it would resume from step 4
+    r = run_lmtune_in_process("instruction_finetune", str(out), *SHORT, "max_num_steps=6")  # extended: it would resume from step 4
     assert_user_error(r, f"{damaged} is damaged", "cannot resume from step 4", "step_2, holds only the model", "model=checkpoint_step_2")
     assert _files(out) == before
     # With trainer state in step 2 too, deleting step 4 resumes from step 2.
     shutil.copytree(out / "checkpoints/step_4/trainer", out / "checkpoints/step_2/trainer")
-    r = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
     assert_user_error(r, "the whole checkpoint before it is step_2", f"delete {out / 'checkpoints/step_4'} to resume")
 
 
@@ -197,6 +197,6 @@ def test_unreadable_checkpoint_that_is_whole_is_one_sentence(tmp_path: Path, fin
     damaged = out / "checkpoints/step_4/model/pp_00/tp_00/sdp_00.pt"
     with zipfile.ZipFile(damaged, "w") as archive:
         archive.writestr("not_torch/data.pkl", b"garbage")
-    r = run_lmtune("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
+    r = run_lmtune_in_process("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
     assert_user_error(r, f"{damaged} of step 4 is not a valid checkpoint file", "cannot resume from step 4")
     assert _complete_steps(out) == [2, 4]

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO, assert_user_error, run_lmtune
+from helpers import REPO, assert_user_error, run_lmtune_in_process
 
 pytestmark = pytest.mark.slow  # trains a run, then resumes it once per planted file
 
@@ -58,7 +58,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("safe_load")
     (root / "no_cards").mkdir()
     out = root / "out"
-    r = run_lmtune("instruction_finetune", str(out), *RUN, env={"LMTUNE_USER_ASSET_DIR": str(root / "no_cards")})
+    r = run_lmtune_in_process("instruction_finetune", str(out), *RUN, env={"LMTUNE_USER_ASSET_DIR": str(root / "no_cards")})
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "checkpoints/early_stopping.jsonl").is_file()
     return out
@@ -105,7 +105,7 @@ def test_resume_refuses_a_planted_checkpoint_file_and_leaves_out_as_it_was(out: 
     file = out / "checkpoints/step_4" / kind
     _plant(file, marker)
     before = _snapshot(out)
-    line = assert_user_error(run_lmtune("instruction_finetune", str(out), *RESUME), str(file), REFUSED)
+    line = assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *RESUME), str(file), REFUSED)
     assert "posix.system" in line
     assert not marker.exists()
     assert _snapshot(out) == before
@@ -117,13 +117,13 @@ def test_a_pretraining_resume_refuses_a_planted_reader_state(tmp_path: Path) -> 
     args = ["--config", "model=tiny_llama", "init=random", f"dataset={corpus}", "max_seq_len=64", "batch_size=4",
             "max_num_steps=2", "checkpoint_every_n_steps=2", "tensorboard=false"]  # fmt: skip
     out = tmp_path / "out"
-    r = run_lmtune("pretrain", str(out), *args)
+    r = run_lmtune_in_process("pretrain", str(out), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     marker = tmp_path / "ran"
     file = out / "checkpoints/step_2/data_reader/dp_00.pt"
     _plant(file, marker)
     before = _snapshot(out)
-    assert_user_error(run_lmtune("pretrain", str(out), *args, "max_num_steps=4"), str(file), REFUSED)
+    assert_user_error(run_lmtune_in_process("pretrain", str(out), *args, "max_num_steps=4"), str(file), REFUSED)
     assert not marker.exists()
     assert _snapshot(out) == before
 
@@ -149,7 +149,7 @@ def test_a_new_stage_refuses_a_planted_model_file(out: Path, tmp_path: Path) -> 
     file = out / "checkpoints/step_4/model/pp_00/tp_00/sdp_00.pt"
     _plant(file, marker)
     stage = tmp_path / "stage"
-    r = run_lmtune("instruction_finetune", str(stage), *RUN, f"resume_checkpoint_dir={out / 'checkpoints'}", "model=last_checkpoint")
+    r = run_lmtune_in_process("instruction_finetune", str(stage), *RUN, f"resume_checkpoint_dir={out / 'checkpoints'}", "model=last_checkpoint")
     assert_user_error(r, str(file), REFUSED)
     assert not marker.exists()
 
@@ -163,7 +163,7 @@ def test_a_planted_meta_checkpoint_is_refused_as_such(isolated_user_cards: Path,
     marker = tmp_path / "ran"
     _plant(file, marker)
     (isolated_user_cards / "planted.yaml").write_text(yaml.safe_dump({"name": "planted_meta", "base": "tiny_llama", "checkpoint": str(file)}))
-    r = run_lmtune("instruction_finetune", str(tmp_path / "run"), *RUN, "model=planted_meta")
+    r = run_lmtune_in_process("instruction_finetune", str(tmp_path / "run"), *RUN, "model=planted_meta")
     line = assert_user_error(r, str(file), REFUSED)
     assert "architecture" not in line
     assert not marker.exists()
@@ -192,7 +192,7 @@ def test_an_encoded_array_of_objects_is_refused(out: Path, tmp_path: Path) -> No
     # Padded to the size the cache recorded, so that its size check passes and the array is read.
     with array.open("ab") as fp:
         fp.write(b"\0" * (size - array.stat().st_size))
-    r = run_lmtune("instruction_finetune", str(out), *RESUME, env={"LMTUNE_CACHE_DIR": str(cache)})
+    r = run_lmtune_in_process("instruction_finetune", str(out), *RESUME, env={"LMTUNE_CACHE_DIR": str(cache)})
     assert_user_error(r, str(array), REFUSED)
     assert not marker.exists()
 
@@ -201,7 +201,7 @@ def test_early_stopping_records_are_read_as_json_only(out: Path, tmp_path: Path)
     marker = tmp_path / "ran"
     history = out / "checkpoints/early_stopping.jsonl"
     history.write_bytes(pickle.dumps(RunsCommand(marker)))
-    assert_user_error(run_lmtune("instruction_finetune", str(out), *RESUME), str(history), "is not an early-stopping record")
+    assert_user_error(run_lmtune_in_process("instruction_finetune", str(out), *RESUME), str(history), "is not an early-stopping record")
     assert not marker.exists()
 
 
@@ -223,7 +223,7 @@ def test_a_tokenizer_directory_with_its_own_code_is_refused(isolated_user_cards:
         {"name": "planted_model", "base": "tiny_llama", "tokenizer_ref": "planted_tok"},
     ]
     (isolated_user_cards / "planted.yaml").write_text(yaml.safe_dump_all(cards))
-    r = run_lmtune("audit", "tiny_gsm8k", "--model", "planted_model")
+    r = run_lmtune_in_process("audit", "tiny_gsm8k", "--model", "planted_model")
     assert_user_error(r, "card 'planted_tok'", str(tok / "tokenizer_config.json"), "auto_map", "trust_remote_code: true")
     assert not marker.exists()
 
@@ -235,7 +235,7 @@ def test_a_checkpoint_directory_with_its_own_code_is_refused(isolated_user_cards
     (hf / "config.json").write_text(json.dumps({"model_type": "planted", "auto_map": {"AutoModelForCausalLM": "planted.Model"}}))
     (hf / "planted.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
     (isolated_user_cards / "planted.yaml").write_text(yaml.safe_dump({"name": "planted_hf", "base": "tiny_llama", "checkpoint": str(hf)}))
-    r = run_lmtune("instruction_finetune", str(tmp_path / "run"), *RUN, "model=planted_hf")
+    r = run_lmtune_in_process("instruction_finetune", str(tmp_path / "run"), *RUN, "model=planted_hf")
     assert_user_error(r, "card 'planted_hf'", str(hf / "config.json"), "auto_map")
     assert not marker.exists()
     assert not (tmp_path / "run").exists()

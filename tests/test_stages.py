@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import metric_rows, run_lmtune
+from helpers import metric_rows, run_lmtune_in_process
 
 pytestmark = pytest.mark.slow  # trains two stages
 
@@ -35,7 +35,7 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stage1")
-    r = run_lmtune("instruction_finetune", str(out), *STAGE1)
+    r = run_lmtune_in_process("instruction_finetune", str(out), *STAGE1)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_2", "step_4"]
     return out
@@ -51,7 +51,7 @@ def _stage2_data(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("model,step", [("last_checkpoint", 4), ("checkpoint_step_2", 2)])
 def test_stage2_starts_from_stage1_weights(stage1: Path, tmp_path: Path, model: str, step: int) -> None:
     out2 = tmp_path / "stage2"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out2), "--config", f"resume_checkpoint_dir={stage1}/checkpoints", f"model={model}",
         f"dataset={_stage2_data(tmp_path)}", "learning_rate=5e-6", "max_num_steps=2", "checkpoint_every_n_steps=1",
         "publish_metrics_every_n_steps=1", "lr_scheduler.num_warmup_steps=1", "keep_last_n_models=2", "batch_size=8", "max_seq_len=128", "dtype=float32",
@@ -78,7 +78,7 @@ def test_generate_as_in_the_tutorial(stage1: Path, tmp_path: Path) -> None:
     lines = (Path(__file__).resolve().parent.parent / "assets/tiny/gsm8k/test/test.jsonl").read_text().splitlines()[:12]
     dataset.write_text("\n".join(lines) + "\n")
     save = tmp_path / "save"
-    r = run_lmtune("generate", str(save), "--config", f"checkpoint_dir={stage1}/checkpoints", "model=checkpoint_step_4",
+    r = run_lmtune_in_process("generate", str(save), "--config", f"checkpoint_dir={stage1}/checkpoints", "model=checkpoint_step_4",
                    "generator_config.temperature=0.1", f"dataset={dataset}", "generator_config.max_gen_len=16")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (save / "generations.jsonl").read_text().splitlines()]
@@ -86,7 +86,7 @@ def test_generate_as_in_the_tutorial(stage1: Path, tmp_path: Path) -> None:
     assert all(row["reference"] == json.loads(line)["tgt"] for row, line in zip(rows, lines))
     assert all(1 <= len(row["token_ids"]) <= 16 for row in rows)
 
-    r = run_lmtune("generate", str(tmp_path / "again"), "--config", f"checkpoint_dir={stage1}/checkpoints", "model=last_checkpoint",
+    r = run_lmtune_in_process("generate", str(tmp_path / "again"), "--config", f"checkpoint_dir={stage1}/checkpoints", "model=last_checkpoint",
                    "generator_config.temperature=0.1", f"dataset={dataset}", "generator_config.max_gen_len=16")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "again/generations.jsonl").read_text() == (save / "generations.jsonl").read_text()

@@ -25,7 +25,8 @@ NAMES = ["learning_rate=1e-4,seed=1", "learning_rate=1e-4,seed=2", "learning_rat
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("sweep") / "out"
-    result = run_lmtune("sweep", str(out), *BASE, *GRID)
+    # In this process (each point is its own process, started by sweep), on one thread as run_lmtune's would be.
+    result = run_lmtune_in_process("sweep", str(out), *BASE, *GRID, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -40,7 +41,7 @@ def test_each_point_trains_as_instruction_finetune_would(sweep: tuple[Path, subp
         assert config["learning_rate"] == float(lr.split("=")[1]) and config["seed"] == int(seed.split("=")[1])
         assert sorted(losses(out / "runs" / name)) == [1, 2, 3]
     direct = tmp_path / "direct"
-    r = run_lmtune("instruction_finetune", str(direct), *BASE, "learning_rate=3e-4", "seed=2")
+    r = run_lmtune_in_process("instruction_finetune", str(direct), *BASE, "learning_rate=3e-4", "seed=2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert losses(direct) == losses(out / "runs" / NAMES[3])
     # The values matter: another seed or learning rate trains another model.
@@ -88,7 +89,7 @@ def test_slurm_writes_and_submits_a_job_array_of_the_unfinished_points(sweep: tu
     out = tmp_path / "out"
     shutil.copytree(sweep[0], out)
     shutil.rmtree(out / "runs" / NAMES[1])  # one point left to do
-    dry = run_lmtune("sweep", str(out), *BASE, *GRID, "--slurm", "--dry-run", "--sbatch", "gpus-per-node=8", "time=04:00:00")
+    dry = run_lmtune_in_process("sweep", str(out), *BASE, *GRID, "--slurm", "--dry-run", "--sbatch", "gpus-per-node=8", "time=04:00:00")
     assert dry.returncode == 0, dry.stderr[-3000:]
     script = dry.stdout
     for line in ("#SBATCH --array=1", "#SBATCH --gpus-per-node=8", "#SBATCH --time=04:00:00", "#SBATCH --signal=USR1@120", "#SBATCH --requeue",
@@ -114,7 +115,7 @@ def test_slurm_writes_and_submits_a_job_array_of_the_unfinished_points(sweep: tu
     assert losses(out / "runs" / NAMES[1]) == losses(sweep[0] / "runs" / NAMES[1])  # the same point, trained the same
     again = run_lmtune("sweep", str(out), "--array-task", env=task_env)
     assert again.returncode == 0 and "has finished; nothing to do" in again.stderr
-    nothing = run_lmtune("sweep", str(out), *BASE, *GRID, "--slurm", env=env)
+    nothing = run_lmtune_in_process("sweep", str(out), *BASE, *GRID, "--slurm", env=env)
     assert "nothing to submit" in nothing.stderr and log.read_text().count("\n") == 1
 
 
@@ -138,7 +139,7 @@ def test_bad_grids_fail_before_anything_runs(tmp_path: Path, grid: list[str], fr
 def test_another_grid_on_the_same_out_is_refused(sweep: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out = sweep[0]
     before = (out / "sweep.yaml").read_text()
-    r = run_lmtune("sweep", str(out), *BASE, "--grid", "seed=7,8")
+    r = run_lmtune_in_process("sweep", str(out), *BASE, "--grid", "seed=7,8")
     assert_user_error(r, "holds a sweep over learning_rate=1e-4,3e-4 x seed=1,2", "new OUT")
     assert (out / "sweep.yaml").read_text() == before
 

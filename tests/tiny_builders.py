@@ -253,12 +253,13 @@ def write_hf_dir(model: TinyModel, out_dir: Path, *, num_shards: int = 1, rotary
 
 
 def train_tiny_checkpoint(out_dir: Path, *, steps: int = 4, every: int = 2) -> Path:
-    """A real ``lmtune instruction_finetune`` run of the tiny preset; returns OUT/checkpoints."""
-    from helpers import run_lmtune
+    """A real ``lmtune instruction_finetune`` run of the tiny preset (in this process: its outputs are what
+    the tests read); returns OUT/checkpoints."""
+    from helpers import run_lmtune_in_process
 
     no_cards = out_dir.parent / "no_user_cards"  # only the shipped cards, whatever the machine has
     no_cards.mkdir(parents=True, exist_ok=True)
-    result = run_lmtune(
+    result = run_lmtune_in_process(
         "instruction_finetune", str(out_dir), "--config-file", "tiny_gsm8k", "--config",
         f"max_num_steps={steps}", f"checkpoint_every_n_steps={every}", f"publish_metrics_every_n_steps={every}",
         "tensorboard=false", "max_num_tokens=1024", "lr_scheduler.num_warmup_steps=0",
