@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, losses, metric_rows, run_lmtune_in_process
+from helpers import assert_user_error, losses, metric_rows, run_lmtune, run_lmtune_in_process
 
 pytestmark = pytest.mark.slow  # every test trains (and kills) real runs
 
