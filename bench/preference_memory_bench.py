@@ -137,11 +137,14 @@ def format_table(results, args, reused: bool) -> str:  # type: ignore[no-untyped
 
 
 def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), which platform.processor() leaves empty on Linux."""
+    """The CPU's model name as the run header names it (lmtune.precision reads /proc/cpuinfo)."""
+    from lmtune.precision import cpu_info
+
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+        name = cpu_info(Path("/proc/cpuinfo").read_text())[0]
+    except OSError:
+        name = ""
+    return name or platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
