@@ -1,4 +1,5 @@
-"""vLLM serves the OLMo 2, Mistral and Qwen2 exports, and a transformers-family (GPT-NeoX) export, with lmtune's greedy tokens.
+"""vLLM serves the OLMo 2, Mistral and Qwen2 exports, and the transformers family's export of a
+GPT-NeoX, with lmtune's greedy tokens.
 
 Each family is the tiny random model transformers writes (``transformers_dirs``), named by a
 card that gives only its directory, exported by lmtune (Olmo2ForCausalLM, MistralForCausalLM
