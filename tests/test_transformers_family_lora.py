@@ -150,3 +150,14 @@ def test_lora_run_resumes_exports_a_peft_adapter_and_generates(tmp_path: Path, i
     with torch.no_grad():
         greedy = peft.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=END_OF_TEXT, pad_token_id=END_OF_TEXT)
     assert row["token_ids"] == greedy[0, len(prompt) :].tolist()
+
+
+def test_preference_tuning_refuses_the_family_in_one_sentence(tmp_path: Path, isolated_user_cards: Path) -> None:
+    """With LoRA now planned for the family, a preference run reached fairseq2 and failed with a traceback
+    (the wrapper has no fused loss for the response log-probs); it is refused before OUT is touched."""
+    neox_card(tmp_path, isolated_user_cards)
+    out = tmp_path / "out"
+    for extra in ([], ["lora.rank=4"]):
+        result = run_lmtune_in_process("preference_finetune", str(out), "--config", "model=my_neox", "dataset=tiny_gsm8k", *extra)
+        assert "model 'my_neox', which lmtune builds through transformers" in assert_user_error(result, "preference tuning does not take")
+    assert not out.exists()
