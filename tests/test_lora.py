@@ -172,7 +172,7 @@ def test_quantize_on_a_family_without_support_is_refused(tmp_path: Path, cards: 
         line = _refused(tmp_path, cards, "model=tiny_mistral", "lora.rank=4", "lora.quantize=nf4")
     finally:
         (cards / "mistral.yaml").unlink()
-    assert "lora.quantize=nf4" in line and "mistral" in line and "lmtune adapts llama, qwen, olmo, gpt2 models" in line
+    assert "lora.quantize=nf4" in line and "mistral" in line and "lmtune adapts llama, qwen, olmo, gpt2, transformers models" in line
 
 
 def test_quantize_without_rank_and_lora_on_random_weights_are_refused(tmp_path: Path, cards: Path) -> None:

@@ -5,6 +5,7 @@ against transformers itself on the exported directory."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def train(out: Path, steps: int, model: str = "my_neox") -> str:
 @pytest.mark.slow
 def test_an_architecture_that_mixes_packed_examples_is_batched_by_length(tmp_path: Path, isolated_user_cards: Path) -> None:
     """Starcoder2 with a sliding window (and no layer_types) loses its window under the 4D mask, so the
-    packing probe refuses it: the run says so once and its batches are padded, not packed."""
+    packing probe refuses it: the run says so once, says nowhere else that it packs, and its batches are padded."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     directory = tmp_path / "starcoder2"
@@ -59,6 +60,9 @@ def test_an_architecture_that_mixes_packed_examples_is_batched_by_length(tmp_pat
     out = tmp_path / "out"
     stderr = train(out, 2, model="sc2")
     assert stderr.count("Starcoder2ForCausalLM does not keep packed examples apart") == 1, stderr[-3000:]
+    # Nothing else the run shows (header, steps, summary) says that it packs.
+    others = [line for line in stderr.splitlines() if re.search(r"\bpack(ed|ing|s)?\b", line, re.IGNORECASE) and "does not keep packed examples apart" not in line]
+    assert not others, others
     assert all(row["Padding"] > 0 for row in metric_rows(out))
 
 

@@ -49,7 +49,9 @@ class EmptyLoadModelFamily(ModelFamily):
         return self._empty(config, gangs, dtype)
 
     def _empty(self, config: object, gangs: Gangs, dtype: DataType) -> Module:
-        return self._base.create_new_model(config, gangs, dtype, meta=True, init_rank0_only=True)
+        # A family that cannot build on the meta device (transformers-backed: its constructors compute
+        # buffers) is built with fresh weights instead, which the base's are read over.
+        return self._base.create_new_model(config, gangs, dtype, meta=self._base.supports_meta, init_rank0_only=True)
 
     # Everything else is the base family's.
     def get_archs(self) -> set[str]:
@@ -110,7 +112,7 @@ class EmptyLoadModelFamily(ModelFamily):
 
 
 def register_lora_base_families(container: DependencyContainer) -> None:
-    """``llama+lora_base`` and ``qwen+lora_base`` beside fairseq2's own families (a recipe's ``register``)."""
+    """``llama+lora_base``, ``qwen+lora_base``, ... beside fairseq2's own families (a recipe's ``register``)."""
     from lmtune.adapters.lora import LORA_FAMILIES
 
     for family in LORA_FAMILIES:

@@ -72,7 +72,8 @@ def load_lora_model(spec: ModelSpec, *, device: torch.device | None, dtype: torc
     assert lora is not None and spec.checkpoint is not None
     check_lora_base(spec)
     device = device or CPU
-    model = model_family(lora.base.family).create_new_model(model_config(lora.base), create_fake_gangs(device), dtype, meta=True, init_rank0_only=False)
+    family = model_family(lora.base.family)
+    model = family.create_new_model(model_config(lora.base), create_fake_gangs(device), dtype, meta=family.supports_meta, init_rank0_only=False)
     without_dropout = dataclasses.replace(lora, settings=dataclasses.replace(lora.settings, dropout=0.0))
     add_lora(model, without_dropout, adapters=Path(spec.checkpoint), device=device, dtype=dtype)
     model.eval()

@@ -1,4 +1,5 @@
-"""LoRA: low-rank adapters beside the frozen projections of a fairseq2 Llama or Qwen model.
+"""LoRA: low-rank adapters beside the frozen projections of a fairseq2 Llama or Qwen model (or the linear
+layers of a transformers-backed one: ``lmtune.adapters.transformers_lora``).
 
     y = base(x) + (dropout(x) @ A^T @ B^T) * alpha / rank
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 TARGET_MODULES: dict[str, str] = projection_modules()
 
 ALL_LINEAR = "all_linear"
-LORA_FAMILIES = (*HF_FAMILIES, "gpt2")
+LORA_FAMILIES = (*HF_FAMILIES, "gpt2", "transformers")
 # The projections a family lacks: GPT-2's MLP has no gate (its up/down are c_fc/c_proj, its q/k/v one c_attn).
 ABSENT_PROJECTIONS: dict[str, tuple[str, ...]] = {"gpt2": ("gate_proj",)}
 ADAPTER_SUFFIXES = (".lora_a", ".lora_b")
@@ -150,6 +151,18 @@ def num_layers(model: Module) -> int:
     return len(layers)
 
 
+def adapted_paths(model: Module, targets: list[str]) -> list[str]:
+    """The module paths that get adapters: each layer's targeted projections, layer by layer
+    (a transformers-backed model's: its linear layers that the PEFT-style names match)."""
+    from lmtune.models.transformers_family import TransformersCausalLM
+
+    if isinstance(model, TransformersCausalLM):
+        from lmtune.adapters.transformers_lora import adapted_paths as linear_layers
+
+        return [f"hf.{path}" for path in linear_layers(model.hf, targets)]
+    return [f"decoder.layers.{layer}.{TARGET_MODULES[hf]}" for layer in range(num_layers(model)) for hf in targets]
+
+
 def apply_lora(model: Module, settings: LoraSettings, *, seed: int = 0, device: torch.device | None = None) -> Module:
     """Freezes ``model`` and replaces each targeted projection with a LoraLinear; in place.
     ``settings`` as planned (``lmtune.adapters.plan``): a rank and the projections' names.
@@ -159,15 +172,13 @@ def apply_lora(model: Module, settings: LoraSettings, *, seed: int = 0, device: 
     rank, alpha, dropout, quantize = settings.adapter_rank(), settings.alpha, settings.dropout, settings.quantize
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)  # the same A on every rank and every rebuild
-    for layer in range(num_layers(model)):
-        for hf in settings.target_list():
-            path = f"decoder.layers.{layer}.{TARGET_MODULES[hf]}"
-            parent_path, _, attr = path.rpartition(".")
-            parent = model.get_submodule(parent_path)
-            base = getattr(parent, attr)
-            if quantize == "nf4":
-                check_nf4_shape(base.weight, path + ".weight")
-            setattr(parent, attr, LoraLinear(base, rank, alpha, dropout, quantize=quantize, generator=generator, device=device))
+    for path in adapted_paths(model, settings.target_list()):
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        base = getattr(parent, attr)
+        if quantize == "nf4":
+            check_nf4_shape(base.weight, path + ".weight")
+        setattr(parent, attr, LoraLinear(base, rank, alpha, dropout, quantize=quantize, generator=generator, device=device))
     keep_only_adapters_in_state_dict(model)
     return model
 
@@ -209,6 +220,22 @@ def adapters_off(model: Module) -> Iterator[None]:
     finally:
         for m in modules:
             m.adapter_off = False
+
+
+def merge_in_place(model: Module, *, merge: bool = True) -> Module:
+    """Each LoraLinear of ``model`` replaced by a ``torch.nn.Linear`` holding W + B @ A * scale
+    (``merge=False``: W alone), in the frozen weight's dtype: the plain model, to save as it is."""
+    for name, a in list(lora_modules(model)):
+        weight = a.merged_weight() if merge else a.base_weight().float()
+        dtype = a.frozen_weight().dtype if not a.quantized else torch.float32
+        plain = torch.nn.Linear(a.input_dim, a.output_dim, bias=a.bias is not None, device=weight.device, dtype=dtype)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if a.bias is not None:
+                plain.bias.copy_(a.bias)
+        parent_path, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_path), attr, plain.requires_grad_(False))
+    return model
 
 
 def merged_tensors(model: Module, *, merge: bool = True) -> Iterable[tuple[str, Tensor]]:

@@ -55,7 +55,15 @@ def plan_lora(o: FinetuneOptions, model: ModelSpec) -> LoraPlan | None:
         raise UserError(f"{what} is not supported for model '{model.name}' of family '{model.family}'; lmtune adapts {', '.join(LORA_FAMILIES)} models.")
     if model.checkpoint is None:
         raise UserError(f"LoRA trains adapters on a model's weights, and model '{model.name}' has none (init: random); name a model card with a checkpoint, or leave lora.rank unset.")
+    if lo.quantize != "none" and model.family == "transformers":
+        raise UserError(f"lora.quantize={lo.quantize} is not supported for model '{model.name}', which lmtune builds through transformers; train its LoRA adapters without lora.quantize.")
     if lo.quantize == "nf4" and o.data_parallelism == "fsdp":
         raise UserError("lora.quantize=nf4 runs with data_parallelism=ddp (each rank keeps the whole 4-bit base); set data_parallelism=ddp.")
-    settings = dataclasses.replace(lo, targets=target_names(lo.targets, model.name, model.family))
+    if model.family == "transformers":  # its own linear layers' names, as PEFT takes them
+        from lmtune.adapters.transformers_lora import transformers_target_names
+
+        targets = transformers_target_names(lo.targets, model)
+    else:
+        targets = target_names(lo.targets, model.name, model.family)
+    settings = dataclasses.replace(lo, targets=targets)
     return LoraPlan(spec=LoraSpec(settings=settings, base=model, seed=o.seed))

@@ -2,9 +2,11 @@
 and the README's model section repeats.
 
 "yes" means a test proves it against a reference (transformers, PEFT, vLLM, an uninterrupted run);
-"untested" means no test here tries it; "API" means proved through lmtune's Python API
-(``lmtune.models.transformers_family``) but not yet taken by the CLI recipes (the transformers family's SFT and
-export go through the CLI: tests/test_transformers_family_cli.py); "per-arch": a probe decides per architecture. Mistral is built as fairseq2's llama family and exported as MistralForCausalLM.
+"untested" means no test here tries it; "per-arch": a probe decides per architecture (the transformers family's
+packing: ``lmtune.models.transformers_family.packs_examples_apart``). The transformers family's SFT, LoRA, export
+and generation go through the CLI (tests/test_transformers_family_cli.py, tests/test_transformers_family_lora.py),
+its export through vLLM (tests/test_vllm_families.py), all on GPT-NeoX. Mistral is built as fairseq2's llama
+family and exported as MistralForCausalLM.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
     "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "gpt2":    ("gpt2",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     # Any other causal LM transformers builds from a local directory (tested: GPT-NeoX).
-    "transformers": ("transformers", ("yes", "API", "no", "per-arch", "yes", "untested")),
+    "transformers": ("transformers", ("yes", "yes", "no", "per-arch", "yes", "yes")),
 }  # fmt: skip
 
 

@@ -55,7 +55,7 @@ class LoraSpec:
     """A LoRA run's adapters: their settings, the seed of their initial A, and the frozen base model they sit on."""
 
     settings: LoraSettings
-    """Planned: ``rank`` set, ``targets`` the Hugging Face projection names."""
+    """Planned: ``rank`` set, ``targets`` the Hugging Face projection names (a transformers-backed model's: its linear layers' names)."""
     base: ModelSpec
     seed: int = 0
 

@@ -223,7 +223,7 @@ def export_hf(
     if spec.family == "transformers":
         from lmtune.export.transformers_export import export_transformers_hf
 
-        return export_transformers_hf(spec, tokenizer, output, dtype=dtype, log=log)
+        return export_transformers_hf(spec, tokenizer, output, dtype=dtype, log=log, lora_weights=lora_weights)
     from lmtune.models.loading import model_config
 
     config = cast("LLaMAConfig | QwenConfig", model_config(spec))  # llama and qwen; gpt2 (Gpt2Config) has the fields export reads too

@@ -7,7 +7,8 @@
                                          dequantized, exactly as the run computed with it)
 
 ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT_DIR_base), OUT_DIR)`` is then
-lmtune's LoRA model. Llama's q/k rows are reordered into HF's rotary layout, and since the
+lmtune's LoRA model. A transformers-backed model's adapters keep its own module names (its
+``lora.targets`` are PEFT's ``target_modules``). Llama's q/k rows are reordered into HF's rotary layout, and since the
 update is B @ A, reordering B's rows reorders the update's.
 """
 
@@ -69,7 +70,9 @@ def export_peft_adapter(
     target = torch_dtype(dtype) if dtype is not None else torch.float32
     adapters = [(name, module.lora_a.detach(), module.lora_b.detach()) for name, module in lora_modules(load_any_model(spec))]
     layout: dict[str, object] = {"target_modules": sorted(lora.target_list()), "fan_in_fan_out": False}
-    if spec.family == "gpt2":  # q/k/v fused into c_attn, Conv1D modules (lmtune.models.gpt2_hf)
+    if spec.family == "transformers":  # transformers' own module names under the wrapper's ``hf.``, A and B as they are
+        hf_adapters = {name.removeprefix("hf."): (a, b) for name, a, b in adapters}
+    elif spec.family == "gpt2":  # q/k/v fused into c_attn, Conv1D modules (lmtune.models.gpt2_hf)
         from lmtune.models.gpt2_hf import peft_adapter
 
         hf_adapters, layout = peft_adapter(adapters, lora.adapter_rank(), lora.alpha)

@@ -23,7 +23,8 @@ class LoraSettings:
     dropout: float = 0.0
     """Dropout on the adapters' input while training."""
     targets: list[str] | str = "all_linear"
-    """Hugging Face projection names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all_linear; the output head never."""
+    """Hugging Face projection names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all_linear; the output head never.
+    A transformers-backed model: its own linear layers' names, as PEFT's target_modules (GPT-NeoX: query_key_value, dense, ...)."""
     quantize: Literal["none", "nf4"] = "none"
     """nf4: keep the frozen base weights in 4-bit NormalFloat (QLoRA); the adapters stay float32."""
 

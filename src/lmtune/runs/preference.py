@@ -281,6 +281,8 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
         raise UserError("config key 'dataset' is not set; give a .jsonl file of preference pairs, a directory or a dataset card.")
     store = CardStore()
     model = resolve_model(store, o.model, o.resume_checkpoint_dir)
+    if model.family == "transformers":  # its wrapper computes its own loss: no fused loss for the response log-probs
+        raise UserError(f"preference tuning does not take model '{o.model}', which lmtune builds through transformers; preference-tune a llama, qwen, olmo, mistral or gpt2 model.")
     tokenizer = resolve_tokenizer(store, o.tokenizer) if o.tokenizer else model.tokenizer
     if tokenizer is None:
         raise UserError(f"model '{o.model}' names no tokenizer; set tokenizer=NAME (a card with a 'tokenizer:' path).")
