@@ -50,16 +50,26 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "llama_llama3_rope_scaling": ("llama", {"rope_scaling": LLAMA3_ROPE}),  # 20 positions > 8: the scaling matters
     "qwen2": ("qwen2", {}),
     "qwen3": ("qwen3", {}),
+    # transformers' default layer_types (every 4th layer full; fairseq2's own would make the 6th full too)
+    "olmo3_default_layer_types": ("olmo3", {"num_hidden_layers": 6, "layer_types": None}),
+    "olmo3_without_yarn": ("olmo3", {"rope_scaling": None}),
+    # YaRN's attention factor inferred by transformers from mscale / mscale_all_dim
+    "olmo3_yarn_mscale": ("olmo3", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 2.0, "mscale_all_dim": 1.0}}),
 }
+FAMILY_OF = {"llama": "llama", "qwen2": "qwen", "qwen3": "qwen", "olmo3": "olmo"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_bare_hf_directory_loads_with_transformers_logits(variant: str, tmp_path: Path, isolated_user_cards: Path) -> None:
     model_type, changes = VARIANTS[variant]
     directory = write_transformers_dir(model_type, tmp_path / model_type, **changes)
+    if "layer_types" in changes and changes["layer_types"] is None:  # transformers writes its default out: drop it
+        config = json.loads((directory / "config.json").read_text())
+        assert config.pop("layer_types")[-1] == "sliding_attention"
+        (directory / "config.json").write_text(json.dumps(config))
     write_card(isolated_user_cards, "my_model", directory)
     spec = resolve_model(CardStore(), "my_model", None)
-    assert spec.family == ("llama" if model_type == "llama" else "qwen")
+    assert spec.family == FAMILY_OF[model_type]
     assert spec.tokenizer is not None and spec.tokenizer.path == directory
     ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(1))
     assert (lmtune_logits("my_model", ids) - transformers_logits(directory, ids)).abs().max().item() < TOLERANCE
@@ -80,7 +90,7 @@ def test_assets_show_prints_what_was_detected(tmp_path: Path, isolated_user_card
     assert any(line.split()[:2] == ["mistral_7b_v0.3_instruct", "mistral"] for line in listed.splitlines())
     table = listed.split("what lmtune does with each family")[1].splitlines()[1:]
     assert table[0].split() == ["family", "SFT", "LoRA", "QLoRA", "packing", "HF", "export", "vLLM"]
-    assert {row.split()[0] for row in table[1:]} == {"llama", "qwen", "olmo2", "mistral", "gpt2", "transformers"}
+    assert {row.split()[0] for row in table[1:]} == {"llama", "qwen", "olmo2", "olmo3", "mistral", "gpt2", "transformers"}
 
 
 def test_explicit_family_and_arch_are_kept(tmp_path: Path, isolated_user_cards: Path) -> None:

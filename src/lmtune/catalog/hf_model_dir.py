@@ -141,6 +141,66 @@ def _olmo2(hf: dict[str, object], where: str) -> dict[str, object]:
     return config
 
 
+def _olmo3_layer_types(hf: dict[str, object], where: str, num_layers: int) -> list[str]:
+    """The HF list, or transformers' default when absent (every 4th layer full). Always written into
+    the fairseq2 config: fairseq2's own default also makes the last layer full."""
+    types = hf.get("layer_types")
+    if types is None:
+        return ["sliding_attention" if (i + 1) % 4 != 0 else "full_attention" for i in range(num_layers)]
+    valid = ("sliding_attention", "full_attention")
+    if not isinstance(types, list) or len(types) != num_layers or any(t not in valid for t in types):
+        raise UserError(f"{where}: 'layer_types' must list {num_layers} entries (num_hidden_layers), each one of {', '.join(valid)}.")
+    return [str(t) for t in types]
+
+
+def _olmo3_yarn(hf: dict[str, object], where: str, config: dict[str, object]) -> dict[str, object]:
+    """transformers' YaRN keys -> fairseq2's YaRNScaleConfig. The attention factor (explicit, or from
+    factor / mscale / mscale_all_dim as transformers infers it) becomes fairseq2's ``mscale`` with
+    ``mscale_all_dim`` 0, the form in which fairseq2 computes 0.1 * mscale * ln(factor) + 1."""
+    import math
+
+    s = hf.get("rope_scaling") or hf.get("rope_parameters")
+    assert isinstance(s, dict)
+    factor = float(s["factor"])
+    if factor <= 1.0:
+        raise UserError(f"{where}: YaRN 'factor' is {factor}; lmtune reads OLMo 3 YaRN factors above 1.")
+
+    def get_mscale(m: float) -> float:
+        return 0.1 * m * math.log(factor) + 1.0
+
+    attention = s.get("attention_factor")
+    mscale, mscale_all_dim = s.get("mscale"), s.get("mscale_all_dim")
+    if attention is None:
+        attention = get_mscale(float(mscale)) / get_mscale(float(mscale_all_dim)) if mscale and mscale_all_dim else get_mscale(1.0)  # type: ignore[arg-type]
+    m = (float(attention) - 1.0) / (0.1 * math.log(factor))  # type: ignore[arg-type]
+    if abs(m) < 1e-12:
+        raise UserError(f"{where}: YaRN 'attention_factor' 1.0 cannot be built by fairseq2's YaRN encoder; lmtune reads factors that scale attention.")
+    original = s.get("original_max_position_embeddings") or config["max_seq_len"]
+    return {
+        "scale_factor": factor, "original_max_seq_len": int(original),  # type: ignore[call-overload]
+        "beta_fast": float(s.get("beta_fast") or 32.0), "beta_slow": float(s.get("beta_slow") or 1.0),  # type: ignore[arg-type]
+        "mscale": 1.0 if abs(m - 1.0) < 1e-12 else m, "mscale_all_dim": 0.0, "truncate": bool(s.get("truncate", True)),
+    }  # fmt: skip
+
+
+def _olmo3(hf: dict[str, object], where: str) -> dict[str, object]:
+    """OLMo 2 plus sliding-window layers and, in the long-context checkpoints, YaRN rope (which
+    lmtune.models.olmo3_rope applies to the full-attention layers only, as transformers does)."""
+    rope = _rope_type(hf)
+    if rope not in ("default", "yarn"):
+        raise UserError(f"{where}: rope_scaling type '{rope}' is not one lmtune reads for OLMo 3; it reads none or 'yarn'.")
+    plain = {k: v for k, v in hf.items() if k not in ("rope_scaling", "rope_parameters")}
+    config = _olmo2({**plain, "rope_theta": _rope_theta(hf, 10_000.0)}, where)
+    _require(hf, where, "hidden_act", "silu", "silu", "olmo family (SwiGLU)")
+    window = hf.get("sliding_window", 4096)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise UserError(f"{where}: 'sliding_window' is {window!r}; lmtune reads OLMo 3 models with a positive integer window.")
+    config["sliding_window"] = window
+    config["layer_types"] = _olmo3_layer_types(hf, where, int(config["num_layers"]))  # type: ignore[call-overload]
+    config["yarn_scale_config"] = _olmo3_yarn(hf, where, config) if rope == "yarn" else None
+    return config
+
+
 # GPT-2's activation_function values lmtune's GPT-2 builds (lmtune.models.gpt2.GELU_APPROXIMATIONS' keys).
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu")
 
@@ -178,6 +238,7 @@ HF_MODEL_TYPES: dict[str, tuple[str, str, Callable[[dict[str, object], str], dic
     "qwen2":   ("qwen",  "qwen",  _qwen),
     "qwen3":   ("qwen",  "qwen",  _qwen),
     "olmo2":   ("olmo",  "olmo",  _olmo2),
+    "olmo3":   ("olmo",  "olmo",  _olmo3),
     "gpt2":    ("gpt2",  "gpt2",  _gpt2),
 }  # fmt: skip
 
