@@ -134,3 +134,40 @@ def test_instruction_finetune_from_a_card_naming_only_the_directory(tmp_path: Pa
     meta = yaml.safe_load((out / "checkpoints" / "model.yaml").read_text())
     assert meta["model_family"] == "llama" and meta["model_config"]["ffn_inner_dim"] == 96
     assert (out / "checkpoints" / "step_2" / "model").is_dir()
+
+
+def test_a_card_saying_model_family_mistral_reads_its_hf_directory_as_mistral(tmp_path: Path, isolated_user_cards: Path) -> None:
+    """fairseq2's own mistral family reads no HF weights: a card with only model_family: mistral is read as
+    the bare directory is (llama-built, exported as Mistral); one that also names an arch is refused."""
+    directory = write_transformers_dir("mistral", tmp_path / "hf")
+    write_card(isolated_user_cards, "plain", directory, model_family="mistral", tokenizer_family="mistral")
+    write_card(isolated_user_cards, "with_arch", directory, model_family="mistral", model_arch="mistral_7b")
+    spec = resolve_model(CardStore(), "plain", None)
+    assert spec.family == "llama" and spec.hf_export == {"model_type": "mistral", "sliding_window": 4096}
+    assert spec.tokenizer is not None and spec.tokenizer.family == "llama"
+    ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(1))
+    assert (lmtune_logits("plain", ids) - transformers_logits(directory, ids)).abs().max().item() < TOLERANCE
+    r = run_lmtune_in_process("instruction_finetune", str(tmp_path / "out"), "--config-file", "tiny_gsm8k", "--config", "model=with_arch")
+    assert_user_error(r, "card 'with_arch'", "model_family 'mistral' is fairseq2's reference Mistral", "write the card as name and checkpoint only")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_llama_directory_with_a_chatml_bpe_tokenizer_gets_the_gpt2_tokenizer(tmp_path: Path, isolated_user_cards: Path) -> None:
+    """SmolLM2's layout: Llama's layers (tied embeddings, rope theta 1e5) and a GPT-2-style BPE with ChatML
+    turns, which fairseq2's llama tokenizer (Llama 3's special tokens only) cannot read."""
+    from lmtune.models.loading import load_tokenizer
+    from transformers_dirs import write_olmo_tokenizer
+
+    directory = write_transformers_dir("llama", tmp_path / "hf", tie_word_embeddings=True, rope_theta=100_000.0)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (directory / f).unlink(missing_ok=True)
+    special = write_olmo_tokenizer(directory)
+    write_card(isolated_user_cards, "smol", directory)
+    spec = resolve_model(CardStore(), "smol", None)
+    assert spec.family == "llama" and spec.config["tied_embeddings"] is True and spec.config["rope_theta"] == 100_000.0
+    assert spec.tokenizer is not None and spec.tokenizer.family == "gpt2" and spec.tokenizer.config == {"eos_token": "<|endoftext|>"}
+    tokenizer = load_tokenizer(spec.tokenizer)
+    assert tokenizer.vocab_info.eos_idx == special["<|endoftext|>"]
+    assert tokenizer.create_encoder(mode="prompt")("<|im_end|>").tolist() == [special["<|im_end|>"]]
+    ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(1))
+    assert (lmtune_logits("smol", ids) - transformers_logits(directory, ids)).abs().max().item() < TOLERANCE
