@@ -92,7 +92,10 @@ def test_native_cards_build_the_published_architecture(name: str, isolated_user_
         got = getattr(config, FAIRSEQ2_FIELD[key])
         assert got == value, (name, key, got, value)
     if name.startswith("olmo3"):
-        from lmtune.export.olmo3_config import fairseq2_layer_types, yarn_attention_factor
+        from lmtune.export.olmo3_config import (
+            fairseq2_layer_types,
+            yarn_attention_factor,
+        )
 
         yarn = config.yarn_scale_config  # type: ignore[attr-defined]
         assert config.sliding_window == PUBLISHED[name]["sliding_window"]  # type: ignore[attr-defined]

@@ -3,7 +3,8 @@
 fairseq2 0.8.1 leaves a few things lmtune needs without a public door: the trainer's early
 stopper and step limit, the token encoders' prefix/suffix ids and Rust tokenizer, a tiktoken
 tokenizer's encoding, and the model methods lmtune replaces with faster ones (the LM loss on
-target rows, the SwiGLU forward), and the gradients between the backward pass and clipping. They live here, each behind ``check_version()``, so a fairseq2
+target rows, the SwiGLU forward), the gradients between the backward pass and clipping, and the olmo
+family's model factory (OLMo 3's sliding layers get plain rope, as in transformers). They live here, each behind ``check_version()``, so a fairseq2
 upgrade is one review of this file and another version fails in one sentence instead of silently.
 """
 
@@ -130,7 +131,7 @@ def set_model_factory(family: object, factory: Callable[[Any], Any]) -> None:
     check_version()
     if not hasattr(family, "_factory"):
         raise RuntimeError(f"fairseq2 0.8.1's {type(family).__name__} has no model factory to replace")
-    family._factory = factory  # type: ignore[attr-defined]  # noqa: SLF001
+    family._factory = factory  # noqa: SLF001
 
 
 def set_olmo_sliding_rope(factory: object, encoder: object) -> None:
@@ -139,7 +140,7 @@ def set_olmo_sliding_rope(factory: object, encoder: object) -> None:
     check_version()
     if not hasattr(factory, "_sliding_rope_encoder"):
         raise RuntimeError("fairseq2 0.8.1's OLMOFactory has no sliding-window rotary encoder to replace")
-    factory._sliding_rope_encoder = encoder  # type: ignore[attr-defined]  # noqa: SLF001
+    factory._sliding_rope_encoder = encoder  # noqa: SLF001
 
 
 def has_registration(container: object, kind: type, key: str) -> bool:

@@ -17,7 +17,7 @@ SUPPORT: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama":   ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "qwen":    ("qwen",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "olmo2":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
-    "olmo3":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "untested")),
+    "olmo3":   ("olmo",  ("yes", "yes", "yes",  "yes", "yes", "no")),  # vLLM 0.32 (CPU) parts from transformers: README
     "mistral": ("llama", ("yes", "yes", "yes",  "yes", "yes", "yes")),
     "gpt2":    ("gpt2",  ("yes", "yes", "yes",  "yes", "yes", "yes")),
     # Any other causal LM transformers builds from a local directory (tested: GPT-NeoX).

@@ -173,14 +173,14 @@ def _olmo3_yarn(hf: dict[str, object], where: str, config: dict[str, object]) ->
     attention = s.get("attention_factor")
     mscale, mscale_all_dim = s.get("mscale"), s.get("mscale_all_dim")
     if attention is None:
-        attention = get_mscale(float(mscale)) / get_mscale(float(mscale_all_dim)) if mscale and mscale_all_dim else get_mscale(1.0)  # type: ignore[arg-type]
-    m = (float(attention) - 1.0) / (0.1 * math.log(factor))  # type: ignore[arg-type]
+        attention = get_mscale(float(mscale)) / get_mscale(float(mscale_all_dim)) if mscale and mscale_all_dim else get_mscale(1.0)
+    m = (float(attention) - 1.0) / (0.1 * math.log(factor))
     if abs(m) < 1e-12:
         raise UserError(f"{where}: YaRN 'attention_factor' 1.0 cannot be built by fairseq2's YaRN encoder; lmtune reads factors that scale attention.")
-    original = s.get("original_max_position_embeddings") or config["max_seq_len"]
+    original = s.get("original_max_position_embeddings") or int(config["max_seq_len"])  # type: ignore[call-overload]
     return {
-        "scale_factor": factor, "original_max_seq_len": int(original),  # type: ignore[call-overload]
-        "beta_fast": float(s.get("beta_fast") or 32.0), "beta_slow": float(s.get("beta_slow") or 1.0),  # type: ignore[arg-type]
+        "scale_factor": factor, "original_max_seq_len": int(original),
+        "beta_fast": float(s.get("beta_fast") or 32.0), "beta_slow": float(s.get("beta_slow") or 1.0),
         "mscale": 1.0 if abs(m - 1.0) < 1e-12 else m, "mscale_all_dim": 0.0, "truncate": bool(s.get("truncate", True)),
     }  # fmt: skip
 
