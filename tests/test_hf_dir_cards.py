@@ -171,3 +171,24 @@ def test_a_llama_directory_with_a_chatml_bpe_tokenizer_gets_the_gpt2_tokenizer(t
     assert tokenizer.create_encoder(mode="prompt")("<|im_end|>").tolist() == [special["<|im_end|>"]]
     ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(1))
     assert (lmtune_logits("smol", ids) - transformers_logits(directory, ids)).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("rope_scaling", {"rope_type": "linear", "factor": 2.0}, "rope_scaling type 'linear' is not one lmtune reads for OLMo 3; it reads none or 'yarn'"),
+        ("layer_types", ["sliding_attention", "full_attention"], "'layer_types' must list 4 entries (num_hidden_layers)"),
+        ("sliding_window", None, "'sliding_window' is None; lmtune reads OLMo 3 models with a positive integer window"),
+    ],
+)
+def test_an_olmo3_config_lmtune_cannot_build_exactly_is_one_sentence(key: str, value: object, says: str, tmp_path: Path, isolated_user_cards: Path) -> None:
+    from lmtune.errors import UserError
+
+    directory = write_transformers_dir("olmo3", tmp_path / "hf")
+    config = json.loads((directory / "config.json").read_text())
+    config[key] = value
+    (directory / "config.json").write_text(json.dumps(config))
+    write_card(isolated_user_cards, "my_model", directory)
+    with pytest.raises(UserError) as caught:
+        resolve_model(CardStore(), "my_model", None)
+    assert says in str(caught.value) and str(directory / "config.json") in str(caught.value)
