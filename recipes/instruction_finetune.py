@@ -58,6 +58,7 @@ from lmtune.data.records import read_records
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
+from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.target_loss import use_target_only_loss
 from lmtune.models.transformers_fairseq2 import register_transformers_family
@@ -183,6 +184,7 @@ class InstructionFinetuneRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
+        use_transformers_olmo3_rope(container)  # OLMo 3's sliding layers without YaRN, as transformers runs them (lmtune.models.olmo3_rope)
         # fairseq2 knows nll_loss and accuracy; macro F1, per-label F1 and the counts are lmtune's.
         # A metric registered here replaces fairseq2's of the same name (early_stopping.mode).
         for m in self._metrics:

@@ -50,6 +50,7 @@ from lmtune.data.encoding import ExampleEncoder
 from lmtune.fairseq2_internals import set_early_stopper
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
+from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
 from lmtune.models.row_logps import use_row_logps
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.transformers_fairseq2 import register_transformers_family
@@ -160,6 +161,7 @@ class PreferenceFinetuneRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
+        use_transformers_olmo3_rope(container)  # OLMo 3's sliding layers without YaRN, as transformers runs them (lmtune.models.olmo3_rope)
         for order, (name, (display, higher)) in enumerate(METRICS.items()):
             higher = self._higher_better.get(name, higher)
             container.collection.register_instance(MetricDescriptor, MetricDescriptor(name, display, 100 + order, format_as_float, higher_better=higher))

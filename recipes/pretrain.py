@@ -48,6 +48,7 @@ from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
 from lmtune.models.document_attention import DocumentSDPA
 from lmtune.models.gpt2 import register_gpt2_family
+from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
 from lmtune.models.swiglu import use_lean_swiglu
 from lmtune.models.transformers_fairseq2 import register_transformers_family
 from lmtune.safe_load import use_safe_tensor_loader
@@ -99,6 +100,7 @@ class PretrainRecipe(Recipe):
     @override
     def register(self, container: DependencyContainer) -> None:
         use_safe_tensor_loader(container)  # checkpoint files never run code (lmtune.safe_load)
+        use_transformers_olmo3_rope(container)  # OLMo 3's sliding layers without YaRN, as transformers runs them (lmtune.models.olmo3_rope)
         container.collection.register_instance(MetricDescriptor, MetricDescriptor("perplexity", "Perplexity", 110, format_as_float, higher_better=False))
         if self._console is not None:  # what the run shows on the console (lmtune.training.console)
             self._console.attach(container)

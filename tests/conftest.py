@@ -55,7 +55,7 @@ MODULE_SECONDS: dict[str, float] = {
     "test_lora_vllm": 300, "test_demo": 250, "test_generate": 200, "test_stages": 150, "test_drift": 150,
     "test_cli_errors": 150, "test_packaging": 120, "test_console": 120,
     # modules added since, estimated from their trainings and vLLM starts (only the order matters)
-    "test_native_families": 300, "test_gpt2": 250, "test_vllm_families": 300, "test_precision": 200,
+    "test_native_families": 380, "test_shipped_cards": 40, "test_gpt2": 250, "test_vllm_families": 300, "test_precision": 200,
     "test_transformers_family_cli": 150, "test_transformers_family_lora": 120,
 }
 

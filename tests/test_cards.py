@@ -205,7 +205,7 @@ def test_dataset_paths_and_layouts(tmp_path: Path) -> None:
 
 def test_shipped_cards_parse_and_every_file_is_packaged() -> None:
     files = sorted(p.name for p in assets_dir().glob("*.yaml"))
-    assert files == ["datasets.yaml", "gpt2.yaml", "llama.yaml", "mistral.yaml", "olmo.yaml", "pretrain.yaml", "qwen.yaml", "tiny.yaml"]
+    assert files == ["datasets.yaml", "gpt2.yaml", "llama.yaml", "mistral.yaml", "olmo.yaml", "pretrain.yaml", "qwen.yaml", "smollm2.yaml", "tiny.yaml", "transformers.yaml"]
 
 
 def test_dataset_labels_read_by_yaml_as_booleans_are_refused(isolated_user_cards: Path, tmp_path: Path) -> None:

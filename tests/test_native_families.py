@@ -1,4 +1,4 @@
-"""OLMo 2 and Mistral (and Qwen2), native: lmtune's fairseq2 model against transformers' on the same weights.
+"""OLMo 2, OLMo 3 and Mistral (and Qwen2), native: lmtune's fairseq2 model against transformers' on the same weights.
 
 Each family is a tiny random model that transformers builds from its own config and saves
 (``transformers_dirs``), named by a card that gives nothing but the directory. Proven against
@@ -22,12 +22,15 @@ from helpers import run_lmtune
 from lmtune.adapters.build import load_any_model
 from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import ModelSpec, resolve_model
-from transformers_dirs import write_transformers_dir
+from transformers_dirs import OLMO3_SIZES, write_transformers_dir
 
 TOLERANCE = 1e-5
 # model_type -> (lmtune family, HF architecture of the export)
 FAMILIES = {
     "olmo2": ("olmo", "Olmo2ForCausalLM"),
+    # Sliding-window layers (window 8 < the 40-token inputs) and YaRN: fairseq2's olmo family, with
+    # plain RoPE on the sliding layers as transformers has it (lmtune.models.olmo3_rope).
+    "olmo3": ("olmo", "Olmo3ForCausalLM"),
     "mistral": ("llama", "MistralForCausalLM"),  # built as fairseq2's llama family, exported as Mistral
     "qwen2": ("qwen", "Qwen2ForCausalLM"),  # the same proofs for a family lmtune had, from a bare directory
 }
@@ -156,6 +159,10 @@ def test_export_gives_transformers_the_same_logits(family_dir, tmp_path: Path) -
     assert config["architectures"] == [FAMILIES[model_type][1]]
     if model_type == "mistral":
         assert config["sliding_window"] == json.loads((family_dir[1] / "config.json").read_text())["sliding_window"] == 4096
+    if model_type == "olmo3":
+        source = json.loads((family_dir[1] / "config.json").read_text())
+        assert (config["sliding_window"], config["layer_types"]) == (source["sliding_window"], source["layer_types"]) == (8, OLMO3_SIZES["layer_types"])
+        assert config["rope_scaling"]["rope_type"] == "yarn" and config["rope_scaling"]["factor"] == 8.0
     ids = _ids()
     with torch.no_grad():
         exported = _transformers(out)(ids).logits

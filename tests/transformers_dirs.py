@@ -18,6 +18,9 @@ from tiny_builders import (
 )
 
 SIZES = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+# YaRN as the OLMo 3 7B checkpoints have it (factor 8, betas 32 and 1), scaled to a tiny context.
+OLMO3_YARN = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 32, "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": 1.2079441541679836}
+OLMO3_SIZES = dict(num_hidden_layers=4, rope_theta=50_000.0, sliding_window=8, rope_scaling=OLMO3_YARN, layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"])
 OLMO_SPECIAL = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -48,6 +51,13 @@ def write_transformers_dir(model_type: str, out: Path, seed: int = 0, weight_std
         ids = write_olmo_tokenizer(out)
         special = {"pad_token_id": ids["<|pad|>"], "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|endoftext|>"]}
         config = AutoConfig.for_model("olmo2", **{**SIZES, "vocab_size": 448, "tie_word_embeddings": False, "rms_norm_eps": 1e-6, "rope_theta": 50_000.0, **special, **changes})
+    elif model_type == "olmo3":
+        # As allenai/Olmo-3-7B-*: sliding layers (3 of 4) and YaRN rope, here 4 layers with a window
+        # of 8 tokens and YaRN from 32 positions, so that both act on the tests' 40-token inputs.
+        ids = write_olmo_tokenizer(out)
+        special = {"pad_token_id": ids["<|pad|>"], "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|endoftext|>"]}
+        olmo3 = {**OLMO3_SIZES, **special, **changes}
+        config = AutoConfig.for_model("olmo3", **{**SIZES, "vocab_size": 448, "tie_word_embeddings": False, "rms_norm_eps": 1e-6, **olmo3})
     else:  # llama, mistral
         config = AutoConfig.for_model(model_type, **{**SIZES, "vocab_size": 704, "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "rope_theta": 50_000.0, **changes})
         write_hf_llama3_tokenizer(out, bpe_ranks(), instruct=False)

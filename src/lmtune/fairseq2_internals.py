@@ -3,7 +3,8 @@
 fairseq2 0.8.1 leaves a few things lmtune needs without a public door: the trainer's early
 stopper and step limit, the token encoders' prefix/suffix ids and Rust tokenizer, a tiktoken
 tokenizer's encoding, and the model methods lmtune replaces with faster ones (the LM loss on
-target rows, the SwiGLU forward), and the gradients between the backward pass and clipping. They live here, each behind ``check_version()``, so a fairseq2
+target rows, the SwiGLU forward), the gradients between the backward pass and clipping, and the olmo
+family's model factory (OLMo 3's sliding layers get plain rope, as in transformers). They live here, each behind ``check_version()``, so a fairseq2
 upgrade is one review of this file and another version fails in one sentence instead of silently.
 """
 
@@ -113,15 +114,33 @@ def call_before_grad_clip(trainer: Trainer, before: Callable[[], None]) -> None:
 # ------------------------------------------------------------ the dependency container
 
 
-def dependency_registration(container: object, kind: type) -> Any:
-    """The registration of ``kind`` in fairseq2 0.8.1's dependency container, whose provider
-    lmtune.safe_load replaces in place: the container refuses a second registration of a type
-    (and any registration after its first resolve)."""
+def dependency_registration(container: object, kind: type, key: str | None = None) -> Any:
+    """The registration of ``kind`` (under ``key``) in fairseq2 0.8.1's dependency container, whose
+    provider lmtune.safe_load and lmtune.models.olmo3_rope replace in place: the container refuses a
+    second registration of a type (and any registration after its first resolve)."""
     check_version()
-    registration = getattr(container, "_registrations", {}).get((kind, None))
+    registration = getattr(container, "_registrations", {}).get((kind, key))
     if registration is None or not hasattr(registration, "provider"):
-        raise RuntimeError(f"fairseq2 0.8.1's dependency container holds no registration of {kind.__name__}")
+        raise RuntimeError(f"fairseq2 0.8.1's dependency container holds no registration of {kind.__name__}" + (f" under '{key}'" if key else ""))
     return registration
+
+
+def set_model_factory(family: object, factory: Callable[[Any], Any]) -> None:
+    """Gives one fairseq2 0.8.1 ``StandardModelFamily`` instance another model factory (its ``_factory``,
+    called with the model config inside the device and dtype context of every create and load)."""
+    check_version()
+    if not hasattr(family, "_factory"):
+        raise RuntimeError(f"fairseq2 0.8.1's {type(family).__name__} has no model factory to replace")
+    family._factory = factory  # noqa: SLF001
+
+
+def set_olmo_sliding_rope(factory: object, encoder: object) -> None:
+    """fairseq2 0.8.1's ``OLMOFactory`` hands its sliding-window layers ``_sliding_rope_encoder``
+    (the YaRN encoder of the full-attention layers when the config has YaRN)."""
+    check_version()
+    if not hasattr(factory, "_sliding_rope_encoder"):
+        raise RuntimeError("fairseq2 0.8.1's OLMOFactory has no sliding-window rotary encoder to replace")
+    factory._sliding_rope_encoder = encoder  # noqa: SLF001
 
 
 def has_registration(container: object, kind: type, key: str) -> bool:

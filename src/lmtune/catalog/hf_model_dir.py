@@ -83,6 +83,8 @@ def _llama(hf: dict[str, object], where: str) -> dict[str, object]:
     _require(hf, where, "mlp_bias", False, False, "llama family (no MLP biases)")
     # intermediate_size is the final width: no 2/3 scale, multiplier or rounding on top.
     config.update(ffn_inner_dim_scale=1.0, ffn_inner_dim_multiplier=1.0, ffn_inner_dim_multiple_of=1, rope_theta=_rope_theta(hf, 10_000.0))
+    if config["tied_embeddings"]:
+        config["shard_embed_dim"] = False  # fairseq2's llama ties the head only to a vocabulary-sharded embedding
     rope = _rope_type(hf)
     if rope == "llama3":
         s = hf.get("rope_scaling") or hf.get("rope_parameters")
@@ -141,6 +143,66 @@ def _olmo2(hf: dict[str, object], where: str) -> dict[str, object]:
     return config
 
 
+def _olmo3_layer_types(hf: dict[str, object], where: str, num_layers: int) -> list[str]:
+    """The HF list, or transformers' default when absent (every 4th layer full). Always written into
+    the fairseq2 config: fairseq2's own default also makes the last layer full."""
+    types = hf.get("layer_types")
+    if types is None:
+        return ["sliding_attention" if (i + 1) % 4 != 0 else "full_attention" for i in range(num_layers)]
+    valid = ("sliding_attention", "full_attention")
+    if not isinstance(types, list) or len(types) != num_layers or any(t not in valid for t in types):
+        raise UserError(f"{where}: 'layer_types' must list {num_layers} entries (num_hidden_layers), each one of {', '.join(valid)}.")
+    return [str(t) for t in types]
+
+
+def _olmo3_yarn(hf: dict[str, object], where: str, config: dict[str, object]) -> dict[str, object]:
+    """transformers' YaRN keys -> fairseq2's YaRNScaleConfig. The attention factor (explicit, or from
+    factor / mscale / mscale_all_dim as transformers infers it) becomes fairseq2's ``mscale`` with
+    ``mscale_all_dim`` 0, the form in which fairseq2 computes 0.1 * mscale * ln(factor) + 1."""
+    import math
+
+    s = hf.get("rope_scaling") or hf.get("rope_parameters")
+    assert isinstance(s, dict)
+    factor = float(s["factor"])
+    if factor <= 1.0:
+        raise UserError(f"{where}: YaRN 'factor' is {factor}; lmtune reads OLMo 3 YaRN factors above 1.")
+
+    def get_mscale(m: float) -> float:
+        return 0.1 * m * math.log(factor) + 1.0
+
+    attention = s.get("attention_factor")
+    mscale, mscale_all_dim = s.get("mscale"), s.get("mscale_all_dim")
+    if attention is None:
+        attention = get_mscale(float(mscale)) / get_mscale(float(mscale_all_dim)) if mscale and mscale_all_dim else get_mscale(1.0)
+    m = (float(attention) - 1.0) / (0.1 * math.log(factor))
+    if abs(m) < 1e-12:
+        raise UserError(f"{where}: YaRN 'attention_factor' 1.0 cannot be built by fairseq2's YaRN encoder; lmtune reads factors that scale attention.")
+    original = s.get("original_max_position_embeddings") or int(config["max_seq_len"])  # type: ignore[call-overload]
+    return {
+        "scale_factor": factor, "original_max_seq_len": int(original),
+        "beta_fast": float(s.get("beta_fast") or 32.0), "beta_slow": float(s.get("beta_slow") or 1.0),
+        "mscale": 1.0 if abs(m - 1.0) < 1e-12 else m, "mscale_all_dim": 0.0, "truncate": bool(s.get("truncate", True)),
+    }  # fmt: skip
+
+
+def _olmo3(hf: dict[str, object], where: str) -> dict[str, object]:
+    """OLMo 2 plus sliding-window layers and, in the long-context checkpoints, YaRN rope (which
+    lmtune.models.olmo3_rope applies to the full-attention layers only, as transformers does)."""
+    rope = _rope_type(hf)
+    if rope not in ("default", "yarn"):
+        raise UserError(f"{where}: rope_scaling type '{rope}' is not one lmtune reads for OLMo 3; it reads none or 'yarn'.")
+    plain = {k: v for k, v in hf.items() if k not in ("rope_scaling", "rope_parameters")}
+    config = _olmo2({**plain, "rope_theta": _rope_theta(hf, 10_000.0)}, where)
+    _require(hf, where, "hidden_act", "silu", "silu", "olmo family (SwiGLU)")
+    window = hf.get("sliding_window", 4096)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise UserError(f"{where}: 'sliding_window' is {window!r}; lmtune reads OLMo 3 models with a positive integer window.")
+    config["sliding_window"] = window
+    config["layer_types"] = _olmo3_layer_types(hf, where, int(config["num_layers"]))  # type: ignore[call-overload]
+    config["yarn_scale_config"] = _olmo3_yarn(hf, where, config) if rope == "yarn" else None
+    return config
+
+
 # GPT-2's activation_function values lmtune's GPT-2 builds (lmtune.models.gpt2.GELU_APPROXIMATIONS' keys).
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu")
 
@@ -178,6 +240,7 @@ HF_MODEL_TYPES: dict[str, tuple[str, str, Callable[[dict[str, object], str], dic
     "qwen2":   ("qwen",  "qwen",  _qwen),
     "qwen3":   ("qwen",  "qwen",  _qwen),
     "olmo2":   ("olmo",  "olmo",  _olmo2),
+    "olmo3":   ("olmo",  "olmo",  _olmo3),
     "gpt2":    ("gpt2",  "gpt2",  _gpt2),
 }  # fmt: skip
 
@@ -209,11 +272,39 @@ def detected_fields(directory: Path) -> dict[str, object]:
     archs = hf.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
     fields: dict[str, object] = {"model_family": family, "model_config": convert(hf, where), "tokenizer_family": tokenizer_family, "hf_architecture": arch, "hf_model_type": model_type}
+    if tokenizer_family == "llama" and _has_non_llama3_tokenizer_json(directory):
+        # e.g. SmolLM2: Llama's layers, a GPT-2-style BPE with ChatML turns. fairseq2's llama tokenizer
+        # reads tokenizer.json with Llama 3's special tokens only; lmtune's gpt2 family reads any.
+        fields["tokenizer_family"] = "gpt2"
+        eos = _tokenizer_config_eos(directory)
+        if eos is not None:
+            fields["tokenizer_config"] = {"eos_token": eos}
     if model_type == "mistral":
         # Built as fairseq2's llama family: the export must say Mistral again, with its window.
         window = hf.get("sliding_window")
         fields["hf_export"] = {"model_type": "mistral", "sliding_window": window if isinstance(window, int) else None}
     return fields
+
+
+def _has_non_llama3_tokenizer_json(directory: Path) -> bool:
+    """A tokenizer.json without Llama 3's <|begin_of_text|>, and no tokenizer.model beside it."""
+    file = directory / "tokenizer.json"
+    if (directory / "tokenizer.model").is_file() or not file.is_file():
+        return False
+    try:
+        return "<|begin_of_text|>" not in file.read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def _tokenizer_config_eos(directory: Path) -> str | None:
+    try:
+        eos = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("eos_token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    return eos if isinstance(eos, str) else None
 
 
 def checkpoint_dir_of(fields: dict[str, object]) -> Path | None:
@@ -227,16 +318,26 @@ def checkpoint_dir_of(fields: dict[str, object]) -> Path | None:
 
 def with_detected_model(fields: dict[str, object]) -> dict[str, object]:
     """A card without model_family whose checkpoint is an HF directory, completed from its config.json
-    (the card's own model_config merged on top; its tokenizer defaults to the same directory).
+    (the card's own model_config merged on top; its tokenizer defaults to the same directory). A card
+    saying only ``model_family: mistral`` of a Mistral directory is read the same way (fairseq2's own
+    mistral family reads no HF weights); a ``transformers`` card gets its directory.
     Unchanged when nothing can be detected: using the card as a model then says why."""
     from lmtune.files import deep_merge
 
     directory = checkpoint_dir_of(fields)
-    if "model_family" in fields or "model_arch" in fields or directory is None:
+    if directory is None:
+        return fields
+    family = fields.get("model_family")
+    if family == "transformers":
+        return _with_transformers_directory(fields, directory)
+    plain_mistral = family == "mistral" and "model_arch" not in fields and "model_config" not in fields
+    if ("model_family" in fields and not plain_mistral) or "model_arch" in fields:
         return fields
     try:
         found = detected_fields(directory)
     except UserError:
+        return fields
+    if plain_mistral and found.get("hf_model_type") != "mistral":
         return fields
     out = {**fields, **{k: v for k, v in found.items() if k != "model_config"}}
     own = fields.get("model_config")
@@ -244,8 +345,32 @@ def with_detected_model(fields: dict[str, object]) -> dict[str, object]:
     if "tokenizer" not in fields and "tokenizer_ref" not in fields and any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         out["tokenizer"] = str(directory)
     for key in ("tokenizer_family", "tokenizer_config"):
-        if key in fields:
+        if key in fields and not (plain_mistral and key == "tokenizer_family"):
             out[key] = fields[key]
+    return out
+
+
+def _with_transformers_directory(fields: dict[str, object], directory: Path) -> dict[str, object]:
+    """A ``model_family: transformers`` card (a shipped one, given its checkpoint by a user card)
+    completed from its directory as a bare directory card is: model_config.directory, the sizes, the
+    tokenizer. The card's own keys win, but for the architecture and sizes, which are what the directory
+    holds (a shipped card's are the published checkpoint's)."""
+    from lmtune.catalog.transformers_dir import transformers_fields
+    from lmtune.files import deep_merge
+
+    own = fields.get("model_config")
+    if isinstance(own, dict) and own.get("directory"):
+        return fields
+    try:
+        found = transformers_fields(directory)
+    except UserError:
+        return fields
+    out = {**{k: v for k, v in found.items() if k != "model_config"}, **fields, "hf_architecture": found["hf_architecture"]}
+    out["model_config"] = deep_merge(own, found["model_config"]) if isinstance(own, dict) else found["model_config"]  # type: ignore[arg-type]
+    if isinstance(fields.get("tokenizer_config"), dict) and isinstance(found.get("tokenizer_config"), dict):
+        out["tokenizer_config"] = deep_merge(found["tokenizer_config"], fields["tokenizer_config"])  # type: ignore[arg-type]
+    if "tokenizer" not in fields and "tokenizer_ref" not in fields and (directory / "tokenizer.json").is_file():
+        out["tokenizer"] = str(directory)
     return out
 
 

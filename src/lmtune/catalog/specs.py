@@ -215,6 +215,12 @@ def model_from_card(store: CardStore, card: Card, checkpoint: Path | None = None
     if not need_weights:
         return ModelSpec(name=card.name, family=family, arch=arch if isinstance(arch, str) else None, config=config, checkpoint=None, source=str(card.file))
     path = checkpoint if checkpoint is not None else _card_checkpoint(card)
+    if family == "mistral" and path is not None and (path / "config.json").is_file():
+        raise UserError(
+            f"card '{card.name}' ({card.where}): model_family 'mistral' is fairseq2's reference Mistral, which reads no Hugging Face weights, "
+            f"and checkpoint {path} is a Hugging Face directory; write the card as name and checkpoint only (no model_family, model_arch or model_config), "
+            "and lmtune builds what its config.json describes (a Mistral as the llama family, exported as MistralForCausalLM)."
+        )
     tokenizer = None
     if "tokenizer" in card.fields or "tokenizer_ref" in card.fields:
         tokenizer = resolve_tokenizer(store, card.name)

@@ -87,9 +87,9 @@ def hf_config(family: str, config: LLaMAConfig | QwenConfig | OLMOConfig, ids: S
         "transformers_version": transformers_version,
     }
     if family == "olmo":
-        from lmtune.export.olmo_config import olmo2_hf_config
+        from lmtune.export.olmo_config import olmo_hf_config
 
-        return olmo2_hf_config(cast("OLMOConfig", c), common)
+        return olmo_hf_config(cast("OLMOConfig", c), common)
     if family == "llama":
         llama = cast("LLaMAConfig", c)
         rope_scaling = None

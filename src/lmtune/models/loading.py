@@ -37,6 +37,7 @@ def resolver() -> DependencyResolver:
     from fairseq2.error import InvalidOperationError
     from fairseq2.runtime.dependency import get_dependency_resolver
 
+    from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
     from lmtune.safe_load import use_safe_tensor_loader
 
     # lmtune's own families join fairseq2's when lmtune is the first to start it; when fairseq2 has
@@ -45,6 +46,7 @@ def resolver() -> DependencyResolver:
         init_fairseq2(extras=_register_lmtune_families)
     found = get_dependency_resolver()
     use_safe_tensor_loader(found)
+    use_transformers_olmo3_rope(found)  # OLMo 3's sliding layers without YaRN, as transformers runs them
     return found
 
 
