@@ -87,7 +87,7 @@ def check_preference_options(o: PreferenceOptions) -> None:
     if o.batch_size is not None:
         raise UserError(f"config key 'batch_size' is {o.batch_size}, and preference_finetune packs whole pairs into batches of max_num_tokens; leave batch_size unset.")
     c = o.criterion
-    if c.beta <= 0:
+    if c.beta is not None and c.beta <= 0:
         raise UserError(f"config key 'criterion.beta' must be positive, got {c.beta}.")
     if (c.nll_scale is not None and c.nll_scale < 0) or c.orpo_lambda < 0:
         raise UserError(f"config keys 'criterion.nll_scale' and 'criterion.orpo_lambda' must be 0 or more, got {c.nll_scale} and {c.orpo_lambda}.")
@@ -274,6 +274,7 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
     console = console or RunConsole()
     check_training_numbers(o, {"keep_best_n_checkpoints": o.keep_best_n_checkpoints})
     check_preference_options(o)
+    o = o.with_defaults()  # criterion.beta for the criterion: OUT's config says the value the loss uses
     prepare_distributed_env(os.environ)
     if o.model is None:
         raise UserError("config key 'model' is not set; name a model card or an SFT run's checkpoint (model=last_checkpoint resume_checkpoint_dir=SFT_OUT/checkpoints).")
