@@ -10,9 +10,12 @@ checkpoint, TRL the export, the same weights. The pairs are preference records
 the same strings), each sequence about 250 tokens. Every contender trains float32 on CPU with AdamW,
 beta 0.1, the sigmoid loss, about ``--pairs-per-step`` pairs a step:
 
-- lmtune: ``lmtune preference_finetune`` at its defaults; its default is the precomputed reference
-  (every rank its share of the reference log-probs before step 1, cached; no reference model while
-  training). Batches are whole pairs packed into ``max_num_tokens`` (set to hold the pairs a step).
+- lmtune: ``lmtune preference_finetune`` at its defaults but ``dtype=float32``; its default is the
+  precomputed reference (every rank its share of the reference log-probs before step 1, cached; no
+  reference model while training). Batches are whole pairs packed into ``max_num_tokens`` (set to
+  hold the pairs a step). ``dtype=float32`` because lmtune's default, ``auto``, computes in bf16
+  autocast on a CPU with AVX512-BF16 or AMX for a model this wide (lmtune.precision), which the runs
+  recorded before 2026-12-06 did unawares; ``--lmtune-auto`` adds that row too.
 - TRL, its defaults: ``DPOConfig()`` with ``precompute_ref_log_probs=False`` (a second, frozen copy
   of the model scores every batch) and ``gradient_checkpointing=True``, but ``bf16=False``: TRL's
   bfloat16 autocast on these CPUs runs matrix products hundreds of times slower (README, Precision)
@@ -117,6 +120,7 @@ def main() -> None:
     parser.add_argument("--pairs-per-step", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--lmtune-auto", action="store_true", help="also time lmtune at dtype=auto (bf16 autocast where the CPU has AVX512-BF16 or AMX)")
     parser.add_argument("--trl-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmtune/dpo-bench-venv",
                         help="side venv for TRL, layered over this one (built on first use)")
     args = parser.parse_args()
@@ -130,15 +134,17 @@ def main() -> None:
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"dpo_bench: {trl_line}", file=sys.stderr)
         results = []
-        lm_out = root / "lmtune"
-        cmd = [sys.executable, "-m", "lmtune", "preference_finetune", str(lm_out), "--config", f"resume_checkpoint_dir={root / 'base/checkpoints'}",
-               "model=last_checkpoint", f"dataset={root / 'pairs'}", f"max_seq_len={MAX_SEQ_LEN}", f"max_num_tokens={max_num_tokens}",
-               f"max_num_steps={args.steps}", "learning_rate=1e-6", "checkpoint_every_n_steps=100000", "publish_metrics_every_n_steps=1",
-               "tensorboard=false", "lr_scheduler.num_warmup_steps=0"]  # fmt: skip
-        out, rss = measured(cmd, env, "lmtune")
-        metrics = [json.loads(line) for line in (lm_out / "metrics/train.jsonl").read_text().splitlines()]
-        times, tokens = [m["Lapse Time"] for m in metrics], [m["Number of Examples"] * mean_pair for m in metrics]
-        results.append(("lmtune preference_finetune (defaults: cached reference)", steady(times, tokens), tokens, times, rss, ""))
+        for dtype in ("float32", "auto") if args.lmtune_auto else ("float32",):
+            lm_out = root / f"lmtune_{dtype}"
+            cmd = [sys.executable, "-m", "lmtune", "preference_finetune", str(lm_out), "--config", f"resume_checkpoint_dir={root / 'base/checkpoints'}",
+                   "model=last_checkpoint", f"dataset={root / 'pairs'}", f"max_seq_len={MAX_SEQ_LEN}", f"max_num_tokens={max_num_tokens}",
+                   f"max_num_steps={args.steps}", "learning_rate=1e-6", "checkpoint_every_n_steps=100000", "publish_metrics_every_n_steps=1",
+                   "tensorboard=false", "lr_scheduler.num_warmup_steps=0", f"dtype={dtype}"]  # fmt: skip
+            out, rss = measured(cmd, env, "lmtune")
+            metrics = [json.loads(line) for line in (lm_out / "metrics/train.jsonl").read_text().splitlines()]
+            times, tokens = [m["Lapse Time"] for m in metrics], [m["Number of Examples"] * mean_pair for m in metrics]
+            what = "float32" if dtype == "float32" else "dtype=auto: bf16 autocast where the CPU has AVX512-BF16 or AMX, lmtune.precision"
+            results.append((f"lmtune preference_finetune (defaults: cached reference; {what})", steady(times, tokens), tokens, times, rss, ""))
         for name, precompute in (("TRL DPOTrainer, defaults (reference model in memory, gradient checkpointing), bf16=False", False),
                                  ("TRL DPOTrainer, precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=False", True)):
             if trl_python is None or trl_reason:
@@ -176,9 +182,9 @@ def format_table(results, args, trl_line: str, max_num_tokens: int, mean_pair: f
             lines.append(f"| {name} | not run: {note} | | | | |")
             continue
         lines.append(f"| {name} | {len(tokens) - 1} | {sum(tokens[1:]) / (len(tokens) - 1):.0f} | {rate:.1f} | {sum(times[1:]) / (len(times) - 1):.2f} | {rss:.2f} |")
-    lm = results[0]
+    lm = results[0]  # lmtune in float32: like for like
     for name, rate, _, _, rss, _ in results[1:]:
-        if rate is not None:
+        if rate is not None and not name.startswith("lmtune"):
             lines.append(f"\nlmtune against {name.split(',')[0]}{',' + ','.join(name.split(',')[1:2]) if 'precompute' in name else ', defaults'}: "
                          f"{lm[1] / rate:.2f}x the tokens/s, {lm[4] / rss:.2f}x the peak RSS.")
     return "\n".join(lines)

@@ -83,6 +83,12 @@ def test_each_criterion_trains(tmp_path: Path, sft: Path, pairs: Path, criterion
     assert (out / "checkpoints/step_3").is_dir()
     computed = "lmtune: computing the reference log-probs" in r.stderr
     assert computed == (criterion == "dpo"), r.stderr[-3000:]  # only dpo has a reference
+    import yaml
+
+    effective = yaml.safe_load((out / "lmtune.yaml").read_text())["criterion"]
+    assert effective["beta"] == {"dpo": 0.1, "simpo": 2.0, "orpo": None, "cpo": 0.1}[criterion], effective  # each criterion's own default
+    if criterion == "simpo":
+        assert effective["gamma"] == 0.5
     if criterion == "dpo":
         # The reference is the starting policy: every pair's h is 0, so the loss is log 2 at step 1.
         assert train[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -133,6 +139,36 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Pat
     assert sorted(resumed) == sorted(expected) == list(range(1, 13))
     for step in range(at_kill[-1] + 1, 13):
         assert resumed[step]["Preference Loss"] == expected[step]["Preference Loss"], step
+
+
+def test_a_cached_reference_is_never_loaded(tmp_path: Path, sft: Path, isolated_user_cards: Path) -> None:
+    """A second run on the same data in a new OUT reads the cached reference log-probs without
+    loading the reference model: its checkpoint is overwritten with zeros of the same size and
+    modification time (what the fingerprint reads), so a load would fail, and the run trains to
+    the first run's losses."""
+    import shutil
+
+    data = write_pairs(tmp_path / "data", 60, 10)
+    ref_ckpt = shutil.copytree(sft / "step_400/model", tmp_path / "ref_model")
+    (isolated_user_cards / "ref.yaml").write_text(f"name: ref_copy\nbase: tiny_llama\ncheckpoint: {ref_ckpt}\n")
+    args = _args(sft, data, "reference_model=ref_copy", "max_num_steps=3", "checkpoint_every_n_steps=3")
+    r = run_lmtune("preference_finetune", str(tmp_path / "first"), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("lmtune: loading the reference model ref_copy") == 1, r.stderr[-3000:]  # once for both splits
+    assert r.stderr.count("lmtune: computing the reference log-probs") == 2, r.stderr[-3000:]
+    for f in (p for p in ref_ckpt.rglob("*") if p.is_file()):
+        st = f.stat()
+        f.write_bytes(bytes(st.st_size))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run_lmtune("preference_finetune", str(tmp_path / "second"), *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("lmtune: reusing the reference log-probs") == 2, r.stderr[-3000:]
+    assert "loading the reference model" not in r.stderr and "computing the reference" not in r.stderr, r.stderr[-3000:]
+    first, second = _metrics(tmp_path / "first"), _metrics(tmp_path / "second")
+    assert sorted(second) == [1, 2, 3]
+    assert first[1]["Preference Loss"] == pytest.approx(math.log(2), abs=1e-5)  # the reference is the starting policy
+    for step in (1, 2, 3):
+        assert second[step]["Preference Loss"] == first[step]["Preference Loss"], step
 
 
 def test_dpo_on_sft_checkpoint_prefers_right_answers(tmp_path: Path, sft: Path, pairs: Path) -> None:

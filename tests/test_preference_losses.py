@@ -191,3 +191,36 @@ def test_nll_scale_defaults_to_each_criterions_own_in_options_and_loss_functions
     assert dpo.params()["nll_scale"] == 0.0 and CriterionOptions(name="dpo", nll_scale=0.5).params()["nll_scale"] == 0.5
     by_hand = sum(_neg_logsig(beta * ((x["pc"][i] - x["rc"][i]) - (x["pr"][i] - x["rr"][i]))) for i in range(N))
     assert criterion_loss("dpo", policy, reference, **dpo.params()).loss.item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_simpo_beta_and_gamma_default_to_simpos_own_in_options_loss_and_effective_config() -> None:
+    """criterion.beta unset: dpo and cpo 0.1, simpo 2.0 with gamma 0.5 (SimPO's reference defaults,
+    beta 2.0 and gamma/beta 0.25); one table feeds the options, the loss functions and the config a
+    run saves (--dump-config prints what OUT/lmtune.yaml holds). It used to be 0.1 for simpo too."""
+    import inspect
+
+    import yaml
+
+    from helpers import run_lmtune_in_process
+    from lmtune.options.preference import DEFAULT_BETA, DEFAULT_SIMPO_GAMMA, CriterionOptions
+    from lmtune.preference.losses import criterion_loss
+
+    assert DEFAULT_BETA == {"dpo": 0.1, "simpo": 2.0, "cpo": 0.1} and DEFAULT_SIMPO_GAMMA == 0.5
+    for name, fn in (("dpo", dpo_loss), ("simpo", simpo_loss), ("cpo", cpo_loss)):
+        assert inspect.signature(fn).parameters["beta"].default == DEFAULT_BETA[name]
+    assert inspect.signature(simpo_loss).parameters["gamma"].default == DEFAULT_SIMPO_GAMMA
+    simpo = CriterionOptions(name="simpo")
+    assert simpo.params() == {"beta": 2.0, "gamma": 0.5}
+    assert CriterionOptions(name="simpo", beta=0.3).params() == {"beta": 0.3, "gamma": 0.5}
+    x = _inputs(8)
+    policy, _, _ = _tensors(x)
+    by_hand = sum(_neg_logsig(2.0 * (x["pc"][i] / x["nc"][i] - x["pr"][i] / x["nr"][i]) - 0.5) for i in range(N))
+    assert criterion_loss("simpo", policy, None, **simpo.params()).loss.item() == pytest.approx(by_hand, rel=1e-12)
+    for name, beta in (("simpo", 2.0), ("dpo", 0.1), ("cpo", 0.1)):
+        r = run_lmtune_in_process("preference_finetune", "OUT", "--config", f"criterion.name={name}", "--dump-config")
+        assert r.returncode == 0, r.stderr
+        assert yaml.safe_load(r.stdout)["criterion"]["beta"] == beta, r.stdout
+    r = run_lmtune_in_process("preference_finetune", "OUT", "--config", "criterion.name=simpo", "criterion.beta=2.5", "--dump-config")
+    assert yaml.safe_load(r.stdout)["criterion"]["beta"] == 2.5
+    r = run_lmtune_in_process("preference_finetune", "OUT", "--config", "criterion.name=orpo", "--dump-config")
+    assert yaml.safe_load(r.stdout)["criterion"]["beta"] is None  # orpo has no beta

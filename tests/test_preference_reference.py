@@ -4,6 +4,7 @@ the data and the model are the same, recomputed with one line saying why when no
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def _fingerprints(spec, model, data: Path) -> dict[str, object]:  # type: ignore
     from lmtune.data.encoded_cache import fingerprint
     from lmtune.preference.reference import model_fingerprint, reference_fingerprint
 
-    return reference_fingerprint(fingerprint(data, spec.tokenizer), model_fingerprint(name="tiny_llama", checkpoint=None, model=model, dtype=torch.float32, lora_base=False))
+    return reference_fingerprint(fingerprint(data, spec.tokenizer), model_fingerprint(spec, dtype=torch.float32, lora_base=False))
 
 
 def test_cached_values_equal_a_direct_computation_and_are_reused(tmp_path: Path) -> None:
@@ -130,16 +131,19 @@ def test_a_changed_data_file_or_model_triggers_the_rebuild_line(tmp_path: Path) 
     from lmtune.data.encoded_cache import fingerprint
     from lmtune.preference.reference import model_fingerprint, reference_fingerprint
 
-    def fp(m):  # type: ignore[no-untyped-def]
-        return reference_fingerprint(fingerprint(data, spec.tokenizer), model_fingerprint(name="tiny_llama", checkpoint=ckpt, model=m, dtype=torch.float32, lora_base=False))
+    def fp(s=dataclasses.replace(spec, checkpoint=ckpt)):  # type: ignore[no-untyped-def]
+        return reference_fingerprint(fingerprint(data, spec.tokenizer), model_fingerprint(s, dtype=torch.float32, lora_base=False))
 
     said.clear()
-    values = cached_reference_logps(cache, fp(other), pairs, range(4), lambda ids: compute_reference_logps(other, pairs, ids, max_num_tokens=256), said.append)
-    assert said == [f"lmtune: recomputing the reference log-probs: the ones in {cache} are out of date (the reference model differs (its name, checkpoint files, tensors, dtype or adapters))."]
+    values = cached_reference_logps(cache, fp(), pairs, range(4), lambda ids: compute_reference_logps(other, pairs, ids, max_num_tokens=256), said.append)
+    assert said == [f"lmtune: recomputing the reference log-probs: the ones in {cache} are out of date (the reference model differs (its name, architecture, checkpoint files, dtype or adapters))."]
     assert values[0].tolist() == pytest.approx(_alone(other, pairs, 0), rel=1e-6, abs=1e-5)
-    first = fp(other)
+    first = fp()
+    assert fp() == first  # read from the card and the files alone: the same every time
     ckpt.write_bytes(b"changed weights, longer")
-    assert fp(other) != first  # the checkpoint's files are part of the model's fingerprint
+    assert fp() != first  # the checkpoint's files are part of the model's fingerprint
+    first = fp()
+    assert fp(dataclasses.replace(spec, checkpoint=ckpt, config={**spec.config, "num_layers": 3})) != first  # and the architecture
 
 
 def test_rank_shares_cover_the_pairs_in_order() -> None:
@@ -176,7 +180,6 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path: Path) -> N
 
 
 def test_a_reference_with_another_tokenizer_is_one_sentence(tmp_path: Path) -> None:
-    import dataclasses
     import shutil
 
     from lmtune.errors import UserError

@@ -54,6 +54,8 @@ def load_options(cls: type[T], args: argparse.Namespace) -> T | None:
 
     options = load_config(cls, resolve_config_file(args.config_file), args.config)
     if args.dump_config:
+        if hasattr(options, "with_defaults"):  # the defaults that depend on other keys, filled in as the run fills them
+            options = options.with_defaults()
         print(dump_yaml(options), end="")
         return None
     return options

@@ -7,6 +7,7 @@ imports, for ``--help``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,13 @@ from lmtune.options.finetune import EarlyStoppingOptions
 from lmtune.options.lora import LoraSettings
 from lmtune.options.training import LRSchedulerOptions, TrainingOptions, after
 
-# criterion.nll_scale when it is not set; lmtune.preference.losses' functions default to the same.
+# criterion.beta and criterion.nll_scale when they are not set, per criterion; lmtune.preference.losses'
+# functions take their defaults from here, so the options, the effective config and the losses agree.
+# SimPO: beta 2.0 and gamma 0.5 are its reference implementation's defaults (princeton-nlp/SimPO,
+# SimPOConfig: beta=2.0, gamma_beta_ratio=0.25, so gamma = 0.25 * 2.0 = 0.5); the paper's tuned
+# settings vary by model (beta 2.0-10, gamma/beta 0.3-0.8), and the defaults are its starting point.
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "cpo": 0.1}
+DEFAULT_SIMPO_GAMMA = 0.5
 DEFAULT_NLL_SCALE = {"dpo": 0.0, "cpo": 1.0}
 
 
@@ -25,28 +32,35 @@ class CriterionOptions:
 
     name: str = "dpo"
     """dpo (against the reference model), simpo, orpo or cpo (reference-free)."""
-    beta: float = 0.1
-    """dpo, simpo, cpo: the reward scale (SimPO's paper uses about 2.0)."""
+    beta: float | None = None
+    """dpo, simpo, cpo: the reward scale; default (null): dpo 0.1, simpo 2.0 (SimPO's), cpo 0.1; the run's effective config holds the value used."""
     nll_scale: float | None = None
     """dpo, cpo: weight of the chosen response's per-token NLL added to each pair's loss; default (null): dpo 0 (none), cpo 1 (the CPO paper's NLL term)."""
     length_normalization: bool = False
     """dpo: per-token average log-probs instead of sums (ipo always averages)."""
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
     """dpo: sigmoid (DPO) or ipo."""
-    gamma: float = 0.5
-    """simpo: the target reward margin."""
+    gamma: float = DEFAULT_SIMPO_GAMMA
+    """simpo: the target reward margin (SimPO's default: gamma/beta 0.25 of beta 2.0)."""
     orpo_lambda: float = 0.1
     """orpo: the weight of the odds-ratio term."""
 
+    def with_defaults(self) -> CriterionOptions:
+        """These options with ``beta`` filled in for ``name`` (orpo has none), as the run saves and uses them."""
+        if self.beta is not None or self.name not in DEFAULT_BETA:
+            return self
+        return dataclasses.replace(self, beta=DEFAULT_BETA[self.name])
+
     def params(self) -> dict[str, object]:
         """The keyword arguments of ``criterion.name``'s loss function."""
+        beta = self.with_defaults().beta
         if self.name == "dpo":
-            return {"beta": self.beta, "nll_scale": self.nll_scale_for("dpo"), "length_normalization": self.length_normalization, "loss_type": self.loss_type}
+            return {"beta": beta, "nll_scale": self.nll_scale_for("dpo"), "length_normalization": self.length_normalization, "loss_type": self.loss_type}
         if self.name == "simpo":
-            return {"beta": self.beta, "gamma": self.gamma}
+            return {"beta": beta, "gamma": self.gamma}
         if self.name == "orpo":
             return {"orpo_lambda": self.orpo_lambda}
-        return {"beta": self.beta, "nll_scale": self.nll_scale_for("cpo")}
+        return {"beta": beta, "nll_scale": self.nll_scale_for("cpo")}
 
     def nll_scale_for(self, name: str) -> float:
         """``nll_scale``, or the criterion's default: CPO's loss has the NLL term (Xu et al. 2024), DPO's not."""
@@ -88,3 +102,7 @@ class PreferenceOptions(TrainingOptions):
     lr_scheduler: LRSchedulerOptions = field(default_factory=LRSchedulerOptions)
     early_stopping: PreferenceEarlyStoppingOptions = field(default_factory=PreferenceEarlyStoppingOptions)
     lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def with_defaults(self) -> PreferenceOptions:
+        """The effective options: what ``--dump-config`` prints and OUT's config saves (``criterion.beta`` filled in)."""
+        return dataclasses.replace(self, criterion=self.criterion.with_defaults())

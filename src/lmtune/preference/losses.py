@@ -25,6 +25,11 @@ from torch import Tensor
 from torch.nn.functional import logsigmoid
 
 from lmtune.errors import UserError
+from lmtune.options.preference import (
+    DEFAULT_BETA,
+    DEFAULT_NLL_SCALE,
+    DEFAULT_SIMPO_GAMMA,
+)
 
 CRITERIA = ("dpo", "simpo", "orpo", "cpo")
 DPO_LOSSES = ("sigmoid", "ipo")
@@ -78,8 +83,8 @@ def dpo_loss(
     policy: SequenceLogps,
     reference: SequenceLogps,
     *,
-    beta: float = 0.1,
-    nll_scale: float = 0.0,
+    beta: float = DEFAULT_BETA["dpo"],
+    nll_scale: float = DEFAULT_NLL_SCALE["dpo"],
     length_normalization: bool = False,
     loss_type: str = "sigmoid",
 ) -> PreferenceLoss:
@@ -100,7 +105,7 @@ def dpo_loss(
     return _result(per_pair, beta * chosen_ratio, beta * rejected_ratio)
 
 
-def simpo_loss(policy: SequenceLogps, *, beta: float = 2.0, gamma: float = 0.5) -> PreferenceLoss:
+def simpo_loss(policy: SequenceLogps, *, beta: float = DEFAULT_BETA["simpo"], gamma: float = DEFAULT_SIMPO_GAMMA) -> PreferenceLoss:
     """``-logsigmoid(beta * (avg_chosen - avg_rejected) - gamma)``; no reference model."""
     ac, ar = policy.averages()
     return _result(-logsigmoid(beta * (ac - ar) - gamma), beta * ac, beta * ar)
@@ -119,7 +124,7 @@ def orpo_loss(policy: SequenceLogps, *, orpo_lambda: float = 0.1) -> PreferenceL
     return _result(per_pair, orpo_lambda * ac, orpo_lambda * ar)
 
 
-def cpo_loss(policy: SequenceLogps, *, beta: float = 0.1, nll_scale: float = 1.0) -> PreferenceLoss:
+def cpo_loss(policy: SequenceLogps, *, beta: float = DEFAULT_BETA["cpo"], nll_scale: float = DEFAULT_NLL_SCALE["cpo"]) -> PreferenceLoss:
     """``-logsigmoid(beta * (chosen - rejected)) + nll_scale * NLL_chosen`` on summed log-probs."""
     per_pair = -logsigmoid(beta * (policy.chosen - policy.rejected)) + nll_scale * _chosen_nll(policy)
     return _result(per_pair, beta * policy.chosen, beta * policy.rejected)

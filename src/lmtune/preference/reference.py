@@ -5,10 +5,11 @@ in memory for the whole run doubles the weights on every rank; instead the refer
 log-probs of each pair's chosen and rejected response are computed once, before the first
 step (each rank its share of the pairs, in packed batches, no gradients), and stored as a
 float64 ``reference_logps.npy`` (N, 2) beside ``reference.json``, a fingerprint of the data
-(the encoded cache's: the data file and the tokenizer) and of the reference model (its name,
-its checkpoint's files, its tensors' names and shapes, its dtype, whether it is a LoRA model
-with the adapters off). A rerun, a resumed run or a sweep point with the same fingerprint
-reads the file; otherwise it is computed again, with one line saying why. A pair whose
+(the encoded cache's: the data file and the tokenizer) and of the reference model (its card's
+name and architecture, its checkpoint's files, its dtype, whether it is a LoRA model with the
+adapters off), all read without building the model. A rerun, a resumed run or a sweep point
+with the same fingerprint reads the file and never loads the reference model; otherwise it is
+computed again, with one line saying why. A pair whose
 record gives ``reference_score_chosen``/``_rejected`` takes those and is not computed.
 Pairs not computed (none needed them: longer than this run's max_seq_len) hold NaN; a later
 run that needs one of them recomputes.
@@ -16,7 +17,6 @@ run that needs one of them recomputes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import Module
 
-from lmtune.catalog.specs import TokenizerSpec
+from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.data.encoded_cache import tokenizer_fingerprint
 from lmtune.errors import UserError
 from lmtune.files import atomic_write, atomic_write_text
@@ -34,7 +34,7 @@ from lmtune.models.row_logps import use_row_logps
 from lmtune.preference.packing import collate_pairs, pack_pairs, pair_logps
 from lmtune.preference.pairs import EncodedPairs
 
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2  # 2: the model's fingerprint from its card and files, not its built tensors
 VALUES = "reference_logps.npy"
 RECORD = "reference.json"
 
@@ -44,15 +44,22 @@ def _files_of(checkpoint: Path) -> list[dict[str, object]]:
     return [{"name": str(p.relative_to(checkpoint)) if p != checkpoint else p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files]
 
 
-def model_fingerprint(*, name: str, checkpoint: Path | None, model: Module, dtype: torch.dtype, lora_base: bool) -> dict[str, object]:
-    """What the reference log-probs depend on besides the data: the card's name, the checkpoint's
-    files (size and modification time, not their bytes: hashing gigabytes would cost minutes),
-    the tensors' names and shapes, the dtype, and whether adapters were switched off."""
-    shapes = hashlib.sha256(json.dumps([(k, list(v.shape)) for k, v in model.state_dict().items()]).encode()).hexdigest()
+def _architecture(spec: ModelSpec) -> dict[str, object]:
+    return {"family": spec.family, "arch": spec.arch, "config": spec.config}
+
+
+def model_fingerprint(spec: ModelSpec, *, dtype: torch.dtype, lora_base: bool) -> dict[str, object]:
+    """What the reference log-probs depend on besides the data, read from the card and the files
+    without building the model, so a run whose log-probs are cached never loads the reference: the
+    card's name, family, architecture and config overrides, the checkpoint's files (size and
+    modification time, not their bytes: hashing gigabytes would cost minutes; for a LoRA
+    checkpoint its base's too), the dtype, and whether adapters were switched off."""
+    base = spec.lora.base if spec.lora is not None else None
     return {
-        "name": name,
-        "checkpoint": None if checkpoint is None else {"path": str(checkpoint.resolve()), "files": _files_of(checkpoint)},
-        "tensors": shapes,
+        "name": spec.name,
+        "architecture": _architecture(spec),
+        "checkpoint": None if spec.checkpoint is None else {"path": str(Path(spec.checkpoint).resolve()), "files": _files_of(Path(spec.checkpoint))},
+        "lora_base": None if base is None else {**_architecture(base), "checkpoint": None if base.checkpoint is None else {"path": str(Path(base.checkpoint).resolve()), "files": _files_of(Path(base.checkpoint))}},
         "dtype": str(dtype).removeprefix("torch."),
         "lora": "the base model, adapters off" if lora_base else None,
     }
@@ -147,7 +154,7 @@ def stale_reason(directory: Path, expected: dict[str, object], needed: np.ndarra
     if found.get("data") != expected["data"]:
         return "the data changed since (the file's size or modification time, or the tokenizer, differ)"
     if found.get("model") != expected["model"]:
-        return "the reference model differs (its name, checkpoint files, tensors, dtype or adapters)"
+        return "the reference model differs (its name, architecture, checkpoint files, dtype or adapters)"
     if found != expected:
         return "their fingerprint differs"
     if values.ndim != 2 or values.shape[1] != 2 or (len(needed) and (int(np.max(needed)) >= len(values) or np.isnan(values[needed]).any())):

@@ -1,8 +1,8 @@
 """``lmtune preference_finetune OUT``: check the inputs, compute the reference log-probs once, run the recipe.
 
 What is preference tuning's own: the criterion, the pairs (their records checked before OUT is
-touched), and dpo's reference model. The reference is never in memory while training: every rank
-loads it once fairseq2's gangs exist and before the policy is loaded (the policy's starting model by
+touched), and dpo's reference model. The reference is never in memory while training: where its
+log-probs are not cached, every rank loads it once fairseq2's gangs exist and before the policy is loaded (the policy's starting model by
 default, from its card or the earlier run's checkpoint, never from OUT, so a resumed run cannot score
 with the trained policy; for LoRA the base model with no adapters), computes its log-probs of its
 share of the pairs that train, rank 0 gathers the shares and stores them beside the encoded pairs in the shared cache (OUT/reference without data_cache),
@@ -87,7 +87,7 @@ def check_preference_options(o: PreferenceOptions) -> None:
     if o.batch_size is not None:
         raise UserError(f"config key 'batch_size' is {o.batch_size}, and preference_finetune packs whole pairs into batches of max_num_tokens; leave batch_size unset.")
     c = o.criterion
-    if c.beta <= 0:
+    if c.beta is not None and c.beta <= 0:
         raise UserError(f"config key 'criterion.beta' must be positive, got {c.beta}.")
     if (c.nll_scale is not None and c.nll_scale < 0) or c.orpo_lambda < 0:
         raise UserError(f"config keys 'criterion.nll_scale' and 'criterion.orpo_lambda' must be 0 or more, got {c.nll_scale} and {c.orpo_lambda}.")
@@ -196,8 +196,16 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
     main = gang.rank == 0
     device = torch.device(gang.device)
     dtype = torch_dtype(choose_precision(o.dtype, device.type, model_width(ref)).dtype)
-    model = load_any_model(ref, device=device, dtype=dtype)
-    model_print = model_fingerprint(name=ref.name, checkpoint=Path(ref.checkpoint) if ref.checkpoint else None, model=model, dtype=dtype, lora_base=lora_base)
+    model_print = model_fingerprint(ref, dtype=dtype, lora_base=lora_base)
+    loaded_model: list[object] = []  # the reference model, loaded by the first split that computes
+
+    def reference_model():
+        if not loaded_model:
+            if main:
+                print(f"lmtune: loading the reference model {ref.name} ({str(dtype).removeprefix('torch.')})", file=sys.stderr)
+            loaded_model.append(load_any_model(ref, device=device, dtype=dtype))
+        return loaded_model[0]
+
     encoder = ExampleEncoder(loaded, tokenizer.hf_dir)
     for split in splits.values():
         pairs = EncodedPairs.load(split.encoded, split.file) if split.encoded is not None else encode_pair_file(encoder, split.file)
@@ -209,7 +217,7 @@ def compute_references(o: PreferenceOptions, splits: dict[str, Split], ref: Mode
                 shares = [len(part) for part in np.array_split(ids, gang.size)]
                 each = "" if gang.size == 1 else f", each rank its share ({', '.join(f'rank {r}: {n:,}' for r, n in enumerate(shares))})"
                 print(f"lmtune: computing the reference log-probs of {len(ids):,} pairs of {s.file.name} with {ref.name}{each} -> {s.reference_dir}", file=sys.stderr)
-            mine = compute_reference_logps(model, p, rank_share(ids, gang.rank, gang.size), max_num_tokens=o.max_num_tokens)
+            mine = compute_reference_logps(reference_model(), p, rank_share(ids, gang.rank, gang.size), max_num_tokens=o.max_num_tokens)
             return gather_shares(gang, mine, len(ids))
 
         # Every rank reads the same verdict from the same files; the barrier keeps the next split's
@@ -274,6 +282,7 @@ def run_preference_finetune(out_dir: Path, o: PreferenceOptions, console: RunCon
     console = console or RunConsole()
     check_training_numbers(o, {"keep_best_n_checkpoints": o.keep_best_n_checkpoints})
     check_preference_options(o)
+    o = o.with_defaults()  # criterion.beta for the criterion: OUT's config says the value the loss uses
     prepare_distributed_env(os.environ)
     if o.model is None:
         raise UserError("config key 'model' is not set; name a model card or an SFT run's checkpoint (model=last_checkpoint resume_checkpoint_dir=SFT_OUT/checkpoints).")
