@@ -4,7 +4,7 @@
 
 The base is a randomly initialised model of Llama-3.2-1B's shape (1.24 B parameters, stored in
 bfloat16 as a training run's checkpoint, like bench/export_bench.py) and trains in float32 on
-CPU. Every contender trains rank-16 adapters (alpha 32, no dropout) on all seven projections
+CPU (or bf16 autocast: see below). Every contender trains rank-16 adapters (alpha 32, no dropout) on all seven projections
 with AdamW (lr 1e-4) on the same rows of 500-512 token ids, one row per step, with the loss on
 the same response tokens (``--response-share`` of each record's words; 0 gives a one-number
 answer, as in classification):
@@ -19,12 +19,15 @@ answer, as in classification):
   `get_peft_model(LoraConfig(...))`, a plain loop (forward, loss, backward, AdamW step), the
   labels -100 outside the response.
 - TRL: `SFTTrainer(peft_config=LoraConfig(...))` on the same export and rows (pre-tokenized with
-  a "labels" column, no packing, batch 1), with `bf16=False, gradient_checkpointing=False`
-  (TRL 1.16's defaults are bfloat16 autocast and activation checkpointing; the comparison is
-  float32 without either). TRL cannot go into lmtune's venv (a plain install upgrades
-  transformers to 5.x), so it runs in a side venv layered over it, built by
-  bench/side_venv.py's `hf_venv` (--trl-venv); when TRL does not resolve beside lmtune's
-  pins, the row says why.
+  a "labels" column, no packing, batch 1), at SFTConfig's defaults (TRL 1.16: bf16=True and
+  gradient_checkpointing=True, on CPU too), in bf16 without checkpointing, and in float32. TRL
+  cannot go into lmtune's venv (a plain install upgrades transformers to 5.x), so it runs in a
+  side venv layered over it, built by bench/side_venv.py's `hf_venv` (--trl-venv); when TRL does
+  not resolve beside lmtune's pins, the rows say why.
+
+Each tool runs at its defaults and at the other precision: lmtune under dtype=auto (bf16 autocast
+on a CPU with AMX-BF16/AVX512-BF16 for models >= 256 wide: both scales here) and in float32, the
+PEFT loop in float32 (a plain loop's default) and under CPU bf16 autocast.
 
 Tokens/s is over the steps after the first (its warmup), each contender timed per step
 (fairseq2's Lapse Time for lmtune). Peak RSS is the kernel's (getrusage) for each
@@ -33,8 +36,8 @@ contender's own process.
 What bounds the speed: every contender runs the frozen projections' forward and input-gradient
 matrix products (about 4 FLOPs per frozen weight per token, plus attention); transformers runs
 the LM head on every position, lmtune on the response tokens only. The bench measures this
-machine's float32 matrix-product rate at the same thread count and prints each contender's
-share of its own bound.
+machine's float32 and bfloat16 matrix-product rates at the same thread count and prints each
+contender's share of its own bound at the rate of the precision it computes in.
 """
 
 from __future__ import annotations
@@ -43,11 +46,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench_machine import best_rates, machine, matmul_rates
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ_LEN = 512
@@ -55,11 +59,21 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # lmtune's rows: name -> extra config keys. The QLoRA rows give freed memory back at once, as
 # a run short of memory would; so does one LoRA row, for the ratio at the same settings.
 RELEASE = "release_freed_memory=true"
+FP32 = "dtype=float32"
 LMTUNE_RUNS: dict[str, list[str]] = {
-    "lmtune": [],
-    "lmtune, release_freed_memory": [RELEASE],
-    "lmtune qlora, release_freed_memory": ["lora.quantize=nf4", RELEASE],
-    "lmtune qlora, release_freed_memory, activation_checkpointing": ["lora.quantize=nf4", RELEASE, "activation_checkpointing=true"],
+    "lmtune defaults (dtype=auto)": [],
+    "lmtune float32": [FP32],
+    "lmtune float32, release_freed_memory": [FP32, RELEASE],
+    "lmtune qlora float32, release_freed_memory": [FP32, "lora.quantize=nf4", RELEASE],
+    "lmtune qlora float32, release_freed_memory, activation_checkpointing": [FP32, "lora.quantize=nf4", RELEASE, "activation_checkpointing=true"],
+}
+# The peers: transformers + PEFT in a plain loop (float32, PEFT's own default, and under CPU bf16 autocast),
+# and TRL at SFTConfig's defaults (bf16=True, gradient_checkpointing=True in TRL 1.16, on CPU too) and set.
+PEFT_RUNS = {"transformers+peft float32": False, "transformers+peft bf16 autocast": True}
+TRL_RUNS: dict[str, dict[str, bool]] = {
+    "trl+peft defaults (bf16, checkpointing)": {},
+    "trl+peft bf16": {"gradient_checkpointing": False},
+    "trl+peft float32": {"bf16": False, "gradient_checkpointing": False},
 }
 SMOKE = {"model_dim": 256, "num_layers": 2, "num_attn_heads": 4, "num_key_value_heads": 2, "ffn_inner_dim": 1024, "vocab_size": 512, "tied_embeddings": True, "pad_idx": 2}
 
@@ -67,7 +81,7 @@ HF_CHILD = r"""
 import json, sys, time, torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
-hf_dir, rows, masks, steps = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+hf_dir, rows, masks, steps, bf16 = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "bf16"
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
 model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"))
 model.train()
@@ -77,7 +91,8 @@ for step in range(steps):
     ids = torch.tensor([rows[step %% len(rows)]])
     labels = ids.masked_fill(~torch.tensor([masks[step %% len(rows)]]), -100)  # the loss on response tokens, as lmtune's
     start = time.perf_counter()
-    loss = model(input_ids=ids, labels=labels).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(input_ids=ids, labels=labels).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -92,7 +107,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
-hf_dir, rows, masks, steps, out = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+hf_dir, rows, masks, steps, out, settings = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6])
 times, begin = [], [0.0]
 class Clock(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
@@ -103,13 +118,13 @@ model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
 config = SFTConfig(output_dir=out, max_length=512, packing=False, per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-4,
                    adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, lr_scheduler_type="constant", max_grad_norm=None, use_cpu=True,
                    save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
-                   bf16=False, gradient_checkpointing=False)  # TRL's defaults are bf16 autocast and checkpointing: float32 as the others
+                   **settings)  # {}: TRL's own precision defaults (bf16 autocast, checkpointing)
 # a "labels" column is used as it is: the loss on response tokens, as lmtune's
 data = Dataset.from_list([{"input_ids": rows[s %% len(rows)], "labels": [t if m else -100 for t, m in zip(rows[s %% len(rows)], masks[s %% len(rows)])]} for s in range(steps)])
 trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(hf_dir),
                      peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=%s, task_type="CAUSAL_LM"), callbacks=[Clock()])
 trainer.train()
-print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)]) for s in range(steps)]}))
+print("RESULT " + json.dumps({"times": times, "tokens": [len(rows[s %% len(rows)]) for s in range(steps)], "bf16": bool(config.bf16)}))
 """ % TARGETS
 
 
@@ -225,20 +240,28 @@ def main() -> None:
 
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"lora_bench: {trl_line}", file=sys.stderr)
-        for name in LMTUNE_RUNS | {"transformers+peft": [], "trl+peft": []}:
-            if name == "trl+peft" and (trl_python is None or trl_reason):
-                results.append((name, None, None, [], None, trl_reason or trl_line))
+        before = matmul_rates(args.threads)
+        from lmtune.precision import choose_precision
+
+        auto = choose_precision("auto", "cpu", SMOKE["model_dim"] if args.scale == "smoke" else 2048, warn=False).dtype
+        for name in [*LMTUNE_RUNS, *PEFT_RUNS, *TRL_RUNS]:
+            if name in TRL_RUNS and (trl_python is None or trl_reason):
+                results.append((name, None, None, [], None, trl_reason or trl_line, ""))
                 continue
+            hf_dir = str(root / "base/checkpoints/step_1/hf")
             if name in LMTUNE_RUNS:
                 cmd = [sys.executable, "-m", "lmtune", "instruction_finetune", str(root / f"lmtune{len(results)}"), "--config",
                        f"resume_checkpoint_dir={root / 'base/checkpoints'}", "model=last_checkpoint", f"dataset={root / 'data.jsonl'}",
                        "lora.rank=16", "lora.alpha=32", "lora.targets=all_linear", f"max_seq_len={SEQ_LEN}", f"max_num_tokens={SEQ_LEN}",
-                       f"max_num_steps={args.steps}", "dtype=float32", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
+                       f"max_num_steps={args.steps}", "learning_rate=1e-4", "checkpoint_every_n_steps=100000",
                        "publish_metrics_every_n_steps=1", "tensorboard=false", "max_grad_norm=null", *LMTUNE_RUNS[name]]
-            elif name == "transformers+peft":
-                cmd = [sys.executable, "-c", HF_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), json.dumps(masks), str(args.steps)]
+                precision = "float32" if FP32 in LMTUNE_RUNS[name] else auto  # what lmtune.precision picks for this width here
+            elif name in PEFT_RUNS:
+                cmd = [sys.executable, "-c", HF_CHILD, hf_dir, json.dumps(rows), json.dumps(masks), str(args.steps), "bf16" if PEFT_RUNS[name] else "fp32"]
+                precision = "bfloat16" if PEFT_RUNS[name] else "float32"
             else:
-                cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), json.dumps(rows), json.dumps(masks), str(args.steps), str(root / "trl")]
+                cmd = [str(trl_python), "-c", TRL_CHILD, hf_dir, json.dumps(rows), json.dumps(masks), str(args.steps), str(root / "trl"), json.dumps(TRL_RUNS[name])]
+                precision = ""
             out, rss = measured(cmd, env, name)
             if name in LMTUNE_RUNS:
                 metrics = [json.loads(line) for line in (root / f"lmtune{len(results)}" / "metrics/train.jsonl").read_text().splitlines()]
@@ -246,29 +269,14 @@ def main() -> None:
             else:
                 data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
                 times, tokens = data["times"], data["tokens"]
-            results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss, ""))
-        rate = matmul_gflops(args.threads)
-        table = format_table(results, args, response) + "\n" + bound_lines(results, rate, args.scale, response)
+                precision = precision or ("bfloat16" if data["bf16"] else "float32")
+            results.append((name, steady(times, tokens), sum(times[1:]) / len(times[1:]), tokens, rss, "", precision))
+        rates = best_rates(before, matmul_rates(args.threads))
+        table = format_table(results, args, response) + "\n" + bound_lines(results, rates, args.scale, response)
         print(table)
         if args.record:
             with (REPO / "bench/RESULTS.md").open("a") as fp:
                 fp.write("\n" + table + "\n")
-
-
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """This machine's float32 matrix-product rate at ``threads`` threads (GFLOP/s)."""
-    import time
-
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def flops_per_token(scale: str, head_share: float = 1.0) -> float:
@@ -283,36 +291,43 @@ def flops_per_token(scale: str, head_share: float = 1.0) -> float:
     return 4 * (weights + head_share * vocab * d) + attention
 
 
-def bound_lines(results, rate: float, scale: str, response: float) -> str:  # type: ignore[no-untyped-def]
+def bound_lines(results, rates: dict[str, float], scale: str, response: float) -> str:  # type: ignore[no-untyped-def]
     full, lmtune = flops_per_token(scale), flops_per_token(scale, response)
-    lines = ["", f"float32 matrix products here: {rate:.0f} GFLOP/s. The frozen products cost {full / 1e9:.2f} GFLOP per token with the LM head "
-             f"on every position (transformers), so such a trainer can pass no more than {rate * 1e9 / full:.1f} tokens/s; lmtune runs the head on "
-             f"the response tokens only ({response:.0%} of these rows): {lmtune / 1e9:.2f} GFLOP per token, at most {rate * 1e9 / lmtune:.1f} tokens/s. "
-             "Each contender's share of its own bound:"]
-    for name, tok_s, *_ in results:
+    lines = ["", f"Matrix products here (2048x2048 torch.mm): float32 {rates['float32']:.0f}, bfloat16 {rates['bfloat16']:.0f} GFLOP/s. "
+             f"The frozen products cost {full / 1e9:.2f} GFLOP per token with the LM head on every position (transformers), so such a trainer "
+             f"can pass no more than {rates['float32'] * 1e9 / full:.1f} tokens/s in float32 ({rates['bfloat16'] * 1e9 / full:.1f} in bf16); lmtune runs the head "
+             f"on the response tokens only ({response:.0%} of these rows): {lmtune / 1e9:.2f} GFLOP per token. "
+             "Each contender's share of its own bound (MFU against the matmul rate of the precision it computes in):"]
+    for name, tok_s, *_, precision in results:
         if tok_s is not None:
-            lines.append(f"- {name}: {tok_s * (lmtune if name in LMTUNE_RUNS else full) / (rate * 1e9):.0%}")
+            lines.append(f"- {name} ({precision}): {tok_s * (lmtune if name in LMTUNE_RUNS else full) / (rates[precision] * 1e9):.0%}")
+    done = {name: tok_s for name, tok_s, *_ in results if tok_s is not None}
+    peers = {n: t for n, t in done.items() if n not in LMTUNE_RUNS}
+    ours, fp32 = done.get("lmtune defaults (dtype=auto)"), done.get("lmtune float32")
+    if ours and fp32:
+        lines.append(f"- lmtune defaults / lmtune float32: {ours / fp32:.2f}x")
+    if ours and peers:
+        best = max(peers, key=peers.__getitem__)
+        lines.append(f"- lmtune defaults / the fastest peer ({best}): {ours / peers[best]:.2f}x (target >= 1.5x on a CPU with AMX-BF16)")
     return "\n".join(lines)
 
 
 def format_table(results, args, response: float) -> str:  # type: ignore[no-untyped-def]
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cpu = platform.processor() or platform.machine()
     lines = [
-        f"### lora_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"### lora_bench, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"- command: `bench/lora_bench.py --steps {args.steps} --scale {args.scale} --threads {args.threads} --response-share {args.response_share}`"
         f" (response tokens: {response:.0%} of each row)",
-        f"- machine: {cpu}, {os.cpu_count()} cores, {args.threads} thread(s) per contender, git {commit}",
+        f"- machine: {machine(args.threads)} (at the start)",
         "",
-        "| contender | steps timed | tokens/step | tokens/s (steady) | s/step | peak RSS (GiB) |",
-        "|---|---|---|---|---|---|",
+        "| contender | precision | steps timed | tokens/step | tokens/s (steady) | s/step | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, rate, per_step, tokens, rss, note in results:
+    for name, rate, per_step, tokens, rss, note, precision in results:
         if rate is None:
-            lines.append(f"| {name} | not run: {note} | | | | |")
+            lines.append(f"| {name} | not run: {note} | | | | | |")
             continue
-        lines.append(f"| {name} | {len(tokens) - 1} | {sum(tokens[1:]) / (len(tokens) - 1):.0f} | {rate:.1f} | {per_step:.2f} | {rss:.2f} |")
+        lines.append(f"| {name} | {precision} | {len(tokens) - 1} | {sum(tokens[1:]) / (len(tokens) - 1):.0f} | {rate:.1f} | {per_step:.2f} | {rss:.2f} |")
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ def skewed_examples(n: int, seed: int, max_seq_len: int):  # type: ignore[no-unt
     from lmtune.data.encoding import Example
 
     sys.path.insert(0, str(REPO / "bench"))
-    from packing_bench import skewed_lengths
+    from sft_workload import skewed_lengths
 
     rng = random.Random(seed)
     examples = []

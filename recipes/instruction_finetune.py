@@ -32,7 +32,6 @@ from fairseq2.logging import log
 from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float, format_as_int
 from fairseq2.metrics.recorders import MetricDescriptor
-from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe import Recipe, RecipeContext
 from fairseq2.recipe.config import (
     CommonSection,
@@ -56,7 +55,7 @@ from lmtune.data.encoded_examples import EncodedExamples
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.data.records import read_records
 from lmtune.fairseq2_internals import set_early_stopper
-from lmtune.models.document_attention import DocumentSDPA
+from lmtune.models.document_attention import use_document_attention
 from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
 from lmtune.models.swiglu import use_lean_swiglu
@@ -205,6 +204,8 @@ class InstructionFinetuneRecipe(Recipe):
         config = context.get_config_as(FinetuneConfig)
         use_target_only_loss(model)  # the LM head on response tokens only (lmtune.models.target_loss)
         use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.models.swiglu)
+        if config.common.torch.default_sdpa == "torch":
+            use_document_attention(model)  # packed batches attend within each example, not across the pack
         lora = config.lora
         if lora.settings.rank is None:
             return model
@@ -263,9 +264,6 @@ class InstructionFinetuneRecipe(Recipe):
             )
             return DataPipelineReader(pipeline, gangs, num_accumulate=config.trainer.grad_accumulation.num_batches)
 
-        if config.common.torch.default_sdpa == "torch":
-            # Packed batches attend within each example instead of across the whole pack.
-            set_default_sdpa_factory(DocumentSDPA)
         model = context.get_data_parallel_model()
         if data.train_encoded is not None:
             gangs.root.barrier()  # rank 0 wrote the cache before it joined; nobody maps it earlier

@@ -27,7 +27,6 @@ from fairseq2.logging import log
 from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float
 from fairseq2.metrics.recorders import MetricDescriptor
-from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe import Recipe, RecipeContext
 from fairseq2.recipe.config import (
     CommonSection,
@@ -48,7 +47,7 @@ from typing_extensions import override
 from lmtune.adapters.base_family import register_lora_base_families
 from lmtune.data.encoding import ExampleEncoder
 from lmtune.fairseq2_internals import set_early_stopper
-from lmtune.models.document_attention import DocumentSDPA
+from lmtune.models.document_attention import use_document_attention
 from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
 from lmtune.models.row_logps import use_row_logps
@@ -177,6 +176,8 @@ class PreferenceFinetuneRecipe(Recipe):
         config = context.get_config_as(PreferenceConfig)
         use_lean_swiglu(model)
         use_row_logps(model)  # the LM head on response positions only: SFT's activations (lmtune.models.row_logps)
+        if config.common.torch.default_sdpa == "torch":
+            use_document_attention(model)  # each packed sequence attends only to itself
         lora = config.lora
         if lora.settings.rank is None:
             return model
@@ -195,8 +196,6 @@ class PreferenceFinetuneRecipe(Recipe):
         gangs = context.gangs
         encoder = ExampleEncoder(context.get_tokenizer(), data.chat_tokenizer_dir)
         uses_reference = needs_reference(config.criterion.name)
-        if config.common.torch.default_sdpa == "torch":
-            set_default_sdpa_factory(DocumentSDPA)  # each packed sequence attends only to itself
         gangs.root.barrier()  # rank 0 wrote the encoded caches before it joined
         if self._reference_step is not None:
             self._reference_step(gangs.root)  # before the policy loads: one model in memory at a time

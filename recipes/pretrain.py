@@ -26,7 +26,6 @@ from fairseq2.datasets import SequenceBatch
 from fairseq2.metrics import MetricBag
 from fairseq2.metrics.formatters import format_as_float
 from fairseq2.metrics.recorders import MetricDescriptor
-from fairseq2.models.transformer import set_default_sdpa_factory
 from fairseq2.recipe import Recipe, RecipeContext
 from fairseq2.recipe.config import (
     CommonSection,
@@ -46,7 +45,7 @@ from typing_extensions import override
 
 from lmtune.data.text_corpus import CorpusFile, Piece, shares
 from lmtune.data.text_stream import TextStreamReader
-from lmtune.models.document_attention import DocumentSDPA
+from lmtune.models.document_attention import use_document_attention
 from lmtune.models.gpt2 import register_gpt2_family
 from lmtune.models.olmo3_rope import use_transformers_olmo3_rope
 from lmtune.models.swiglu import use_lean_swiglu
@@ -111,6 +110,8 @@ class PretrainRecipe(Recipe):
     @override
     def setup_model(self, context: RecipeContext, model: Module, newly_initialized: bool) -> Module:
         use_lean_swiglu(model)  # two feed-forward activations kept per layer, not three (lmtune.models.swiglu)
+        if context.get_config_as(PretrainConfig).common.torch.default_sdpa == "torch":
+            use_document_attention(model)  # rows attend within each document piece, not across the whole batch
         return model
 
     @override
@@ -138,9 +139,6 @@ class PretrainRecipe(Recipe):
                 skip_invalid=data.skip_invalid,
             )  # fmt: skip
 
-        if config.common.torch.default_sdpa == "torch":
-            # Rows attend within each document piece instead of across the whole batch.
-            set_default_sdpa_factory(DocumentSDPA)
         model = context.get_data_parallel_model()
         valid_units, valid_readers = [], []
         if data.valid_files:

@@ -215,3 +215,28 @@ def test_equal_length_runs_by_hand() -> None:
     assert plan.order is not None and plan.inverse is not None
     assert plan.order.tolist() == [0, 1, 5, 6, 10, 11, 2, 3, 4, 7, 8, 9, 12, 13, 14]
     assert plan.order[plan.inverse].tolist() == list(range(15))
+
+
+def test_the_recipe_gives_packed_batches_per_example_attention(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """fairseq2 builds the model before the recipe's create_task, so lmtune swaps its attention in setup_model:
+    before, packed batches of a real run went to TorchSDPA, which attends across the whole pack (issue 23)."""
+    from fairseq2.models.transformer.sdpa.torch import TorchSDPA
+    from helpers import run_lmtune_in_process
+
+    from lmtune.models.document_attention import DocumentSDPA
+
+    packed_calls: list[str] = []
+
+    def counting(cls, real):  # type: ignore[no-untyped-def]
+        def forward(self, q, q_layout, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if q_layout.packed:
+                packed_calls.append(cls)
+            return real(self, q, q_layout, *args, **kwargs)
+
+        return forward
+
+    monkeypatch.setattr(DocumentSDPA, "forward", counting("DocumentSDPA", DocumentSDPA.forward))
+    monkeypatch.setattr(TorchSDPA, "forward", counting("TorchSDPA", TorchSDPA.forward))
+    result = run_lmtune_in_process("instruction_finetune", str(tmp_path / "out"), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert packed_calls and set(packed_calls) == {"DocumentSDPA"}, packed_calls[:4]  # 2 layers a step, none through TorchSDPA

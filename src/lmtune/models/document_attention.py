@@ -88,6 +88,23 @@ class DocumentSDPA(SDPA):
         return f"bias={self.bias}, dropout_p={self.dropout_p:G}"
 
 
+def use_document_attention(model: torch.nn.Module) -> int:
+    """Gives each of ``model``'s TorchSDPA modules a DocumentSDPA with its bias, dropout and scale; returns how many.
+
+    fairseq2 builds (or loads) the model before a recipe's ``create_task`` runs, so setting the default
+    SDPA factory there came too late: packed batches ran TorchSDPA over the whole pack with a
+    block-diagonal mask (on the tiny demo, 2 x 2048^2 scores a step, most of a step's time; issue 23).
+    Recipes call this from ``setup_model``. SDPA modules hold no weights: checkpoints do not change.
+    """
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is TorchSDPA:
+                setattr(module, name, DocumentSDPA(child.bias, dropout_p=child.dropout_p, scale=child.scale))
+                swapped += 1
+    return swapped
+
+
 def _examples(x: Tensor, start: int, n: int, m: int = 1) -> Tensor:
     """Rows ``start:start+m*n`` of a packed (S, H, K) tensor, m examples of n tokens, as SDPA's (m, H, n, K): a view."""
     return x[start : start + m * n].unflatten(0, (m, n)).transpose(1, 2)
