@@ -30,6 +30,7 @@ from lmtune.catalog.specs import ModelSpec, TokenizerSpec
 from lmtune.data.encoded_cache import tokenizer_fingerprint
 from lmtune.errors import UserError
 from lmtune.files import atomic_write, atomic_write_text
+from lmtune.models.document_attention import use_document_attention
 from lmtune.models.row_logps import use_row_logps
 from lmtune.preference.packing import collate_pairs, pack_pairs, pair_logps
 from lmtune.preference.pairs import EncodedPairs
@@ -99,6 +100,7 @@ def compute_reference_logps(model: Module, pairs: EncodedPairs, pair_ids: Sequen
     where = {int(p): i for i, p in enumerate(ids)}
     device = next(model.parameters()).device
     use_row_logps(model)  # the head on response positions only, as the policy's steps (lmtune.models.row_logps)
+    use_document_attention(model)  # each packed sequence attends only to itself, without the pack-wide mask
     was_training = model.training
     model.eval()
     try:
