@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune_in_process
 from lora_runs import (
     BASE_CONFIG,
     LORA_ARGS,
@@ -133,7 +133,7 @@ def test_resumed_lora_run_has_identical_losses(kind: str, request: pytest.Fixtur
     metrics = out / "metrics/train.jsonl"
     metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
     (out / ".lmtune.lock").unlink(missing_ok=True)
-    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, *(QLORA_ARGS if kind == "qlora" else []), env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, *(QLORA_ARGS if kind == "qlora" else []), env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from step 3" in result.stderr
     expected, resumed = losses(lora_run), losses(out)
@@ -149,7 +149,7 @@ def _refused(tmp_path: Path, cards: Path, *keys: str) -> str:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *keys, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *keys, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing written, nothing lost
     return assert_user_error(result)
 
@@ -184,7 +184,7 @@ def test_quantize_without_rank_and_lora_on_random_weights_are_refused(tmp_path: 
 def test_new_stage_from_a_lora_checkpoint_continues_its_adapters(lora_run: Path, tmp_path: Path, cards: Path) -> None:
     """Stage 2's warmup starts at learning rate 0, so what it saves after step 1 is what it started from."""
     out = tmp_path / "stage2"
-    result = run_lmtune(
+    result = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", f"resume_checkpoint_dir={lora_run}/checkpoints",
         "model=last_checkpoint", "max_num_steps=2", "checkpoint_every_n_steps=1", "publish_metrics_every_n_steps=1",
         "keep_last_n_models=2", "lr_scheduler.num_warmup_steps=1", "max_num_tokens=1024", "tensorboard=false",

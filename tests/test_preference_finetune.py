@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_user_error, run_lmtune
+from helpers import REPO, assert_user_error, run_lmtune_in_process
 from tiny_builders import train_tiny_checkpoint
 
 pytestmark = pytest.mark.slow  # trains an SFT checkpoint, then preference runs on it
@@ -72,7 +72,7 @@ def _metrics(out: Path, split: str = "train") -> dict[int, dict]:  # type: ignor
 @pytest.mark.parametrize("criterion", ["dpo", "simpo", "orpo", "cpo"])
 def test_each_criterion_trains(tmp_path: Path, sft: Path, pairs: Path, criterion: str) -> None:
     out = tmp_path / "out"
-    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, f"criterion.name={criterion}", "max_num_steps=3", "checkpoint_every_n_steps=3", "validate_every_n_steps=3"))
+    r = run_lmtune_in_process("preference_finetune", str(out), *_args(sft, pairs, f"criterion.name={criterion}", "max_num_steps=3", "checkpoint_every_n_steps=3", "validate_every_n_steps=3"))
     assert r.returncode == 0, r.stderr[-3000:]
     train = _metrics(out)
     assert sorted(train) == [1, 2, 3]
@@ -95,7 +95,7 @@ def test_each_criterion_trains(tmp_path: Path, sft: Path, pairs: Path, criterion
 
 def test_lora_dpo_scores_against_the_base_without_adapters(tmp_path: Path, sft: Path, pairs: Path) -> None:
     out = tmp_path / "out"
-    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, "lora.rank=4", "max_num_steps=2", "checkpoint_every_n_steps=2"))
+    r = run_lmtune_in_process("preference_finetune", str(out), *_args(sft, pairs, "lora.rank=4", "max_num_steps=2", "checkpoint_every_n_steps=2"))
     assert r.returncode == 0, r.stderr[-3000:]
     train = _metrics(out)
     # New adapters start at zero: the policy is the base, which is the reference, so the loss is log 2.
@@ -112,7 +112,7 @@ def _complete_steps(out: Path) -> list[int]:
 def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Path, pairs: Path) -> None:
     args = _args(sft, pairs, "max_num_steps=12", "checkpoint_every_n_steps=3", "keep_last_n_checkpoints=2")
     reference = tmp_path / "reference"
-    r = run_lmtune("preference_finetune", str(reference), *args)
+    r = run_lmtune_in_process("preference_finetune", str(reference), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -125,7 +125,7 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Pat
     assert proc.returncode == -signal.SIGKILL
     at_kill = _complete_steps(out)
     assert at_kill and at_kill[-1] < 12, at_kill
-    r = run_lmtune("preference_finetune", str(out), *args)
+    r = run_lmtune_in_process("preference_finetune", str(out), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     # The reference log-probs come from the cache the first run wrote, never from the trained policy.
     assert "lmtune: reusing the reference log-probs" in r.stderr and "computing the reference" not in r.stderr, r.stderr[-3000:]
@@ -140,14 +140,14 @@ def test_dpo_on_sft_checkpoint_prefers_right_answers(tmp_path: Path, sft: Path, 
     # A small learning rate: larger ones (3e-4, 1e-3) reach the same reward accuracy but cost
     # a few points of greedy accuracy on this tiny model.
     more = ["learning_rate=1e-4", "max_num_tokens=2048", "max_num_steps=40", "checkpoint_every_n_steps=40", "validate_every_n_steps=20", "publish_metrics_every_n_steps=10"]
-    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, *more))
+    r = run_lmtune_in_process("preference_finetune", str(out), *_args(sft, pairs, *more))
     assert r.returncode == 0, r.stderr[-3000:]
     valid = _metrics(out, "valid")
     assert 0 < valid[20]["Reward Margin"] < valid[40]["Reward Margin"]
     assert valid[40]["Reward Accuracy"] >= 0.9, valid
     scores = {}
     for name, checkpoints in (("sft", sft), ("dpo", out / "checkpoints")):
-        g = run_lmtune("generate", str(tmp_path / f"gen_{name}"), "--config", f"checkpoint_dir={checkpoints}", "model=last_checkpoint", "dataset=tiny_gsm8k")
+        g = run_lmtune_in_process("generate", str(tmp_path / f"gen_{name}"), "--config", f"checkpoint_dir={checkpoints}", "model=last_checkpoint", "dataset=tiny_gsm8k")
         assert g.returncode == 0, g.stderr[-3000:]
         scores[name] = json.loads((tmp_path / f"gen_{name}/scores.json").read_text())
         assert scores[name]["num_examples"] == 200
@@ -169,7 +169,7 @@ def test_two_ranks_equal_one_rank_accumulating_two_batches(tmp_path: Path, sft: 
     r = _torchrun(two, _args(sft, pairs, *common))
     assert r.returncode == 0, r.stderr[-3000:]
     one = tmp_path / "one"
-    r1 = run_lmtune("preference_finetune", str(one), *_args(sft, pairs, *common, "gradient_accumulation_steps=2"))
+    r1 = run_lmtune_in_process("preference_finetune", str(one), *_args(sft, pairs, *common, "gradient_accumulation_steps=2"))
     assert r1.returncode == 0, r1.stderr[-3000:]
     # Rank r reads batches r, r + 2, ...: the two ranks' step holds the batches one rank accumulates.
     a, b = _metrics(two), _metrics(one)
@@ -225,7 +225,7 @@ def test_a_sweep_over_beta_trains_each_point_on_one_shared_reference(tmp_path: P
 
 
 def test_unknown_criterion_lists_the_valid_ones(tmp_path: Path, sft: Path, pairs: Path) -> None:
-    r = run_lmtune("preference_finetune", str(tmp_path / "out"), *_args(sft, pairs, "criterion.name=kto"))
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "out"), *_args(sft, pairs, "criterion.name=kto"))
     assert_user_error(r, "criterion.name='kto'", "dpo, simpo, orpo, cpo")
     assert not (tmp_path / "out").exists()
 
@@ -234,7 +234,7 @@ def test_malformed_record_is_named_by_line(tmp_path: Path, sft: Path) -> None:
     data = write_pairs(tmp_path / "data", 20, 5)
     with (data / "train.jsonl").open("a") as fp:
         fp.write('{"src": "2 + 2?", "tgt_chosen": "4"}\n')
-    r = run_lmtune("preference_finetune", str(tmp_path / "out"), *_args(sft, data))
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "out"), *_args(sft, data))
     assert_user_error(r, f"{data / 'train.jsonl'}:21")
     assert not (tmp_path / "out").exists()
 
@@ -243,12 +243,12 @@ def test_prompt_longer_than_max_seq_len_is_named(tmp_path: Path, sft: Path) -> N
     data = write_pairs(tmp_path / "data", 20, 5)
     with (data / "train.jsonl").open("a") as fp:
         fp.write(json.dumps({"src": "How many? " * 80, "tgt_chosen": "#### 1", "tgt_rejected": "#### 2"}) + "\n")
-    r = run_lmtune("preference_finetune", str(tmp_path / "out"), *_args(sft, data, "max_num_steps=1"))
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "out"), *_args(sft, data, "max_num_steps=1"))
     assert_user_error(r, f"{data / 'train.jsonl'}:21", "max_seq_len=128")
 
 
 def test_random_model_has_no_dpo_reference(tmp_path: Path, pairs: Path) -> None:
-    r = run_lmtune("preference_finetune", str(tmp_path / "out"), "--config", "model=tiny_llama", f"dataset={pairs}", "max_seq_len=128", "max_num_tokens=1024")
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "out"), "--config", "model=tiny_llama", f"dataset={pairs}", "max_seq_len=128", "max_num_tokens=1024")
     assert_user_error(r, "tiny_llama", "init: random", "simpo")
     assert not (tmp_path / "out").exists()
 
@@ -259,13 +259,13 @@ def test_identical_pairs_are_skipped_with_a_count_and_stale_reference_is_rebuilt
         for _ in range(2):
             fp.write(json.dumps({"src": "1 + 1?", "tgt_chosen": "#### 2", "tgt_rejected": "#### 2"}) + "\n")
     args = _args(sft, data, "max_num_steps=1", "checkpoint_every_n_steps=1")
-    r = run_lmtune("preference_finetune", str(tmp_path / "a"), *args)
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "a"), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped 2 pairs whose chosen response equals the rejected one" in r.stderr, r.stderr[-3000:]
     records = list(Path(os.environ["LMTUNE_CACHE_DIR"], "encoded").glob("train-*/reference/*/reference.json"))
     assert len(records) == 1
     records[0].write_text("{not json")  # damaged: rebuilt with one line, not a traceback
-    r = run_lmtune("preference_finetune", str(tmp_path / "b"), *args)
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "b"), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("lmtune: recomputing the reference log-probs") == 1 and "they are unreadable" in r.stderr, r.stderr[-3000:]
 
@@ -283,7 +283,7 @@ def test_reference_model_with_another_tokenizer_is_refused(tmp_path: Path, sft: 
     cards = f"name: tok_plus\ntokenizer: {tok_dir}\ntokenizer_family: llama\ntokenizer_config:\n  impl: hg\n  use_eot: true\n---\n"
     cards += f"name: other_ref\nbase: tiny_llama\ntokenizer_ref: tok_plus\ncheckpoint: {sft / 'step_400/model'}\n"
     (isolated_user_cards / "ref.yaml").write_text(cards)
-    r = run_lmtune("preference_finetune", str(tmp_path / "out"), *_args(sft, pairs, "reference_model=other_ref"))
+    r = run_lmtune_in_process("preference_finetune", str(tmp_path / "out"), *_args(sft, pairs, "reference_model=other_ref"))
     assert_user_error(r, "reference_model", "tok_plus", "its tokenizer files differ")
     assert not (tmp_path / "out").exists()
 
@@ -297,7 +297,7 @@ def test_best_checkpoint_is_ranked_by_held_out_reward_accuracy(tmp_path: Path, s
         "max_num_steps=6", "checkpoint_every_n_steps=2", "validate_every_n_steps=2", "learning_rate=3e-3", "early_stopping.metric=valid.reward_accuracy",
         f"early_stopping.mode={mode}", "early_stopping.patience=null", "keep_best_n_checkpoints=1",
     ]  # fmt: skip
-    r = run_lmtune("preference_finetune", str(out), *_args(sft, pairs, *ranked))
+    r = run_lmtune_in_process("preference_finetune", str(out), *_args(sft, pairs, *ranked))
     assert r.returncode == 0, r.stderr[-3000:]
     from lmtune.run_dir import best_step
 
