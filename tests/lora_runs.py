@@ -8,11 +8,15 @@ weights, stored as a Hugging Face directory and named by a user card ``lora_base
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from helpers import losses, run_lmtune_in_process  # noqa: F401 (losses: the LoRA tests read runs through this module)
 from tiny_builders import build_tiny_model, write_hf_dir
+
+if TYPE_CHECKING:
+    import torch
 
 BASE_CONFIG: dict[str, object] = {
     "model_dim": 256, "num_layers": 2, "num_attn_heads": 4, "num_key_value_heads": 2, "ffn_inner_dim": 1024,
@@ -50,6 +54,13 @@ def train(out: Path, cards: Path, *extra: str) -> Path:
     result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *extra, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+def adapter_tensors(step_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA checkpoint's step directory (the adapters alone)."""
+    from lmtune.adapters.lora import read_checkpoint_tensors
+
+    return read_checkpoint_tensors(step_dir / "model")
 
 
 def dir_bytes(path: Path) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import metric_rows, run_lmtune
+from helpers import metric_rows, run_lmtune_in_process
 
 pytestmark = pytest.mark.slow  # fine-tunes and generates with a tiny Qwen
 
@@ -115,11 +115,11 @@ def _scores(out: Path) -> dict:
 def test_ag_news_base_vs_finetuned(tiny_qwen_cards: Path) -> None:
     tmp = tiny_qwen_cards
     eval_args = ["dataset=tiny_ag_news", "generator_config.max_gen_len=16"]
-    r = run_lmtune("generate", str(tmp / "eval_base"), "--config", "model=tiny_qwen_instruct", *eval_args)
+    r = run_lmtune_in_process("generate", str(tmp / "eval_base"), "--config", "model=tiny_qwen_instruct", *eval_args)
     assert r.returncode == 0, r.stderr[-3000:]
     base = _scores(tmp / "eval_base")
 
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(tmp / "ft"), "--config-file", "qwen25_7b_ag_news", "--config",
         "model=tiny_qwen_instruct", "dataset=tiny_ag_news", "max_num_steps=150", "learning_rate=3e-3",
         "dtype=float32", "data_parallelism=ddp", "activation_checkpointing=false", "max_seq_len=128", "batch_size=16",
@@ -129,7 +129,7 @@ def test_ag_news_base_vs_finetuned(tiny_qwen_cards: Path) -> None:
     # The preset validates with macro F1 on greedy answers, scoring the final checkpoint: it is the best one.
     valid = metric_rows(tmp / "ft", "valid")
     assert valid[-1]["Step"] == 150 and valid[-1]["Eval Examples"] == 40 and valid[-1]["Macro F1"] >= 0.9
-    r = run_lmtune("generate", str(tmp / "eval_tuned"), "--config", f"checkpoint_dir={tmp / 'ft/checkpoints'}", "model=best_checkpoint", *eval_args)
+    r = run_lmtune_in_process("generate", str(tmp / "eval_tuned"), "--config", f"checkpoint_dir={tmp / 'ft/checkpoints'}", "model=best_checkpoint", *eval_args)
     assert r.returncode == 0, r.stderr[-3000:]
     tuned = _scores(tmp / "eval_tuned")
     print(r.stdout)

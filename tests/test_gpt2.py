@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import losses, run_lmtune
+from helpers import losses, run_lmtune_in_process
 from tiny_builders import CORPUS, tiny_hf_gpt2, write_hf_gpt2_tokenizer
 
 VOCAB = 300
@@ -254,7 +254,7 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory, hf_dir: Path) -> tuple[P
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     env = {"LMTUNE_USER_ASSET_DIR": str(cards), "XDG_CONFIG_HOME": str(root / "config_home"), "LMTUNE_CACHE_DIR": str(root / "cache")}
     out = root / "out"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config", "model=tiny_gpt2_hf", f"dataset={data}", "max_seq_len=64", "max_num_tokens=256",
         "max_num_steps=4", "checkpoint_every_n_steps=4", "publish_metrics_every_n_steps=1", "learning_rate=1e-3", "dtype=float32",
         "tensorboard=false", "packing=true", env=env,
@@ -287,14 +287,14 @@ def test_first_step_loss_equals_transformers_loss_on_the_same_batch(finetuned: t
 @pytest.mark.slow
 def test_finetuned_checkpoint_exports_generates_and_verifies(finetuned: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     out, env = finetuned
-    r = run_lmtune("write_hf_config", str(out), "--verify", env=env)
+    r = run_lmtune_in_process("write_hf_config", str(out), "--verify", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "max abs logit difference" in r.stderr
     assert json.loads((out / "checkpoints/step_4/hf/config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"src": rec["src"], "tgt": rec["tgt"]}) + "\n" for rec in RECORDS))
     gen = tmp_path / "gen"
-    r = run_lmtune("generate", str(gen), "--config", f"checkpoint_dir={out / 'checkpoints'}", "model=last_checkpoint", f"dataset={prompts}", "generator_config.max_gen_len=12", env=env)
+    r = run_lmtune_in_process("generate", str(gen), "--config", f"checkpoint_dir={out / 'checkpoints'}", "model=last_checkpoint", f"dataset={prompts}", "generator_config.max_gen_len=12", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (gen / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(row["completion"] for row in rows)
@@ -310,7 +310,7 @@ def test_pretrains_from_scratch_on_streamed_text(tmp_path: Path, hf_dir: Path) -
     corpus.write_text((CORPUS + "\n") * 20)
     env = {"LMTUNE_USER_ASSET_DIR": str(cards), "XDG_CONFIG_HOME": str(tmp_path / "config_home"), "LMTUNE_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "pretrain"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "pretrain", str(out), "--config", "model=tiny_gpt2", "init=random", "tokenizer=tiny_gpt2_hf", f"dataset={corpus}", "max_seq_len=32",
         "batch_size=4", "max_num_steps=30", "checkpoint_every_n_steps=30", "publish_metrics_every_n_steps=1", "learning_rate=3e-3",
         "lr_scheduler.num_warmup_steps=3", "dtype=float32", "tensorboard=false", env=env,
@@ -413,13 +413,13 @@ def test_lora_run_exports_a_peft_adapter_that_gives_lmtunes_logits(tmp_path: Pat
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     env = {"LMTUNE_USER_ASSET_DIR": str(cards), "XDG_CONFIG_HOME": str(tmp_path / "config_home"), "LMTUNE_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "out"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config", f"model={name}", f"dataset={data}", "max_seq_len=64", "max_num_tokens=256",
         "max_num_steps=4", "checkpoint_every_n_steps=4", "learning_rate=1e-2", "dtype=float32", "tensorboard=false",
         "lora.rank=4", "lora.alpha=8", f"lora.quantize={quantize}", env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
+    r = run_lmtune_in_process("write_hf_config", str(out), "--adapter", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     step = out / "checkpoints/step_4"
     config = json.loads((step / "hf_adapter/adapter_config.json").read_text())

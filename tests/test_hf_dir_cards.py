@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_user_error, run_lmtune, run_lmtune_in_process
+from helpers import assert_user_error, run_lmtune_in_process
 from lmtune.adapters.build import load_any_model
 from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import resolve_model
@@ -125,7 +125,7 @@ def test_instruction_finetune_from_a_card_naming_only_the_directory(tmp_path: Pa
     directory = write_transformers_dir("llama", tmp_path / "hf")
     write_card(isolated_user_cards, "my_model", directory)
     out = tmp_path / "out"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=my_model",
         "max_num_steps=2", "checkpoint_every_n_steps=2", "publish_metrics_every_n_steps=1", "tensorboard=false",
         "lr_scheduler.num_warmup_steps=0", env={"LMTUNE_USER_ASSET_DIR": str(isolated_user_cards)},

@@ -1,4 +1,5 @@
 """LoRA fine-tuning: adapters on a frozen base, checkpoints of the adapters alone, exact resume.
+(Two ranks and gradient accumulation against one batch: test_lora_ranks.py.)
 
 The reference for each number: the base model itself (step 0 of LoRA changes nothing),
 a full fine-tuning checkpoint of the same model (size), an uninterrupted run (resume).
@@ -13,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from helpers import assert_user_error, run_lmtune
+from helpers import assert_user_error, run_lmtune_in_process
 from lora_runs import (
     BASE_CONFIG,
     LORA_ARGS,
     RUN_ARGS,
+    adapter_tensors,
     dir_bytes,
     losses,
     train,
@@ -42,12 +44,6 @@ def _base_spec(cards: Path):  # type: ignore[no-untyped-def]
 
     card = yaml.safe_load((cards / "lora_base.yaml").read_text())
     return ModelSpec(name="lora_base", family="llama", arch="llama3_2_1b", config=BASE_CONFIG, checkpoint=Path(card["checkpoint"]), source="test")
-
-
-def _tensors(step_dir: Path) -> dict[str, torch.Tensor]:
-    from lmtune.adapters.lora import read_checkpoint_tensors
-
-    return read_checkpoint_tensors(step_dir / "model")
 
 
 def test_adapters_start_as_the_base_model_and_only_they_train(cards: Path) -> None:
@@ -78,7 +74,7 @@ def test_lora_run_trains_and_checkpoints_only_adapters(lora_run: Path) -> None:
     steps = losses(lora_run)
     assert sorted(steps) == list(range(1, 7))
     assert steps[6] < steps[1], steps
-    state = _tensors(lora_run / "checkpoints/step_6")
+    state = adapter_tensors(lora_run / "checkpoints/step_6")
     assert state and all(k.endswith(("lora_a", "lora_b")) for k in state), sorted(state)[:5]
     assert len(state) == 2 * 7 * 2  # 2 layers x 7 projections x (A, B)
     assert any(k.endswith("lora_b") and v.abs().max() > 0 for k, v in state.items())  # B has moved
@@ -133,12 +129,12 @@ def test_resumed_lora_run_has_identical_losses(kind: str, request: pytest.Fixtur
     metrics = out / "metrics/train.jsonl"
     metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
     (out / ".lmtune.lock").unlink(missing_ok=True)
-    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, *(QLORA_ARGS if kind == "qlora" else []), env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, *(QLORA_ARGS if kind == "qlora" else []), env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from step 3" in result.stderr
     expected, resumed = losses(lora_run), losses(out)
     assert [resumed[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]
-    a, b = _tensors(lora_run / "checkpoints/step_6"), _tensors(out / "checkpoints/step_6")
+    a, b = adapter_tensors(lora_run / "checkpoints/step_6"), adapter_tensors(out / "checkpoints/step_6")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -149,7 +145,7 @@ def _refused(tmp_path: Path, cards: Path, *keys: str) -> str:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_lmtune("instruction_finetune", str(out), *RUN_ARGS, *keys, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
+    result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *keys, env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing written, nothing lost
     return assert_user_error(result)
 
@@ -184,16 +180,16 @@ def test_quantize_without_rank_and_lora_on_random_weights_are_refused(tmp_path: 
 def test_new_stage_from_a_lora_checkpoint_continues_its_adapters(lora_run: Path, tmp_path: Path, cards: Path) -> None:
     """Stage 2's warmup starts at learning rate 0, so what it saves after step 1 is what it started from."""
     out = tmp_path / "stage2"
-    result = run_lmtune(
+    result = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", f"resume_checkpoint_dir={lora_run}/checkpoints",
         "model=last_checkpoint", "max_num_steps=2", "checkpoint_every_n_steps=1", "publish_metrics_every_n_steps=1",
         "keep_last_n_models=2", "lr_scheduler.num_warmup_steps=1", "max_num_tokens=1024", "tensorboard=false",
         env={"LMTUNE_USER_ASSET_DIR": str(cards)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    started, stage1 = _tensors(out / "checkpoints/step_1"), _tensors(lora_run / "checkpoints/step_6")
+    started, stage1 = adapter_tensors(out / "checkpoints/step_1"), adapter_tensors(lora_run / "checkpoints/step_6")
     assert started.keys() == stage1.keys() and all(torch.equal(started[k], stage1[k]) for k in stage1)
-    trained = _tensors(out / "checkpoints/step_2")
+    trained = adapter_tensors(out / "checkpoints/step_2")
     assert any(not torch.equal(trained[k], started[k]) for k in started)
     card, card1 = (yaml.safe_load((d / "checkpoints/lora.yaml").read_text()) for d in (out, lora_run))
     assert (card["rank"], card["alpha"], card["targets"], card["base"]) == (card1["rank"], card1["alpha"], card1["targets"], card1["base"])
@@ -202,66 +198,6 @@ def test_new_stage_from_a_lora_checkpoint_continues_its_adapters(lora_run: Path,
 def test_new_stage_with_another_rank_is_refused(lora_run: Path, tmp_path: Path, cards: Path) -> None:
     line = _refused(tmp_path, cards, f"resume_checkpoint_dir={lora_run}/checkpoints", "model=last_checkpoint", "lora.rank=8")
     assert "rank 4" in line and "lora.rank" in line
-
-
-@pytest.mark.parametrize("parallelism,quantize", [("ddp", "none"), ("fsdp", "none"), ("ddp", "nf4")])
-def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Path, parallelism: str, quantize: str) -> None:
-    """torchrun, 2 processes on CPU (gloo): the same adapters as one process with both ranks' examples.
-    Under QLoRA each rank loads and quantizes the base itself (a 4-bit base is never broadcast)."""
-    import os
-    import subprocess
-    import sys
-
-    args = ["lora.rank=4", "lora.alpha=8", f"lora.quantize={quantize}", "batch_size=8", "max_grad_norm=null"]  # no dropout: ranks draw different masks
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    env.update(OMP_NUM_THREADS="1", LMTUNE_USER_ASSET_DIR=str(cards))
-    torchrun = Path(sys.executable).with_name("torchrun")
-
-    def run_two(out: Path) -> str:
-        cmd = [str(torchrun), "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-m", "lmtune",
-               "instruction_finetune", str(out), *RUN_ARGS, *args, f"data_parallelism={parallelism}"]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return r.stderr
-
-    two = tmp_path / "two"
-    run_two(two)
-    one = train(tmp_path / "one", cards, *args[:3], "batch_size=16", "max_grad_norm=null")
-    l2, l1 = losses(two), losses(one)
-    assert sorted(l2) == sorted(l1) == list(range(1, 7))
-    for step in l1:
-        assert abs(l2[step] - l1[step]) < 1e-4 * max(1.0, abs(l1[step])), (step, l2[step], l1[step])
-    a2, a1 = _tensors(two / "checkpoints/step_6"), _tensors(one / "checkpoints/step_6")
-    assert a2.keys() == a1.keys() and all(k.endswith(("lora_a", "lora_b")) for k in a2)
-    # Summing gradients over ranks rounds differently; Adam divides by the gradients' own scale,
-    # so a rounding difference in a near-zero gradient moves a weight by up to ~1e-5 here.
-    for k in a1:
-        torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
-    # Resumed on 2 ranks from the step-3 checkpoint (FSDP: sharded adapters and optimizer state): bit-identical.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(two, resumed)
-    shutil.rmtree(resumed / "checkpoints/step_6")
-    metrics = resumed / "metrics/train.jsonl"
-    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
-    (resumed / ".lmtune.lock").unlink(missing_ok=True)
-    assert "resuming from step 3" in run_two(resumed)
-    lr = losses(resumed)
-    assert [lr[s] for s in (4, 5, 6)] == [l2[s] for s in (4, 5, 6)]
-    ar = _tensors(resumed / "checkpoints/step_6")
-    assert all(torch.equal(ar[k], a2[k]) for k in a2)
-
-
-def test_gradient_accumulation_equals_one_batch_of_both(cards: Path, tmp_path: Path) -> None:
-    args = ["lora.rank=4", "lora.alpha=8", "max_grad_norm=null"]
-    accumulated = train(tmp_path / "accumulated", cards, *args, "batch_size=8", "gradient_accumulation_steps=2")
-    one = train(tmp_path / "one", cards, *args, "batch_size=16")
-    la, l1 = losses(accumulated), losses(one)
-    assert sorted(la) == sorted(l1) == list(range(1, 7))
-    for step in l1:
-        assert abs(la[step] - l1[step]) < 1e-4 * max(1.0, abs(l1[step])), (step, la[step], l1[step])
-    a2, a1 = _tensors(accumulated / "checkpoints/step_6"), _tensors(one / "checkpoints/step_6")
-    for k in a1:  # the same tolerance as across ranks, for the same reason
-        torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
 
 
 def test_validation_scores_the_adapted_model(cards: Path, tmp_path: Path) -> None:
@@ -302,6 +238,6 @@ def test_activation_checkpointing_gives_the_same_run(lora_run: Path, tmp_path: P
     assert sorted(la) == sorted(l0)
     for step in l0:
         assert la[step] == pytest.approx(l0[step], rel=1e-6), step
-    a, b = _tensors(checkpointed / "checkpoints/step_6"), _tensors(lora_run / "checkpoints/step_6")
+    a, b = adapter_tensors(checkpointed / "checkpoints/step_6"), adapter_tensors(lora_run / "checkpoints/step_6")
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)

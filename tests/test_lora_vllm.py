@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_lmtune
+from helpers import REPO, run_lmtune_in_process
 from lora_runs import LORA_ARGS, train, write_base
 from test_vllm import VLLM_PYTHON, vllm_env
 
@@ -44,13 +44,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out = train(root / "out", cards, *LORA_ARGS)
     env = {"LMTUNE_USER_ASSET_DIR": str(cards)}
     for flags in ([], ["--adapter"]):
-        r = run_lmtune("write_hf_config", str(out), *flags, env=env)
+        r = run_lmtune_in_process("write_hf_config", str(out), *flags, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
     test_file = REPO / "assets/tiny/gsm8k/test/test.jsonl"
     prompts_file = root / "prompts.jsonl"
     prompts_file.write_text("".join(line + "\n" for line in test_file.read_text().splitlines()[:4]))
-    r = run_lmtune("generate", str(root / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=last_checkpoint",
-                   f"dataset={prompts_file}", f"generator_config.max_gen_len={MAX_TOKENS}", "score=none", "dtype=float32", env=env)
+    r = run_lmtune_in_process("generate", str(root / "gen"), "--config", f"checkpoint_dir={out}/checkpoints", "model=last_checkpoint",
+                              f"dataset={prompts_file}", f"generator_config.max_gen_len={MAX_TOKENS}", "score=none", "dtype=float32", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     spec = model_from_checkpoint_dir(out / "checkpoints", None, "test")
     encoder = ExampleEncoder(load_tokenizer(spec.tokenizer), spec.tokenizer.hf_dir)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import run_lmtune
+from helpers import run_lmtune_in_process
 from lmtune.adapters.build import load_any_model
 from lmtune.catalog.cards import CardStore
 from lmtune.catalog.specs import ModelSpec, resolve_model
@@ -174,7 +174,7 @@ def test_export_gives_transformers_the_same_logits(family_dir, tmp_path: Path) -
 def test_instruction_finetune_with_packing_trains_and_exports(family_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model_type, _, cards = family_dir
     out = tmp_path / "out"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=my_model", "packing=true",
         "max_seq_len=128", "max_num_steps=2", "checkpoint_every_n_steps=2", "publish_metrics_every_n_steps=1",
         "tensorboard=false", "lr_scheduler.num_warmup_steps=0", "export_hf=last", env={"LMTUNE_USER_ASSET_DIR": str(cards)},
@@ -208,13 +208,13 @@ def _lora_round_trip(model_type: str, cards: Path, out: Path, *extra: str, toler
     from lmtune.catalog.specs import model_from_checkpoint_dir
 
     env = {"LMTUNE_USER_ASSET_DIR": str(cards)}
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", "model=my_model", "lora.rank=4", "lora.alpha=8",
         "max_seq_len=128", "max_num_steps=3", "checkpoint_every_n_steps=3", "tensorboard=false", "learning_rate=1e-2",
         "lr_scheduler.num_warmup_steps=0", *extra, env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_lmtune("write_hf_config", str(out), "--adapter", env=env)
+    r = run_lmtune_in_process("write_hf_config", str(out), "--adapter", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     step = out / "checkpoints/step_3"
     assert json.loads((step / "hf_adapter_base/config.json").read_text())["architectures"] == [FAMILIES[model_type][1]]

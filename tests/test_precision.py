@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import losses, run_lmtune
+from helpers import losses, run_lmtune_in_process
 from lmtune.precision import (
     CPU_BF16_MIN_MODEL_DIM,
     DeviceFacts,
@@ -133,7 +133,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]
     root = tmp_path_factory.mktemp("precision")
     out = {}
     for dtype in ("float32", "bfloat16", "auto"):
-        r = run_lmtune("instruction_finetune", str(root / dtype), *RUN, f"dtype={dtype}")
+        r = run_lmtune_in_process("instruction_finetune", str(root / dtype), *RUN, f"dtype={dtype}")
         assert r.returncode == 0, r.stderr[-3000:]
         out[dtype] = (root / dtype, r.stderr)
     return out

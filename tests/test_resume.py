@@ -1,4 +1,6 @@
-"""Checkpoints and resume: a run killed with SIGKILL and rerun equals an uninterrupted run."""
+"""Checkpoints and resume: a run killed with SIGKILL or preempted by a signal and rerun equals an uninterrupted
+run; a finished run extends; reruns that cannot resume are refused in one sentence, nothing touched.
+(Killed runs of other shapes, padded, bf16 and over several data epochs: test_resume_variants.py.)"""
 
 from __future__ import annotations
 
@@ -12,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, losses, metric_rows, run_lmtune, run_lmtune_in_process
+from helpers import assert_user_error, losses, metric_rows, run_lmtune_in_process
+from resume_runs import ARGS, complete_steps, kill_resume_and_compare, start_run
 
 pytestmark = pytest.mark.slow  # every test trains (and kills) real runs
-
-ARGS = [
-    "--config-file", "tiny_gsm8k", "--config", "max_num_steps=60", "checkpoint_every_n_steps=10",
-    "publish_metrics_every_n_steps=1", "keep_last_n_checkpoints=2", "max_num_tokens=1024",
-]
-
-
-def _complete_steps(out: Path) -> list[int]:
-    ckpt = out / "checkpoints"
-    return sorted(int(p.name[5:]) for p in ckpt.glob("step_*") if p.name[5:].isdigit()) if ckpt.is_dir() else []
 
 
 @pytest.fixture(scope="module")
@@ -35,66 +28,23 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _start(out: Path, args: list[str] = ARGS) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lmtune", "instruction_finetune", str(out), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_killed_run_resumes_to_identicallosses(tmp_path: Path, reference: Path) -> None:
     metrics = metric_rows(reference)
     assert all(m["Padding"] == 0 for m in metrics)  # packed (the default): no padding at all
-    _kill_resume_and_compare(tmp_path / "killed", reference, ARGS)
-
-
-def test_killed_length_batched_run_resumes_to_identicallosses(tmp_path: Path) -> None:
-    args = [*ARGS, "packing=false"]
-    reference = tmp_path / "reference"
-    assert run_lmtune_in_process("instruction_finetune", str(reference), *args).returncode == 0
-    assert metric_rows(reference)[0]["Padding"] > 0  # really padded batches
-    _kill_resume_and_compare(tmp_path / "killed", reference, args)
-
-
-def test_killed_bf16_run_resumes_to_identical_losses(tmp_path: Path) -> None:
-    """Within one precision a resume is exact: bf16 autocast over float32 weights and optimizer state."""
-    args = [*ARGS, "dtype=bfloat16"]
-    reference = tmp_path / "reference"
-    r = run_lmtune("instruction_finetune", str(reference), *args)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "lmtune: precision: bf16 autocast over float32 weights (dtype=bfloat16; " in r.stderr
-    _kill_resume_and_compare(tmp_path / "killed", reference, args)
-
-
-def _kill_resume_and_compare(out: Path, reference: Path, args: list[str]) -> None:
-    proc = _start(out, args)
-    deadline = time.monotonic() + 300
-    while not _complete_steps(out) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    steps_at_kill = _complete_steps(out)
-    assert steps_at_kill and steps_at_kill[-1] < 60, steps_at_kill  # killed mid-run, after a checkpoint
-
-    # The lock died with the process: the same command resumes.
-    result = run_lmtune_in_process("instruction_finetune", str(out), *args)
-    assert result.returncode == 0, result.stderr[-2000:]
-    expected, resumed = losses(reference), losses(out)
-    assert sorted(resumed) == sorted(expected) == list(range(1, 61))
-    for step in range(steps_at_kill[-1] + 1, 61):
-        assert resumed[step] == expected[step], (step, resumed[step], expected[step])
+    kill_resume_and_compare(tmp_path / "killed", reference, ARGS)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_preemption_signal_checkpoints_exits_75_and_resumes(tmp_path: Path, reference: Path, sig: signal.Signals) -> None:
     out = tmp_path / "preempted"
-    proc = _start(out)
+    proc = start_run(out)
     deadline = time.monotonic() + 300
     while not (out / "metrics/train.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 75, stderr[-2000:]
-    stopped_at = _complete_steps(out)[-1]
+    stopped_at = complete_steps(out)[-1]
     assert 0 < stopped_at < 60
     assert f"writing a checkpoint at step {stopped_at}; rerun the same command to resume" in stderr.decode()
     assert run_lmtune_in_process("instruction_finetune", str(out), *ARGS).returncode == 0
@@ -111,7 +61,7 @@ def test_finished_run_extended_continues_from_its_last_step(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr[-2000:]
     assert "max_num_steps 10 -> 15" in result.stderr
     assert sorted(losses(out)) == list(range(1, 16))
-    assert _complete_steps(out)[-1] == 15
+    assert complete_steps(out)[-1] == 15
     # OUT is OUT: no hash-named sweep folder.
     assert not [p for p in out.iterdir() if p.name.startswith("ws_")]
 
@@ -142,20 +92,6 @@ def test_second_run_on_busy_output_dir_is_refused(tmp_path: Path) -> None:
         first.wait()
 
 
-def test_killed_run_resumes_identically_across_data_epochs(tmp_path: Path) -> None:
-    from lmtune.resources import assets_dir
-
-    lines = (assets_dir() / "tiny/gsm8k/sft/train.jsonl").read_text().splitlines()[:300]
-    data = tmp_path / "small.jsonl"
-    data.write_text("\n".join(lines) + "\n")  # about 8 packed batches: 60 steps run 7 epochs
-    args = [*ARGS, f"dataset={data}"]
-    reference = tmp_path / "reference"
-    assert run_lmtune_in_process("instruction_finetune", str(reference), *args).returncode == 0
-    epochs = {row["Data Epoch"] for row in metric_rows(reference)}
-    assert len(epochs) >= 5, epochs
-    _kill_resume_and_compare(tmp_path / "killed", reference, args)
-
-
 SHORT = ["--config-file", "tiny_gsm8k", "--config", "checkpoint_every_n_steps=2", "publish_metrics_every_n_steps=1"]
 
 
@@ -165,7 +101,7 @@ def finished_4_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "out"
     result = run_lmtune_in_process("instruction_finetune", str(out), *SHORT, "max_num_steps=4")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _complete_steps(out) == [2, 4] and not (out / "checkpoints/step_2/trainer").exists()
+    assert complete_steps(out) == [2, 4] and not (out / "checkpoints/step_2/trainer").exists()
     return out
 
 
@@ -199,4 +135,4 @@ def test_unreadable_checkpoint_that_is_whole_is_one_sentence(tmp_path: Path, fin
         archive.writestr("not_torch/data.pkl", b"garbage")
     r = run_lmtune_in_process("instruction_finetune", str(out), *SHORT, "max_num_steps=6")
     assert_user_error(r, f"{damaged} of step 4 is not a valid checkpoint file", "cannot resume from step 4")
-    assert _complete_steps(out) == [2, 4]
+    assert complete_steps(out) == [2, 4]

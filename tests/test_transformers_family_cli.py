@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import losses, metric_rows, run_lmtune
+from helpers import losses, metric_rows, run_lmtune_in_process
 from tiny_builders import write_hf_gpt2_tokenizer
 
 VOCAB = 300  # write_hf_gpt2_tokenizer's: <|endoftext|> is id 299
@@ -34,7 +34,7 @@ def write_neox_dir(out: Path) -> Path:
 
 
 def train(out: Path, steps: int, model: str = "my_neox") -> str:
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "instruction_finetune", str(out), "--config-file", "tiny_gsm8k", "--config", f"model={model}", f"max_num_steps={steps}",
         "checkpoint_every_n_steps=3", "keep_last_n_checkpoints=2", "publish_metrics_every_n_steps=1", "tensorboard=false", "lr_scheduler.num_warmup_steps=0",
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_finetune_resume_export_and_generate_through_the_cli(tmp_path: Path, iso
     assert loss[6] < loss[4] < loss[1], loss
 
     export = tmp_path / "export"
-    r = run_lmtune("write_hf_config", str(checkpoints), "--output", str(export))
+    r = run_lmtune_in_process("write_hf_config", str(checkpoints), "--output", str(export))
     assert r.returncode == 0, r.stderr[-3000:]
     assert (export / "tokenizer.json").is_file()
     ref = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
@@ -105,7 +105,7 @@ def test_finetune_resume_export_and_generate_through_the_cli(tmp_path: Path, iso
     assert (ours - theirs).abs().max() <= 1e-5
 
     gen = tmp_path / "gen"
-    r = run_lmtune(
+    r = run_lmtune_in_process(
         "generate", str(gen), "--config", f"checkpoint_dir={checkpoints}", "model=last_checkpoint", "dataset=tiny_gsm8k", "dtype=float32",
         "batch_size=4", "generator_config.max_gen_len=12",
     )  # fmt: skip

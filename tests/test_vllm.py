@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port, run_lmtune
+from helpers import REPO, free_port, run_lmtune_in_process
 
 VLLM_PYTHON = Path(os.environ.get("LMTUNE_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -67,7 +67,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     tmp = tmp_path_factory.mktemp("vllm")
     run = tmp / "run"
-    result = run_lmtune(
+    result = run_lmtune_in_process(
         "instruction_finetune", str(run), "--config-file", "tiny_gsm8k", "--config", "max_num_steps=40",
         "checkpoint_every_n_steps=40", "max_num_tokens=1024", "tensorboard=false", "export_hf=last",
     )
@@ -80,7 +80,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     texts = [json.loads(line)["src"] for line in lines]
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(line + "\n" for line in lines) + json.dumps({"messages": CHAT}) + "\n")
-    result = run_lmtune(
+    result = run_lmtune_in_process(
         "generate", str(tmp / "gen"), "--config", f"checkpoint_dir={run / 'checkpoints'}", "model=last_checkpoint",
         f"dataset={prompts}", f"generator_config.max_gen_len={MAX_TOKENS}", "score=none",
     )

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 # ------------------------------------------------------------------- models
@@ -267,6 +268,26 @@ def train_tiny_checkpoint(out_dir: Path, *, steps: int = 4, every: int = 2) -> P
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out_dir / "checkpoints"
+
+
+def shared_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, *, steps: int, every: int) -> Path:
+    """``train_tiny_checkpoint``'s OUT/checkpoints, trained once per pytest session for the modules that only
+    read it: under ``pytest -n`` the workers share the session's directory (the parent of each worker's
+    basetemp), and the first module to ask trains it while the others wait on its lock."""
+    import fcntl
+    import os
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    run = root / f"shared_tiny_checkpoint_{steps}_{every}"
+    with open(f"{run}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (run / "complete").exists():
+            shutil.rmtree(run, ignore_errors=True)  # a worker that failed or died mid-run
+            train_tiny_checkpoint(run / "out", steps=steps, every=every)
+            (run / "complete").touch()
+    return run / "out/checkpoints"
 
 
 # --------------------------------------------------------------- tokenizers
