@@ -17,12 +17,13 @@ beta 0.1, the sigmoid loss, about ``--pairs-per-step`` pairs a step:
   autocast on a CPU with AVX512-BF16 or AMX for a model this wide (lmtune.precision), which the runs
   recorded before 2026-12-06 did unawares; ``--lmtune-auto`` adds that row too.
 - TRL, its defaults: ``DPOConfig()`` with ``precompute_ref_log_probs=False`` (a second, frozen copy
-  of the model scores every batch) and ``gradient_checkpointing=True``, but ``bf16=False``: TRL's
-  bfloat16 autocast on these CPUs runs matrix products hundreds of times slower (README, Precision)
-  and lmtune runs float32 on CPU too.
+  of the model scores every batch) and ``gradient_checkpointing=True``, but ``bf16=False``, so that
+  both train float32 (matched precision).
 - TRL, precomputed: the same with ``precompute_ref_log_probs=True`` (the reference log-probs of the
   whole data set computed before training, the policy alone in memory) and
   ``gradient_checkpointing=False``, as lmtune: the like-for-like row, which the targets compare with.
+- ``--bf16``: each tool at its own precision default as well: lmtune ``dtype=auto`` (bf16 autocast
+  on a CPU with AVX512-BF16 or AMX) and TRL ``bf16=True`` (DPOConfig's default), both TRL rows again.
 
 Tokens/s: every token of the chosen and rejected sequences (prompt included, padding not) over the
 steps after the first, each step timed (fairseq2's Lapse Time; a Trainer callback for TRL); lmtune's
@@ -56,7 +57,7 @@ import json, sys, time, torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
-hf_dir, data_file, steps, batch, out, precompute = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
+hf_dir, data_file, steps, batch, out, precompute, bf16 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", sys.argv[7] == "1"
 times, tokens, begin = [], [], [0.0]
 class Clock(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
@@ -75,7 +76,7 @@ if tokenizer.pad_token is None:
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
 config = DPOConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-6,
                    beta=0.1, lr_scheduler_type="constant", use_cpu=True, save_strategy="no", report_to="none", logging_strategy="no",
-                   disable_tqdm=True, dataloader_pin_memory=False, bf16=False, precompute_ref_log_probs=precompute,
+                   disable_tqdm=True, dataloader_pin_memory=False, bf16=bf16, precompute_ref_log_probs=precompute,
                    **({"gradient_checkpointing": False} if precompute else {}))
 trainer = Counted(model=model, args=config, train_dataset=data, processing_class=tokenizer, callbacks=[Clock()])
 t0 = time.perf_counter()
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--lmtune-auto", action="store_true", help="also time lmtune at dtype=auto (bf16 autocast where the CPU has AVX512-BF16 or AMX)")
+    parser.add_argument("--bf16", action="store_true", help="every tool at its own precision default too: lmtune dtype=auto, TRL bf16=True (DPOConfig's default)")
     parser.add_argument("--trl-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmtune/dpo-bench-venv",
                         help="side venv for TRL, layered over this one (built on first use)")
     args = parser.parse_args()
@@ -134,7 +136,7 @@ def main() -> None:
         trl_python, trl_line, trl_reason = hf_venv(args.trl_venv, want_trl=True)
         print(f"dpo_bench: {trl_line}", file=sys.stderr)
         results = []
-        for dtype in ("float32", "auto") if args.lmtune_auto else ("float32",):
+        for dtype in ("float32", "auto") if args.lmtune_auto or args.bf16 else ("float32",):
             lm_out = root / f"lmtune_{dtype}"
             cmd = [sys.executable, "-m", "lmtune", "preference_finetune", str(lm_out), "--config", f"resume_checkpoint_dir={root / 'base/checkpoints'}",
                    "model=last_checkpoint", f"dataset={root / 'pairs'}", f"max_seq_len={MAX_SEQ_LEN}", f"max_num_tokens={max_num_tokens}",
@@ -145,13 +147,17 @@ def main() -> None:
             times, tokens = [m["Lapse Time"] for m in metrics], [m["Number of Examples"] * mean_pair for m in metrics]
             what = "float32" if dtype == "float32" else "dtype=auto: bf16 autocast where the CPU has AVX512-BF16 or AMX, lmtune.precision"
             results.append((f"lmtune preference_finetune (defaults: cached reference; {what})", steady(times, tokens), tokens, times, rss, ""))
-        for name, precompute in (("TRL DPOTrainer, defaults (reference model in memory, gradient checkpointing), bf16=False", False),
-                                 ("TRL DPOTrainer, precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=False", True)):
+        trl_rows = [("TRL DPOTrainer, defaults (reference model in memory, gradient checkpointing), bf16=False", False, False),
+                    ("TRL DPOTrainer, precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=False", True, False)]
+        if args.bf16:  # DPOConfig's own default is bf16=True (autocast), on CPU too
+            trl_rows += [("TRL DPOTrainer, defaults (reference model in memory, gradient checkpointing), bf16=True", False, True),
+                         ("TRL DPOTrainer, precompute_ref_log_probs=True, gradient_checkpointing=False, bf16=True", True, True)]
+        for name, precompute, bf16 in trl_rows:
             if trl_python is None or trl_reason:
                 results.append((name, None, [], [], None, trl_reason or trl_line))
                 continue
             cmd = [str(trl_python), "-c", TRL_CHILD, str(root / "base/checkpoints/step_1/hf"), str(root / "pairs/train.jsonl"), str(args.steps),
-                   str(args.pairs_per_step), str(root / f"trl{int(precompute)}"), str(int(precompute))]  # fmt: skip
+                   str(args.pairs_per_step), str(root / f"trl{int(precompute)}{int(bf16)}"), str(int(precompute)), str(int(bf16))]  # fmt: skip
             out, rss = measured(cmd, env, name)
             data = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
             assert data["ref_model"] != precompute, data  # TRL kept a reference model exactly when it should
@@ -168,7 +174,7 @@ def format_table(results, args, trl_line: str, max_num_tokens: int, mean_pair: f
     lines = [
         f"### dpo_bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- command: `bench/dpo_bench.py --steps {args.steps} --pairs-per-step {args.pairs_per_step} --threads {args.threads}`",
+        f"- command: `bench/dpo_bench.py --steps {args.steps} --pairs-per-step {args.pairs_per_step} --threads {args.threads}{' --lmtune-auto' if args.lmtune_auto else ''}{' --bf16' if args.bf16 else ''}`",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, {args.threads} thread(s) per contender, git {commit}; "
         f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
         f"- pairs: {args.steps * args.pairs_per_step}, {mean_pair:.0f} tokens a pair on average (lmtune's encoding); lmtune max_num_tokens {max_num_tokens}; TRL batch {args.pairs_per_step} pairs",
@@ -182,11 +188,15 @@ def format_table(results, args, trl_line: str, max_num_tokens: int, mean_pair: f
             lines.append(f"| {name} | not run: {note} | | | | |")
             continue
         lines.append(f"| {name} | {len(tokens) - 1} | {sum(tokens[1:]) / (len(tokens) - 1):.0f} | {rate:.1f} | {sum(times[1:]) / (len(times) - 1):.2f} | {rss:.2f} |")
-    lm = results[0]  # lmtune in float32: like for like
-    for name, rate, _, _, rss, _ in results[1:]:
-        if rate is not None and not name.startswith("lmtune"):
-            lines.append(f"\nlmtune against {name.split(',')[0]}{',' + ','.join(name.split(',')[1:2]) if 'precompute' in name else ', defaults'}: "
-                         f"{lm[1] / rate:.2f}x the tokens/s, {lm[4] / rss:.2f}x the peak RSS.")
+    lmtune_rows = [r for r in results if r[0].startswith("lmtune")]  # float32 first, then dtype=auto if timed
+    for name, rate, _, _, rss, _ in results:
+        if rate is None or name.startswith("lmtune"):
+            continue
+        bf16 = name.endswith("bf16=True")
+        lm = lmtune_rows[-1] if bf16 else lmtune_rows[0]  # like precision: TRL bf16 against lmtune's auto, float32 against float32
+        what = "precompute_ref_log_probs=True" if "precompute" in name else "defaults"
+        lines.append(f"\nlmtune ({'dtype=auto' if bf16 else 'float32'}) against TRL DPOTrainer, {what}, bf16={bf16}: "
+                     f"{lm[1] / rate:.2f}x the tokens/s, {lm[4] / rss:.2f}x the peak RSS.")
     return "\n".join(lines)
 
 
