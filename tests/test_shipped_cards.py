@@ -149,3 +149,82 @@ def test_a_transformers_card_given_a_checkpoint_runs_transformers_model(tmp_path
     assert diff < 1e-5, diff
     shown = yaml.safe_load(run_lmtune_in_process("assets", "show", "phi3_5_mini_instruct").stdout)
     assert shown["hf_architecture"] == "Phi3ForCausalLM" and json.loads((directory / "config.json").read_text())["architectures"] == ["Phi3ForCausalLM"]
+
+
+def write_tiny_gemma3_multimodal(directory: Path, *, names: str = "language_model.model") -> Path:
+    """As google/gemma-3-4b-it: Gemma3ForConditionalGeneration (a SigLIP vision tower, the projector and
+    the language model, embeddings tied), saved by transformers itself, with a tokenizer beside it.
+    transformers 4.57 writes "language_model.model.X"; ``names="model.language_model"`` renames the
+    tensors as newer saves have them ("model.language_model.X", "model.vision_tower.X", ...)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    write_olmo_tokenizer(directory)
+    text = Gemma3TextConfig(vocab_size=448, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256, sliding_window=4, layer_types=["sliding_attention", "full_attention"])
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=4)
+    config = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4, boi_token_index=440, eoi_token_index=441, image_token_index=442)
+    torch.manual_seed(5)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # norms random too, so that every language-model tensor counts in the logits
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(directory)
+    if names == "model.language_model":
+        from safetensors.torch import load_file, save_file
+
+        saved = load_file(str(directory / "model.safetensors"))
+        renamed = {("model.language_model." + k.removeprefix("language_model.model.")) if k.startswith("language_model.model.") else f"model.{k}": v for k, v in saved.items()}
+        save_file(renamed, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+@pytest.mark.parametrize("names", ["language_model.model", "model.language_model"])
+def test_gemma3_4b_it_given_the_multimodal_directory_fine_tunes_its_language_model(names: str, tmp_path: Path, isolated_user_cards: Path) -> None:
+    """gemma3_4b_it@user naming the upstream (multimodal) layout: the language model is built as
+    Gemma3ForCausalLM from text_config, with the multimodal model's own text-only logits; the vision
+    tower is left out (said on stderr) and the export is a text-only Gemma3ForCausalLM with the same logits."""
+    from fairseq2.nn import BatchLayout
+    from transformers import AutoModelForCausalLM, Gemma3ForConditionalGeneration
+
+    from lmtune.adapters.build import load_any_model
+    from lmtune.export.transformers_export import export_transformers_hf
+    from lmtune.models.transformers_family import load_transformers_causal_lm
+    from safetensors import safe_open
+
+    directory = write_tiny_gemma3_multimodal(tmp_path / "gemma3", names=names)
+    with safe_open(str(directory / "model.safetensors"), "pt") as saved:
+        keys = list(saved.keys())
+    assert all(k.startswith((names, "model.vision_tower.", "vision_tower.", "model.multi_modal_projector.", "multi_modal_projector.")) for k in keys), keys[:5]
+    assert any("vision_tower." in k for k in keys) and "lm_head.weight" not in keys
+    (isolated_user_cards / "gemma.yaml").write_text(yaml.safe_dump({"name": "gemma3_4b_it@user", "checkpoint": str(directory)}))
+    spec = resolve_model(CardStore(), "gemma3_4b_it", None)
+    assert spec.family == "transformers" and spec.config["max_seq_len"] == 256 and spec.config["vocab_size"] == 448
+    ids = torch.randint(0, 440, (2, 12), generator=torch.Generator().manual_seed(1))
+    reference = Gemma3ForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = reference(input_ids=ids).logits
+    model = load_any_model(spec)  # the fairseq2 family: the directory's tensors through its state dict converter
+    direct = load_transformers_causal_lm(directory)  # transformers' side: from the directory's safetensors
+    assert type(direct.hf).__name__ == "Gemma3ForCausalLM"
+    with torch.no_grad():
+        for loaded in (model, direct):
+            diff = (loaded(ids, BatchLayout.of(ids)) - expected).abs().max().item()
+            assert diff < 1e-5, diff
+    shown = yaml.safe_load(run_lmtune_in_process("assets", "show", "gemma3_4b_it").stdout)
+    assert shown["hf_architecture"] == "Gemma3ForCausalLM"
+    assert spec.tokenizer is not None
+    out = export_transformers_hf(spec, spec.tokenizer, tmp_path / "export", dtype=None, log=lambda _: None)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
+    exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(exported).__name__ == "Gemma3ForCausalLM"
+    with torch.no_grad():
+        diff = (exported(ids).logits - expected).abs().max().item()
+    assert diff < 1e-5, diff
+
+
+def test_a_multimodal_directory_says_once_that_its_vision_tower_is_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lmtune.models.transformers_family import load_transformers_causal_lm
+
+    directory = write_tiny_gemma3_multimodal(tmp_path / "gemma3")
+    load_transformers_causal_lm(directory)
+    load_transformers_causal_lm(directory, random_init=True)
+    assert capsys.readouterr().err.count("vision tower is left out") == 1

@@ -1,7 +1,9 @@
 """A Hugging Face directory lmtune has no native family for, read by transformers itself.
 
 Gemma 3, Phi-3, Granite, GPT-NeoX, SmolLM...: whatever ``AutoConfig`` knows without remote code
-is a causal LM that ``lmtune.models.transformers_family`` can wrap. Only the local directory is read
+is a causal LM that ``lmtune.models.transformers_family`` can wrap; a multimodal directory
+(Gemma 3 4B and up) is read as its language model (``text_config``, ``lmtune.models.multimodal_text``).
+Only the local directory is read
 (``local_files_only=True``); transformers is imported here, on this path alone, because it is heavy.
 """
 
@@ -20,11 +22,30 @@ def transformers_config(directory: Path) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except (ValueError, KeyError, OSError) as ex:
         text = str(ex).strip()
         first = text.splitlines()[0] if text else type(ex).__name__
         raise UserError(f"{directory / 'config.json'}: transformers cannot build this model ({first}); lmtune takes causal LMs that transformers knows without remote code.") from None
+    text_config = getattr(config, "text_config", None)
+    if multimodal_architecture(directory) is not None and text_config is not None:
+        return text_config  # the language model alone; its vision tower is left out
+    return config
+
+
+def multimodal_architecture(directory: Path) -> str | None:
+    """``Gemma3ForConditionalGeneration`` for a directory whose config.json has both a text_config and a
+    vision_config (a vision tower beside the language model); None for a text-only directory."""
+    import json
+
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("text_config"), dict) or not isinstance(raw.get("vision_config"), dict):
+        return None
+    archs = raw.get("architectures")
+    return str(archs[0]) if isinstance(archs, list) and archs else str(raw.get("model_type", "multimodal"))
 
 
 def transformers_architecture(directory: Path) -> str:

@@ -45,8 +45,13 @@ def create_transformers_model(config: TransformersModelConfig) -> TransformersCa
 
 
 def convert_transformers_state_dict(state_dict: dict[str, Any], config: TransformersModelConfig) -> dict[str, Any]:
-    """A transformers checkpoint's keys under the wrapper's ``hf.``; lmtune's own checkpoints have it already."""
-    return {key if key.startswith("hf.") else f"hf.{key}": value for key, value in state_dict.items()}
+    """A transformers checkpoint's keys under the wrapper's ``hf.``; lmtune's own checkpoints have it already.
+    A multimodal directory's (Gemma 3 4B) language model keeps its tensors alone, under the causal LM's names."""
+    from lmtune.models.multimodal_text import text_model_state_dict
+
+    if any(key.startswith("hf.") for key in state_dict):
+        return {key if key.startswith("hf.") else f"hf.{key}": value for key, value in state_dict.items()}
+    return {f"hf.{key}": value for key, value in text_model_state_dict(state_dict).items()}
 
 
 def hf_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:

@@ -182,20 +182,51 @@ def load_transformers_causal_lm(directory: Path, *, random_init: bool = False, d
     (``random_init``); never the Hub."""
     from transformers import AutoModelForCausalLM
 
-    from lmtune.catalog.transformers_dir import transformers_config
+    from lmtune.catalog.transformers_dir import (
+        multimodal_architecture,
+        transformers_config,
+    )
 
     config = transformers_config(directory)
+    multimodal = multimodal_architecture(directory)
+    if multimodal is not None:
+        from lmtune.models.multimodal_text import say_vision_left_out
+
+        say_vision_left_out(directory, multimodal)
     try:
-        if random_init:
+        if random_init or multimodal is not None:
             if seed is not None:
                 torch.manual_seed(seed)
             hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+            if not random_init:
+                load_text_weights(hf, directory)
         else:
             hf = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
     except ValueError as ex:
         first = str(ex).strip().splitlines()[0]
         raise UserError(f"{directory / 'config.json'}: transformers has no causal LM for this config ({first}).") from None
     return TransformersCausalLM(hf, pad_idx=pad_idx)
+
+
+def load_text_weights(hf: Module, directory: Path) -> None:
+    """A multimodal directory's language-model tensors into its causal LM (``multimodal_text``); the
+    lm_head alone may be missing, when tied to the embeddings."""
+    from safetensors.torch import load_file
+
+    from lmtune.models.multimodal_text import text_model_state_dict
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{directory} has no *.safetensors; lmtune reads a multimodal directory's weights from its safetensors.")
+    state: dict[str, Tensor] = {}
+    for file in files:
+        state.update(text_model_state_dict(load_file(str(file))))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    tied = getattr(hf.config, "tie_word_embeddings", False)
+    missing = [key for key in missing if not (tied and key == "lm_head.weight")]
+    if missing or unexpected:
+        raise UserError(f"{directory}: its language-model tensors are not {type(hf).__name__}'s (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    hf.tie_weights()  # type: ignore[operator]
 
 
 def packing_or_length_batching(model: TransformersCausalLM, packing: bool, *, say: bool = True) -> bool:
