@@ -35,6 +35,20 @@ print("RESULT " + json.dumps([{"arch": llm.llm_engine.model_config.architectures
 """
 
 
+def vllm_greedy(tmp_path: Path, out: Path, prompts: list[list[int]]) -> list[dict]:
+    """vLLM's greedy outputs (architecture, token ids) for ``prompts`` on the HF directory ``out``, run in .venv-vllm."""
+    script = tmp_path / "vllm_script.py"
+    script.write_text(SCRIPT)
+    result = subprocess.run(
+        [str(VLLM_PYTHON), str(script), str(out), json.dumps(prompts), str(MAX_TOKENS)],
+        capture_output=True, text=True, env=vllm_env(tmp_path), timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 @pytest.mark.parametrize(("model_type", "arch"), [("olmo2", "Olmo2ForCausalLM"), ("mistral", "MistralForCausalLM"), ("qwen2", "Qwen2ForCausalLM")])
 def test_vllm_generates_lmtunes_greedy_tokens(model_type: str, arch: str, tmp_path: Path, isolated_user_cards: Path) -> None:
     from lmtune.adapters.build import load_any_model
@@ -59,16 +73,7 @@ def test_vllm_generates_lmtunes_greedy_tokens(model_type: str, arch: str, tmp_pa
     stops = stops if isinstance(stops, list) else [stops]
     expected = [c.token_ids for c in Generator(load_any_model(model_spec), tokenizer, GeneratorOptions(max_gen_len=MAX_TOKENS), stop_ids=stops)(prompts)]
 
-    script = tmp_path / "vllm_script.py"
-    script.write_text(SCRIPT)
-    result = subprocess.run(
-        [str(VLLM_PYTHON), str(script), str(out), json.dumps(prompts), str(MAX_TOKENS)],
-        capture_output=True, text=True, env=vllm_env(tmp_path), timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, result.stdout[-2000:] + result.stderr[-2000:]
-    outputs = json.loads(lines[-1][len("RESULT ") :])
+    outputs = vllm_greedy(tmp_path, out, prompts)
     assert outputs[0]["arch"] == [arch]
     assert [o["token_ids"] for o in outputs] == expected
     assert len({tuple(e) for e in expected}) > 1
@@ -112,16 +117,7 @@ def test_vllm_serves_a_transformers_family_export_with_lmtunes_greedy_tokens(tmp
     options = GeneratorOptions(max_gen_len=MAX_TOKENS)
     expected = [c.token_ids for c in Generator(load_any_model(model_spec), load_tokenizer(model_spec.tokenizer), options, stop_ids=[vocab - 1])(prompts)]  # type: ignore[arg-type]
 
-    script = tmp_path / "vllm_script.py"
-    script.write_text(SCRIPT)
-    result = subprocess.run(
-        [str(VLLM_PYTHON), str(script), str(out), json.dumps(prompts), str(MAX_TOKENS)],
-        capture_output=True, text=True, env=vllm_env(tmp_path), timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, result.stdout[-2000:] + result.stderr[-2000:]
-    outputs = json.loads(lines[-1][len("RESULT ") :])
+    outputs = vllm_greedy(tmp_path, out, prompts)
     assert outputs[0]["arch"] == ["GPTNeoXForCausalLM"]
     assert [o["token_ids"] for o in outputs] == expected
     assert len({tuple(e) for e in expected}) > 1
