@@ -206,6 +206,41 @@ def test_fused_packed_attention_is_bit_identical_to_the_per_example_loop(
     assert torch.equal(logits_a, logits_b)
 
 
+def test_packed_attention_under_cpu_autocast_runs_in_float32_as_one_node() -> None:
+    """Under bf16 autocast, DocumentSDPA runs the packed examples in float32 through PackedCausalAttention
+    (SDPA would run them one call per example in bf16, whose CPU backward took twice float32's time): the output
+    and gradients equal the per-example float32 SDPA on the same (upcast) inputs to the bit."""
+    from fairseq2.models.transformer.attention_bias import (
+        AttentionBiasCache,
+        CausalAttentionBias,
+    )
+    from fairseq2.nn import BatchLayout
+    from torch.nn.functional import scaled_dot_product_attention
+
+    from lmtune.models.document_attention import DocumentSDPA
+
+    lens = [7, 3, 7, 12, 3]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lens), 4, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    layout = BatchLayout((sum(lens),), lens, packed=True)
+    sdpa = DocumentSDPA(CausalAttentionBias())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa(q, layout, k, layout, v, AttentionBiasCache())
+    assert out.dtype == torch.float32 and out.grad_fn is not None
+    assert type(out.grad_fn).__name__ == "PackedCausalAttentionBackward"  # one node, not a loop of SDPA calls
+    weights = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+
+    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+    expected = torch.cat([
+        scaled_dot_product_attention(*(x.transpose(0, 1).unsqueeze(0) for x in xs), is_causal=True).squeeze(0).transpose(0, 1)
+        for xs in zip(q32.split(lens), k32.split(lens), v32.split(lens))
+    ])  # fmt: skip
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q32, k32, v32))
+    assert torch.equal(out, expected)
+    assert all(torch.equal(a, b.bfloat16()) for a, b in zip(grads, expected_grads))
+
+
 def test_equal_length_runs_by_hand() -> None:
     from lmtune.models.document_attention import equal_length_runs
 
@@ -221,8 +256,8 @@ def test_the_recipe_gives_packed_batches_per_example_attention(tmp_path, monkeyp
     """fairseq2 builds the model before the recipe's create_task, so lmtune swaps its attention in setup_model:
     before, packed batches of a real run went to TorchSDPA, which attends across the whole pack (issue 23)."""
     from fairseq2.models.transformer.sdpa.torch import TorchSDPA
-    from helpers import run_lmtune_in_process
 
+    from helpers import run_lmtune_in_process
     from lmtune.models.document_attention import DocumentSDPA
 
     packed_calls: list[str] = []

@@ -15,6 +15,10 @@ runs inside one autograd function that calls that kernel and its backward direct
 kernels on the same rows, so the same bits, without the ~10 view and autograd nodes
 per example and layer that the plain loop records. On small models with many short
 examples those per-call costs were about what packing saves in padding (issue 23).
+Under CPU autocast (``dtype=auto``'s bf16) the packed examples still take this path, in
+float32: SDPA would cast them to bf16 and run one call per example, and the CPU kernels'
+bf16 backward took twice float32's time on the demo's batches (attention is a small share
+of a step's FLOPs, so float32 costs nothing in speed and keeps the softmax exact).
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ class DocumentSDPA(SDPA):
 
         dropout_p = self.dropout_p if self.training else 0.0
         lens = [int(n) for n in q_layout.seq_lens]
+        if _under_cpu_autocast(q) and _KERNELS_KNOWN and dropout_p == 0.0:
+            # See the module's docstring: under CPU autocast the packed examples run in float32.
+            with torch.autocast("cpu", enabled=False):
+                q, k, v = (x.float() for x in (q, k, v))
+                if _fused_cpu_kernel_applies(q, k, v, dropout_p, self.scale):
+                    return PackedCausalAttention.apply(q, k, v, lens, self.scale), None
         if _fused_cpu_kernel_applies(q, k, v, dropout_p, self.scale):
             return PackedCausalAttention.apply(q, k, v, lens, self.scale), None
         # Packed tensors are (S, H, K); SDPA wants (1, H, L, K) per example (4-D takes
@@ -108,6 +118,10 @@ def use_document_attention(model: torch.nn.Module) -> int:
 def _examples(x: Tensor, start: int, n: int, m: int = 1) -> Tensor:
     """Rows ``start:start+m*n`` of a packed (S, H, K) tensor, m examples of n tokens, as SDPA's (m, H, n, K): a view."""
     return x[start : start + m * n].unflatten(0, (m, n)).transpose(1, 2)
+
+
+def _under_cpu_autocast(q: Tensor) -> bool:
+    return q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
 
 def _fused_cpu_kernel_applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, scale: float | None) -> bool:
