@@ -129,7 +129,7 @@ def main() -> None:
     from lmtune.precision import choose_precision
 
     model, config = tiny_model(device, args.width)
-    auto = choose_precision("auto", device.type, args.width, warn=False)
+    auto = choose_precision("auto", device.type, args.width, warn=False, generation=True)
     hf = to_transformers(model, config, device)
     hf_bf16 = to_transformers(model, config, device).to(torch.bfloat16)
     tokenizer = load_tokenizer(resolve_tokenizer(CardStore(), "tiny_tokenizer"))

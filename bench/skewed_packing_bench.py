@@ -2,12 +2,13 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/skewed_packing_bench.py [--examples 800] [--repeats 3] [--profile]
         [--scale tiny|full] [--model-dim 96] [--layers 2] [--only length,packed,packed_loop,packed_grouped]
+        [--dtype float32|bfloat16]  # bfloat16: autocast over float32 weights, as dtype=auto/bfloat16 trains
         [--encoded ~/.cache/lmtune/encoded/train-HASH --max-seq-len 128 --max-num-tokens 2048]  # the demo's batches
 
 One epoch over the same synthetic examples (random token ids; prompt and response lengths lognormal
 with medians ~45 and ~75 tokens and a long tail, capped at max_seq_len 512, as bench/packing_bench.py
 draws them), tiny_llama (2 layers, 128 dims, random init from one seed; --scale full: bench/packing_bench.py's
-25M-weight shape, 512 dims, 8 layers; --model-dim / --layers override), AdamW, float32, CPU:
+25M-weight shape, 512 dims, 8 layers; --model-dim / --layers override), AdamW, float32 or bf16 autocast, CPU:
 
   length          packing=false: lmtune's length batching (max_num_tokens 4096 padded tokens per batch)
   packed          packing=true with lmtune's DocumentSDPA (one causal flash-kernel call per example, the loop
@@ -143,13 +144,17 @@ def tiny_model(shape: dict[str, int] | None = None):  # type: ignore[no-untyped-
     return model
 
 
+AUTOCAST: torch.dtype | None = None  # --dtype bfloat16: the forward under CPU autocast, as fairseq2's trainer runs it
+
+
 def epoch(model, optimizer, batches) -> float:  # type: ignore[no-untyped-def]
     from lmtune.training.nll_unit import target_nll
 
     start = time.perf_counter()
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss, targets = target_nll(model, batch)
+        with torch.autocast("cpu", dtype=AUTOCAST or torch.bfloat16, enabled=AUTOCAST is not None):
+            loss, targets = target_nll(model, batch)
         (loss / targets.num_target_elements).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -168,7 +173,10 @@ def main() -> int:
     parser.add_argument("--model-dim", type=int)
     parser.add_argument("--layers", type=int)
     parser.add_argument("--only", default="length,packed,packed_loop,packed_grouped")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
+    global AUTOCAST
+    AUTOCAST = torch.bfloat16 if args.dtype == "bfloat16" else None
     shape: dict[str, int] = {}
     if args.scale == "full":
         sys.path.insert(0, str(REPO / "bench"))
@@ -246,7 +254,7 @@ def main() -> int:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     print(f"{len(indices)} examples{' of ' + str(args.encoded) if args.encoded else ''}, {tokens:,} tokens; batches: length {len(batches['length'])}, packed {len(batches['packed'])}; "
-          f"model {shape or 'tiny_llama'}; torch threads {torch.get_num_threads()}; git {commit}; load {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"model {shape or 'tiny_llama'}; {args.dtype}{' autocast' if AUTOCAST else ''}; torch threads {torch.get_num_threads()}; git {commit}; load {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"| contender | epoch wall time, best (s) | median (s) | tokens/s (best) | CPU time, best (s) | median (s) |\n|---|---|---|---|---|---|")
     for name, ts in times.items():
         if ts:

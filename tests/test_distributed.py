@@ -47,13 +47,14 @@ def test_srun_variables_match_torchrun(tmp_path: Path, parallelism: str) -> None
 
 def test_two_ranks_equal_one_rank_with_twice_the_batch(tmp_path: Path) -> None:
     two = tmp_path / "two"
-    r = launch_torchrun(two, "batch_size=8", "max_grad_norm=null")
+    # float32: bf16 autocast rounds the 2x8 and the 1x16 batches' products differently (7e-4 relative apart).
+    r = launch_torchrun(two, "batch_size=8", "max_grad_norm=null", "dtype=float32")
     assert r.returncode == 0, r.stderr[-3000:]
     # Rank 0 encoded the data once; both ranks trained on its memory-mapped cache.
     assert r.stderr.count("lmtune: encoded train.jsonl: 4,000 examples") == 1, r.stderr[-3000:]
     assert len(list(Path(os.environ["LMTUNE_CACHE_DIR"], "encoded").glob("*/tokens.npy"))) == 1
     one = tmp_path / "one"
-    r1 = run_lmtune_in_process(*run_args(one, "batch_size=16", "max_grad_norm=null"))
+    r1 = run_lmtune_in_process(*run_args(one, "batch_size=16", "max_grad_norm=null", "dtype=float32"))
     assert r1.returncode == 0, r1.stderr[-3000:]
     # Sharding alternates examples, so the 2x8 batches hold the same 16 examples as the 1x16 batch.
     for a, b in zip(step_losses(two), step_losses(one)):

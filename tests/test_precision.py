@@ -9,6 +9,7 @@ import pytest
 from helpers import losses, run_lmtune_in_process
 from lmtune.precision import (
     CPU_BF16_MIN_MODEL_DIM,
+    CPU_BF16_MIN_MODEL_DIM_GENERATION,
     DeviceFacts,
     cpu_info,
     decide_precision,
@@ -54,6 +55,9 @@ def test_a_cpu_with_a_bf16_unit_runs_auto_in_bf16_from_the_measured_width(cpu: D
     assert decide_precision("auto", cpu, model_dim=None).dtype == "bfloat16"  # width not known: the device decides
     explicit = decide_precision("bfloat16", cpu, model_dim=NARROW)  # honoured, and not called slow
     assert (explicit.dtype, explicit.slow) == ("bfloat16", False)
+    # Generation's bf16 weights pay from a wider model than training's autocast (1.0x at 128 wide).
+    assert decide_precision("auto", cpu, model_dim=WIDE, generation=True).dtype == "float32"
+    assert decide_precision("auto", cpu, model_dim=CPU_BF16_MIN_MODEL_DIM_GENERATION, generation=True).dtype == "bfloat16"
 
 
 def test_the_header_names_the_cpu_its_flag_and_the_measured_rates() -> None:
@@ -161,16 +165,26 @@ def test_the_header_says_which_precision_runs_and_why(runs: dict[str, tuple[Path
     [auto] = said("auto")
     if not _on_cpu():
         return
-    # tiny_llama is 128 wide: float32 on every CPU, for its width or for want of a bf16 unit.
-    assert auto.startswith("lmtune: precision: float32 (dtype=auto; ")
+    # tiny_llama is 128 wide (CPU_BF16_MIN_MODEL_DIM): bf16 where the CPU has a bf16 unit, float32 elsewhere.
+    if _cpu_has_bf16_unit():
+        assert auto.startswith("lmtune: precision: bf16 autocast over float32 weights (dtype=auto; ")
+    else:
+        assert auto.startswith("lmtune: precision: float32 (dtype=auto; ")
+
+
+def _cpu_has_bf16_unit() -> bool:
+    from lmtune.precision import FAST_CPU_BF16_FLAGS, this_cpu
+
+    flags = this_cpu()[1]
+    return flags is not None and any(f in flags for f in FAST_CPU_BF16_FLAGS)
 
 
 @pytest.mark.slow
-def test_auto_on_the_tiny_preset_is_float32_to_the_bit(runs: dict[str, tuple[Path, str]]) -> None:
-    """tiny_llama is narrower than CPU_BF16_MIN_MODEL_DIM: auto runs it in float32 on any CPU."""
-    if not _on_cpu():
-        pytest.skip("on a GPU with bf16, auto is bf16")
-    assert losses(runs["auto"][0]) == losses(runs["float32"][0])
+def test_auto_on_the_tiny_preset_is_the_precision_it_names_to_the_bit(runs: dict[str, tuple[Path, str]]) -> None:
+    """tiny_llama is CPU_BF16_MIN_MODEL_DIM wide: auto trains it exactly as dtype=bfloat16 on a CPU with a bf16
+    unit (or a GPU with bf16), exactly as dtype=float32 on any other."""
+    expected = "bfloat16" if not _on_cpu() or _cpu_has_bf16_unit() else "float32"
+    assert losses(runs["auto"][0]) == losses(runs[expected][0])
 
 
 @pytest.mark.slow

@@ -264,6 +264,7 @@ def train_tiny_checkpoint(out_dir: Path, *, steps: int = 4, every: int = 2) -> P
         "instruction_finetune", str(out_dir), "--config-file", "tiny_gsm8k", "--config",
         f"max_num_steps={steps}", f"checkpoint_every_n_steps={every}", f"publish_metrics_every_n_steps={every}",
         "tensorboard=false", "max_num_tokens=1024", "lr_scheduler.num_warmup_steps=0",
+        "dtype=float32",  # the same weights on every machine (auto trains tiny_llama in bf16 where the CPU has a bf16 unit)
         env={"LMTUNE_USER_ASSET_DIR": str(no_cards), "FAIRSEQ2_USER_ASSET_DIR": str(no_cards)},
     )
     assert result.returncode == 0, result.stderr[-3000:]

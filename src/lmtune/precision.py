@@ -8,18 +8,19 @@ and bf16 weights for generation. Where it pays differs by machine and by model:
   flags ``amx_bf16`` / ``avx512_bf16``); on an AVX2-only CPU (November 2026) a 2048x2048 bf16
   ``torch.mm`` ran at ~0.3 GFLOP/s against ~137 for float32. Where the flags are not known (no
   /proc/cpuinfo, another architecture), a short bf16 against float32 matmul timing decides.
-- Small models on CPU: the casts autocast adds cost more than bf16 saves on small matrices.
-  Measured on an AMD EPYC with avx512_bf16 (no AMX, 1 thread, December 2026; ms per training
-  step, float32 / bf16 autocast): model_dim 64, 2 layers, 512 tokens 14 / 20 (0.7x); model_dim
-  64, 2048 tokens 90 / 127 (0.7x); model_dim 96, 2048 tokens 125 / 156 (0.8x); model_dim 128
-  (the tiny default), 512 tokens 63 / 69 (0.9x), 2048 tokens 189 / 145 and 263 / 237 (1.1-1.3x,
-  two runs on a shared machine); model_dim 256, 4 layers, 2048 tokens 1082 / 631 (1.7x); model_dim
-  512, 8 layers (~25M weights), 4096 tokens 16.0 s / 12.4 s (1.3x). Whole 100-step runs of the tiny
-  default (128 wide, 2048 tokens a batch) on that shared machine took 112 / 70 s once and 73 / 160 s
-  the next time: no settled gain. Greedy generation of the 200 tiny_gsm8k test prompts (bf16 weights):
-  1.0x at 128 wide (1.8 / 1.8 s), 2.2x at 256 wide (11.7 / 5.3 s), 1.6x at 512 wide (32.0 / 19.9 s).
-  So ``auto`` on a CPU keeps float32 below ``CPU_BF16_MIN_MODEL_DIM``, where the gain is none or not
-  settled, and the tiny default and the tests' tiny models run in float32 on every CPU.
+- Small models on CPU: bf16 pays on a CPU with a bf16 unit from 128 wide up in training, once
+  packed attention runs in float32 (``lmtune.models.document_attention``; before, under autocast
+  it ran one bf16 attention call per example, and bf16 measured 0.65-1.3x float32 at 64-128 wide).
+  Measured on an AMD EPYC with avx512_bf16 (no AMX, idle, December 2026; float32 / bf16 autocast):
+  the tiny default (128 wide, 2 layers, its 2048-token packed batches, 2 threads) 83 / 68 ms a step
+  (1.22x); bench/skewed_packing_bench.py's epoch of 400 skewed examples, packed, 2 threads: 2.55 /
+  1.89 s at 128 wide (1.35x), 1.55 / 1.29 s at 64 wide (1.20x); 300 examples at 128 wide, 1 thread:
+  3.29 / 2.32 s (1.42x); model_dim 256, 4 layers, 2048 tokens 1082 / 631 ms (1.7x); model_dim 512,
+  8 layers (~25M weights) 1.3x and more. Greedy generation of the 200 tiny_gsm8k test prompts (bf16
+  weights): 1.0x at 128 wide (1.8 / 1.8 s), 2.2x at 256 wide (11.7 / 5.3 s), 1.6x at 512 wide (32.0 /
+  19.9 s). So ``auto`` on such a CPU trains in bf16 from ``CPU_BF16_MIN_MODEL_DIM`` (128, the tiny
+  default) and generates in bf16 from ``CPU_BF16_MIN_MODEL_DIM_GENERATION`` (256); narrower models
+  (the tests' 64-wide ones) run in float32, as they do on every CPU without a bf16 unit.
 
 An explicit dtype is honoured; a slow explicit choice says so once, with the measured rates.
 """
@@ -32,8 +33,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CPU_BF16_MIN_MODEL_DIM = 256
-"""On a CPU, ``auto`` computes in bf16 only for models at least this wide (see the figures above)."""
+CPU_BF16_MIN_MODEL_DIM = 128
+"""On a CPU, ``auto`` trains in bf16 only for models at least this wide (see the figures above)."""
+CPU_BF16_MIN_MODEL_DIM_GENERATION = 256
+"""On a CPU, ``auto`` generates with bf16 weights only for models at least this wide (1.0x at 128 wide)."""
 
 FAST_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 MATMUL_SIZE = 512  # big enough to time the matrix unit, small enough to take milliseconds (seconds where bf16 is emulated)
@@ -104,9 +107,10 @@ def fast_cpu_dtype(facts: DeviceFacts, dtype: str) -> tuple[bool, str]:
     return False, f"{facts.name or 'CPU'}: no fast {dtype} detected"
 
 
-def decide_precision(requested: str, facts: DeviceFacts, *, model_dim: int | None) -> Precision:
+def decide_precision(requested: str, facts: DeviceFacts, *, model_dim: int | None, generation: bool = False) -> Precision:
     """The precision for ``requested`` (auto, float32, bfloat16, float16) on the device ``facts``
-    describes, for a model ``model_dim`` wide (None: not known). Pure: the same inputs, the same answer."""
+    describes, for a model ``model_dim`` wide (None: not known), to train it or (``generation``) to
+    generate with it. Pure: the same inputs, the same answer."""
     if requested == "float32":
         return Precision(dtype="float32", reason="dtype=float32")
     if facts.type == "cpu":
@@ -116,10 +120,11 @@ def decide_precision(requested: str, facts: DeviceFacts, *, model_dim: int | Non
             return Precision(dtype=dtype, reason=f"dtype={dtype}; {evidence}", slow=not fast)
         if not fast:
             return Precision(dtype="float32", reason=f"dtype=auto; {evidence}")
-        if model_dim is not None and model_dim < CPU_BF16_MIN_MODEL_DIM:
+        min_dim = CPU_BF16_MIN_MODEL_DIM_GENERATION if generation else CPU_BF16_MIN_MODEL_DIM
+        if model_dim is not None and model_dim < min_dim:
             return Precision(
                 dtype="float32",
-                reason=f"dtype=auto; model_dim {model_dim} < {CPU_BF16_MIN_MODEL_DIM}: bf16 casts cost more than they save on matrices this small on a CPU ({evidence})",
+                reason=f"dtype=auto; model_dim {model_dim} < {min_dim}: bf16 casts cost more than they save on matrices this small on a CPU ({evidence})",
             )
         return Precision(dtype="bfloat16", reason=f"dtype=auto; {evidence}")
     # A GPU (or another accelerator torch reports bf16 support for).
@@ -198,7 +203,7 @@ _warned: set[tuple[str, str]] = set()
 
 
 @functools.cache
-def choose_precision(requested: str, device_type: str, model_dim: int | None, *, warn: bool = True) -> Precision:
+def choose_precision(requested: str, device_type: str, model_dim: int | None, *, warn: bool = True, generation: bool = False) -> Precision:
     """``decide_precision`` on this machine, once per process for the same arguments, so a slow
     explicit choice is said once on the console (when ``warn``)."""
     measure: tuple[str, ...] = ()
@@ -207,7 +212,7 @@ def choose_precision(requested: str, device_type: str, model_dim: int | None, *,
         known_slow = requested == "auto" and flags is not None and not any(f in flags for f in FAST_CPU_BF16_FLAGS)
         if not known_slow:  # no bf16 timing where the flags already say no (seconds on an AVX2-only CPU)
             measure = ("bfloat16",) if requested == "auto" else (requested,)
-    precision = decide_precision(requested, device_facts(device_type, measure), model_dim=model_dim)
+    precision = decide_precision(requested, device_facts(device_type, measure), model_dim=model_dim, generation=generation)
     if precision.slow and warn and (requested, device_type) not in _warned:
         _warned.add((requested, device_type))
         print(f"lmtune: warning: dtype={requested} is slow on this machine and runs as asked ({precision.reason}); dtype=auto picks what is fast here.", file=sys.stderr)

@@ -107,7 +107,7 @@ def _device_and_dtype(o: GenerateOptions, inputs: Inputs) -> tuple[torch.device,
     resolver()  # fairseq2 initialised
     device = detect_default_device()
     main = is_main_process()
-    precision = choose_precision(o.dtype, device.type, model_width(inputs.model), warn=main)  # type: ignore[arg-type]
+    precision = choose_precision(o.dtype, device.type, model_width(inputs.model), warn=main, generation=True)  # type: ignore[arg-type]
     if main:
         weights = "float32" if precision.dtype == "float32" else f"{precision.dtype} weights"
         print(f"lmtune: precision: {weights} ({precision.reason})", file=sys.stderr)
