@@ -103,12 +103,14 @@ def test_export_loads_in_transformers_and_completes_identically(demo: tuple[Path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lmtune.commands.demo import MAX_GEN_LEN
+
     tok = AutoTokenizer.from_pretrained(str(out / "hf"))
     model = AutoModelForCausalLM.from_pretrained(str(out / "hf"), dtype=torch.float32).eval()
     for row in rows[:4]:
         enc = tok(row["prompt"], return_tensors="pt")
         with torch.inference_mode():
-            ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False, max_new_tokens=64)
+            ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False, max_new_tokens=MAX_GEN_LEN)
         assert ids[0, enc["input_ids"].shape[1] :].tolist() == row["token_ids"], row
 
 
