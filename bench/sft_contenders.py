@@ -38,6 +38,7 @@ class Contender:
 CONTENDERS: dict[str, Contender] = {
     "lmtune_packed": Contender(tool="lmtune", settings={"packing": "true"}, what="lmtune's defaults (dtype=auto, packing)"),
     "lmtune_packed_fp32": Contender(tool="lmtune", settings={"packing": "true", "dtype": "float32"}),
+    "lmtune_length": Contender(tool="lmtune", settings={"packing": "false"}, what="length batching at lmtune's default precision"),
     "lmtune_length_fp32": Contender(tool="lmtune", settings={"packing": "false", "dtype": "float32"}),
     "hf_padded": Contender(tool="hf", what="Trainer's defaults (bf16=False: float32 on CPU)"),
     "hf_padded_bf16": Contender(tool="hf", settings={"bf16": True}),
