@@ -93,7 +93,7 @@ class TrainingOptions:
     publish_metrics_every_n_steps: int = 10
     dtype: Literal["auto", DtypeName] = "auto"
     """Training precision: bf16/fp16 autocast over float32 weights, or float32. auto: bf16 where the device
-    computes it fast (GPUs with bf16; CPUs with AMX-BF16 or AVX512-BF16, for models 256 wide or wider),
+    computes it fast (GPUs with bf16; CPUs with AMX-BF16 or AVX512-BF16, for models 128 wide or wider),
     else float32 (lmtune.precision)."""
     seed: int = 2
     data_parallelism: Literal["ddp", "fsdp"] = "ddp"
