@@ -26,7 +26,7 @@ answer, as in classification):
   not resolve beside lmtune's pins, the rows say why.
 
 Each tool runs at its defaults and at the other precision: lmtune under dtype=auto (bf16 autocast
-on a CPU with AMX-BF16/AVX512-BF16 for models >= 256 wide: both scales here) and in float32, the
+on a CPU with AMX-BF16/AVX512-BF16 for models >= 128 wide: both scales here) and in float32, the
 PEFT loop in float32 (a plain loop's default) and under CPU bf16 autocast.
 
 Tokens/s is over the steps after the first (its warmup), each contender timed per step
