@@ -31,6 +31,23 @@ def isolated_module_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield
 
 
+# The preference modules' inputs (test_preference_finetune.py, test_preference_processes.py).
+@pytest.fixture(scope="module")
+def sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT/checkpoints of the session's tiny GSM8K SFT run (preference_runs.sft_checkpoints)."""
+    from preference_runs import sft_checkpoints
+
+    return sft_checkpoints(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 training and 100 validation preference pairs (preference_runs.write_pairs)."""
+    from preference_runs import write_pairs
+
+    return write_pairs(tmp_path_factory.mktemp("pairs") / "data", 1000, 100)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread_per_xdist_worker() -> None:
     """Under `pytest -n 2` each worker computes on one core: two workers with a thread per core each would

@@ -25,6 +25,7 @@ from lora_runs import (
     train,
     write_base,
 )
+from resume_runs import cut_back
 
 pytestmark = pytest.mark.slow  # trains LoRA runs
 
@@ -124,11 +125,7 @@ def test_resumed_lora_run_has_identical_losses(kind: str, request: pytest.Fixtur
     resumed run reloads (and for QLoRA re-quantizes) the base and restores the adapters."""
     lora_run: Path = request.getfixturevalue(f"{kind}_run")
     out = tmp_path / "resumed"
-    shutil.copytree(lora_run, out)
-    shutil.rmtree(out / "checkpoints/step_6")
-    metrics = out / "metrics/train.jsonl"
-    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
-    (out / ".lmtune.lock").unlink(missing_ok=True)
+    cut_back(lora_run, out, keep_step=3, drop_step=6)
     result = run_lmtune_in_process("instruction_finetune", str(out), *RUN_ARGS, *LORA_ARGS, *(QLORA_ARGS if kind == "qlora" else []), env={"LMTUNE_USER_ASSET_DIR": str(cards)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from step 3" in result.stderr

@@ -6,13 +6,13 @@ Apart from test_lora.py so that ``pytest -n auto --dist loadfile`` can run the t
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from lora_runs import RUN_ARGS, adapter_tensors, losses, train, write_base
+from resume_runs import cut_back
 
 pytestmark = pytest.mark.slow  # trains LoRA runs, two of them on two ranks
 
@@ -57,11 +57,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(cards: Path, tmp_path: Pa
         torch.testing.assert_close(a2[k], a1[k], rtol=1e-3, atol=1e-4)
     # Resumed on 2 ranks from the step-3 checkpoint (FSDP: sharded adapters and optimizer state): bit-identical.
     resumed = tmp_path / "resumed"
-    shutil.copytree(two, resumed)
-    shutil.rmtree(resumed / "checkpoints/step_6")
-    metrics = resumed / "metrics/train.jsonl"
-    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()[:3]))
-    (resumed / ".lmtune.lock").unlink(missing_ok=True)
+    cut_back(two, resumed, keep_step=3, drop_step=6)
     assert "resuming from step 3" in run_two(resumed)
     lr = losses(resumed)
     assert [lr[s] for s in (4, 5, 6)] == [l2[s] for s in (4, 5, 6)]

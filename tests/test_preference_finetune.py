@@ -18,19 +18,9 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_user_error, run_lmtune_in_process
-from preference_runs import metrics, preference_args, sft_checkpoints, write_pairs
+from preference_runs import metrics, preference_args, write_pairs
 
 pytestmark = pytest.mark.slow  # trains an SFT checkpoint, then preference runs on it
-
-
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sft_checkpoints(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_pairs(tmp_path_factory.mktemp("pairs") / "data", 1000, 100)
 
 
 @pytest.mark.parametrize("criterion", ["dpo", "simpo", "orpo", "cpo"])

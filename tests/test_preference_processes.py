@@ -11,33 +11,18 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from distributed_runs import launch_env
 from helpers import run_lmtune, run_lmtune_in_process
-from preference_runs import metrics, preference_args, sft_checkpoints, write_pairs
+from preference_runs import metrics, preference_args, write_pairs
+from resume_runs import kill_after_first_checkpoint
 
 pytestmark = pytest.mark.slow  # preference runs on an SFT checkpoint, killed, on two ranks and in a sweep
-
-
-@pytest.fixture(scope="module")
-def sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sft_checkpoints(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_pairs(tmp_path_factory.mktemp("pairs") / "data", 1000, 100)
-
-
-def _complete_steps(out: Path) -> list[int]:
-    ckpt = out / "checkpoints"
-    return sorted(int(p.name[5:]) for p in ckpt.glob("step_*") if p.name[5:].isdigit()) if ckpt.is_dir() else []
 
 
 def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Path, pairs: Path) -> None:
@@ -46,16 +31,7 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Pat
     r = run_lmtune_in_process("preference_finetune", str(reference), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lmtune", "preference_finetune", str(out), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not _complete_steps(out) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    at_kill = _complete_steps(out)
-    assert at_kill and at_kill[-1] < 12, at_kill
+    at_kill = kill_after_first_checkpoint(out, args, 12, command="preference_finetune")
     r = run_lmtune_in_process("preference_finetune", str(out), *args)
     assert r.returncode == 0, r.stderr[-3000:]
     # The reference log-probs come from the cache the first run wrote, never from the trained policy.
@@ -68,10 +44,8 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path: Path, sft: Pat
 
 def _torchrun(out: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    env["OMP_NUM_THREADS"] = "1"
     cmd = [str(torchrun), "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-m", "lmtune", "preference_finetune", str(out), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])

@@ -104,16 +104,20 @@ def test_finetune_resume_export_and_generate_through_the_cli(tmp_path: Path, iso
         theirs = ref(ids).logits
     assert (ours - theirs).abs().max() <= 1e-5
 
-    gen = tmp_path / "gen"
+    assert_generate_is_greedy(tmp_path / "gen", checkpoints, ref, export / "tokenizer.json")
+
+
+def assert_generate_is_greedy(gen: Path, checkpoints: Path, reference: torch.nn.Module, tokenizer_json: Path) -> None:
+    """``lmtune generate`` on the last checkpoint completes its first prompt with ``reference``'s greedy tokens (transformers' generate)."""
+    from tokenizers import Tokenizer
+
     r = run_lmtune_in_process(
         "generate", str(gen), "--config", f"checkpoint_dir={checkpoints}", "model=last_checkpoint", "dataset=tiny_gsm8k", "dtype=float32",
         "batch_size=4", "generator_config.max_gen_len=12",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     row = json.loads((gen / "generations.jsonl").read_text().splitlines()[0])
-    from tokenizers import Tokenizer
-
-    prompt = Tokenizer.from_file(str(export / "tokenizer.json")).encode(row["prompt"]).ids
+    prompt = Tokenizer.from_file(str(tokenizer_json)).encode(row["prompt"]).ids
     with torch.no_grad():
-        greedy = ref.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=END_OF_TEXT, pad_token_id=END_OF_TEXT)
+        greedy = reference.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=END_OF_TEXT, pad_token_id=END_OF_TEXT)
     assert row["token_ids"] == greedy[0, len(prompt) :].tolist()

@@ -14,7 +14,11 @@ import torch
 import yaml
 
 from helpers import assert_user_error, losses, run_lmtune_in_process
-from test_transformers_family_cli import END_OF_TEXT, VOCAB, write_neox_dir
+from test_transformers_family_cli import (
+    VOCAB,
+    assert_generate_is_greedy,
+    write_neox_dir,
+)
 
 NEOX_LINEAR = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 RUN_ARGS = [
@@ -137,19 +141,7 @@ def test_lora_run_resumes_exports_a_peft_adapter_and_generates(tmp_path: Path, i
         assert (logits - plain(ids).logits).abs().max() <= 1e-5
         assert (logits - AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)(ids).logits).abs().max() > 1e-3  # trained
 
-    gen = tmp_path / "gen"
-    r = run_lmtune_in_process(
-        "generate", str(gen), "--config", f"checkpoint_dir={checkpoints}", "model=last_checkpoint", "dataset=tiny_gsm8k", "dtype=float32",
-        "batch_size=4", "generator_config.max_gen_len=12",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    row = json.loads((gen / "generations.jsonl").read_text().splitlines()[0])
-    from tokenizers import Tokenizer
-
-    prompt = Tokenizer.from_file(str(merged / "tokenizer.json")).encode(row["prompt"]).ids
-    with torch.no_grad():
-        greedy = peft.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=END_OF_TEXT, pad_token_id=END_OF_TEXT)
-    assert row["token_ids"] == greedy[0, len(prompt) :].tolist()
+    assert_generate_is_greedy(tmp_path / "gen", checkpoints, peft, merged / "tokenizer.json")
 
 
 def test_preference_tuning_refuses_the_family_in_one_sentence(tmp_path: Path, isolated_user_cards: Path) -> None:
