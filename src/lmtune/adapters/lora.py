@@ -26,9 +26,11 @@ from torch import Tensor
 from torch.nn import Dropout, Module, ModuleList, Parameter
 from torch.nn.functional import linear
 
+from lmtune.adapters.transformers_lora import adapted_paths as linear_layers
 from lmtune.errors import UserError
 from lmtune.models.hf_keys import HF_FAMILIES, projection_modules
-from lmtune.options.lora import LoraSettings
+from lmtune.models.transformers_family import TransformersCausalLM
+from lmtune.options.lora import ALL_LINEAR, LoraSettings
 from lmtune.safe_load import load_torch_file
 
 if TYPE_CHECKING:
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 # from the one fairseq2 <-> Hugging Face key table.
 TARGET_MODULES: dict[str, str] = projection_modules()
 
-ALL_LINEAR = "all_linear"
 LORA_FAMILIES = (*HF_FAMILIES, "gpt2", "transformers")
 # The projections a family lacks: GPT-2's MLP has no gate (its up/down are c_fc/c_proj, its q/k/v one c_attn).
 ABSENT_PROJECTIONS: dict[str, tuple[str, ...]] = {"gpt2": ("gate_proj",)}
@@ -154,11 +155,7 @@ def num_layers(model: Module) -> int:
 def adapted_paths(model: Module, targets: list[str]) -> list[str]:
     """The module paths that get adapters: each layer's targeted projections, layer by layer
     (a transformers-backed model's: its linear layers that the PEFT-style names match)."""
-    from lmtune.models.transformers_family import TransformersCausalLM
-
     if isinstance(model, TransformersCausalLM):
-        from lmtune.adapters.transformers_lora import adapted_paths as linear_layers
-
         return [f"hf.{path}" for path in linear_layers(model.hf, targets)]
     return [f"decoder.layers.{layer}.{TARGET_MODULES[hf]}" for layer in range(num_layers(model)) for hf in targets]
 

@@ -17,7 +17,9 @@ import torch
 from torch.nn import Module
 
 from lmtune.catalog.specs import ModelSpec
+from lmtune.catalog.transformers_dir import transformers_config
 from lmtune.errors import UserError
+from lmtune.options.lora import ALL_LINEAR
 
 
 def linear_paths(hf: Module) -> list[str]:
@@ -39,9 +41,6 @@ def adapted_paths(hf: Module, targets: Iterable[str]) -> list[str]:
 def transformers_target_names(targets: list[str] | str, model: ModelSpec) -> list[str]:
     """``lora.targets`` -> names of the model's linear layers (``all_linear``: each distinct last name), checked."""
     from transformers import AutoModelForCausalLM
-
-    from lmtune.adapters.lora import ALL_LINEAR
-    from lmtune.catalog.transformers_dir import transformers_config
 
     directory = model.config.get("directory")
     if not directory:

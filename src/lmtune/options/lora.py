@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+ALL_LINEAR = "all_linear"
+"""``lora.targets``' value for every projection (a transformers-backed model: every linear layer but the head)."""
+
 
 @dataclass(kw_only=True)
 class LoraSettings:
@@ -22,7 +25,7 @@ class LoraSettings:
     """The adapters' output is scaled by alpha / rank."""
     dropout: float = 0.0
     """Dropout on the adapters' input while training."""
-    targets: list[str] | str = "all_linear"
+    targets: list[str] | str = ALL_LINEAR
     """Hugging Face projection names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all_linear; the output head never.
     A transformers-backed model: its own linear layers' names, as PEFT's target_modules (GPT-NeoX: query_key_value, dense, ...)."""
     quantize: Literal["none", "nf4"] = "none"
