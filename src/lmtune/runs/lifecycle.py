@@ -119,10 +119,14 @@ def run_training(
     ``precision``: what the config's trainer section computes in, said under the header.
     ``before_run`` and ``after_run`` (rank 0): the recipe's own steps after the console's header
     and after a completed run, before the summary."""
-    if o.release_freed_memory:
-        from lmtune.training.allocator import return_large_blocks_when_freed
+    import torch
 
+    from lmtune.training.allocator import keep_freed_blocks_for_reuse, return_large_blocks_when_freed
+
+    if o.release_freed_memory:
         return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
+    elif not torch.cuda.is_available():
+        keep_freed_blocks_for_reuse()  # a CPU step's activations reuse the last step's pages (lmtune.training.allocator)
     from fairseq2.recipe.run import run
     from fairseq2.task import TaskStopException
     from fairseq2.utils.validation import ValidationError
