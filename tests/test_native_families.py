@@ -234,7 +234,9 @@ def _lora_round_trip(model_type: str, cards: Path, out: Path, *extra: str, toler
 @pytest.mark.slow
 def test_lora_run_exports_an_adapter_peft_loads_with_lmtunes_logits(family_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model_type, _, cards = family_dir
-    _lora_round_trip(model_type, cards, tmp_path / "out")
+    # 2e-5: PEFT adds each adapter's product to the base layer's output in its own order; on Mistral's trained
+    # adapters (logits up to ~7) the two differ by up to 1.0-1.2e-5, about 20 float32 steps at that size.
+    _lora_round_trip(model_type, cards, tmp_path / "out", tolerance=2e-5)
 
 
 @pytest.mark.slow
