@@ -1,6 +1,6 @@
 """LoRA training throughput and peak memory: lmtune against transformers + PEFT and TRL.
 
-    .venv/bin/python bench/lora_bench.py [--steps 4] [--scale 1b|smoke] [--response-share 0.5] [--record]
+    .venv/bin/python bench/lora_bench.py [--steps 4] [--scale 1b|smoke] [--response-share 0.5] [--only 'NAME;NAME'] [--record]
 
 The base is a randomly initialised model of Llama-3.2-1B's shape (1.24 B parameters, stored in
 bfloat16 as a training run's checkpoint, like bench/export_bench.py) and trains in float32 on
@@ -227,7 +227,13 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--trl-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmtune/lora-bench-venv",
                         help="side venv for TRL, layered over this one (built on first use)")
+    every = [*LMTUNE_RUNS, *PEFT_RUNS, *TRL_RUNS]
+    parser.add_argument("--only", default="", help="';'-separated contender names (default: all): " + "; ".join(every))
     args = parser.parse_args()
+    chosen = [n.strip() for n in args.only.split(";") if n.strip()] or every
+    unknown = [n for n in chosen if n not in every]
+    if unknown:
+        parser.error(f"--only: unknown contender(s) {'; '.join(unknown)}; the contenders: {'; '.join(every)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory(prefix="lora_bench_") as tmp:
         root = Path(tmp)
@@ -244,7 +250,7 @@ def main() -> None:
         from lmtune.precision import choose_precision
 
         auto = choose_precision("auto", "cpu", SMOKE["model_dim"] if args.scale == "smoke" else 2048, warn=False).dtype
-        for name in [*LMTUNE_RUNS, *PEFT_RUNS, *TRL_RUNS]:
+        for name in chosen:
             if name in TRL_RUNS and (trl_python is None or trl_reason):
                 results.append((name, None, None, [], None, trl_reason or trl_line, ""))
                 continue
