@@ -131,7 +131,9 @@ class LoraLinear(Module):
         if self.adapter_off:
             return y
         h = self.dropout(x) if self.dropout is not None else x
-        low = linear(h.to(self.lora_a.dtype), self.lora_a) * self.scale  # (..., rank): scaled while small
+        if not torch.is_autocast_enabled(h.device.type):  # under autocast linear casts h itself: no float32 copy of it first
+            h = h.to(self.lora_a.dtype)
+        low = linear(h, self.lora_a) * self.scale  # (..., rank): scaled while small
         if low.dtype != y.dtype:
             return y + linear(low, self.lora_b).to(y.dtype)
         # y + low B^T in one matrix product: no pass over the (..., out) output to scale or add.
