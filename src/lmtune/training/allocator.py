@@ -4,9 +4,10 @@ default), or given back to the system at once (``release_freed_memory``).
 glibc serves a block of at least M_MMAP_THRESHOLD bytes with its own mmap and unmaps it when
 freed; each such free raises the threshold (up to 32 MiB) and the heap's trim threshold to twice
 it, and the heap's free top above the trim threshold goes back to the system. A training step
-frees and reallocates hundreds of activation tensors of 1-32 MiB, so by default the process keeps
-faulting pages in: on the tiny default (a 128-wide Llama, 2,048-token batches) 4,500 page faults a
-step, a sixth of its wall time (bench/RESULTS.md, "The tiny default and the demo").
+frees and reallocates hundreds of activation tensors of 1-32 MiB, so under glibc's own settings the
+process keeps faulting pages in: on the tiny default (a 128-wide Llama, 2,048-token batches) about
+3,500 page faults a step, and 200 steps took 24-25 s instead of 20.5 (bench/RESULTS.md, "The tiny
+default and the demo").
 
 ``keep_freed_blocks_for_reuse`` (what training on CPU does unless asked otherwise) fixes the
 mmap threshold at its 32 MiB ceiling and never trims the heap: blocks up to 32 MiB come from
