@@ -121,7 +121,10 @@ def run_training(
     and after a completed run, before the summary."""
     import torch
 
-    from lmtune.training.allocator import keep_freed_blocks_for_reuse, return_large_blocks_when_freed
+    from lmtune.training.allocator import (
+        keep_freed_blocks_for_reuse,
+        return_large_blocks_when_freed,
+    )
 
     if o.release_freed_memory:
         return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
