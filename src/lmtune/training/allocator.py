@@ -11,8 +11,8 @@ default and the demo").
 
 ``keep_freed_blocks_for_reuse`` (what training on CPU does unless asked otherwise) fixes the
 mmap threshold at its 32 MiB ceiling and never trims the heap: blocks up to 32 MiB come from
-the heap and are reused step after step, so the pages are faulted in once. The peak RSS is the
-same (a step's tensors are live at once); freed memory is not given back between steps.
+the heap and are reused step after step, so the pages are faulted in once. Freed memory is not
+given back between steps: the RSS stays at its peak.
 
 ``return_large_blocks_when_freed`` (``release_freed_memory=true``) fixes the threshold at glibc's
 starting 128 KiB instead, keeping every block in its own mapping, given back when the tensor dies:
