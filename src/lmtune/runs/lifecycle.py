@@ -38,6 +38,10 @@ from lmtune.run_dir import (
     write_tokenizer_card,
 )
 from lmtune.safe_load import check_checkpoint_objects
+from lmtune.training.allocator import (
+    keep_freed_blocks_for_reuse,
+    return_large_blocks_when_freed,
+)
 
 if TYPE_CHECKING:
     from lmtune.precision import Precision
@@ -120,11 +124,6 @@ def run_training(
     ``before_run`` and ``after_run`` (rank 0): the recipe's own steps after the console's header
     and after a completed run, before the summary."""
     import torch
-
-    from lmtune.training.allocator import (
-        keep_freed_blocks_for_reuse,
-        return_large_blocks_when_freed,
-    )
 
     if o.release_freed_memory:
         return_large_blocks_when_freed()  # the RSS follows the live tensors (lmtune.training.allocator)
